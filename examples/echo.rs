@@ -1,0 +1,132 @@
+//! `echo`: the reference echo server on the reactor.
+//!
+//! ```text
+//! echo [--listen 127.0.0.1:7878] [--threads N] [--stats-interval SECS]
+//!      [--idle-timeout SECS] [--max-connections N]
+//! ```
+//! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM drain and exit 0.
+//! With `--threads N`, N independent loops share the port through `SO_REUSEPORT`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use reactor::echo::{EchoOptions, echo_listener};
+use reactor::{Reactor, StatsLogger};
+
+#[derive(Parser, Debug)]
+#[command(about = "Echo server on the reactor")]
+struct Args {
+    /// Address to listen on (port 0: the OS picks one and it is printed).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Independent event loops sharing the port (SO_REUSEPORT).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Log a stats line every SECS seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    stats_interval: f64,
+    /// Close connections idle for SECS seconds.
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
+    /// Open connections per loop at most.
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number"))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let stats = secs("stats-interval", args.stats_interval)?;
+    let mut opts = EchoOptions {
+        idle_timeout: secs("idle-timeout", args.idle_timeout)?,
+        ..EchoOptions::default()
+    };
+    opts.listen.max_connections = args.max_connections;
+    opts.listen.reuse_port = args.threads > 1;
+
+    // Bind every loop's socket before printing, so the address printed is served.
+    // With port 0, the first bind picks the port and the others join it.
+    let mut addr = args.listen;
+    let mut listeners = Vec::new();
+    for _ in 0..args.threads {
+        let l = echo_listener(addr, opts.clone())
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        addr = l.local_addr();
+        listeners.push(l);
+    }
+    // Handlers are not `Send`, so each loop is built on its own thread; each reports
+    // back once it is ready to run.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let ready = ready_tx.clone();
+        let label = if args.threads > 1 {
+            format!("loop {i}: ")
+        } else {
+            String::new()
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("loop-{i}"))
+            .spawn(move || -> Result<(), String> {
+                let setup = || -> std::io::Result<Reactor> {
+                    let mut r = Reactor::new()?;
+                    r.shutdown_on_signals()?;
+                    r.spawn(l);
+                    if !stats.is_zero() {
+                        r.spawn(StatsLogger::new(stats, label));
+                    }
+                    Ok(r)
+                };
+                let mut r = match setup() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let msg = format!("cannot set up event loop {i}: {e}");
+                        let _ = ready.send(Err(msg.clone()));
+                        return Err(msg);
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                r.run().map_err(|e| format!("event loop {i} failed: {e}"))
+            })
+            .map_err(|e| format!("cannot start loop thread: {e}"))?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    for _ in 0..args.threads {
+        ready_rx
+            .recv()
+            .map_err(|_| "a loop thread died during set-up".to_string())??;
+    }
+    println!("listening on {addr}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+
+    let mut result = Ok(());
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err("a loop thread panicked".into()),
+        }
+    }
+    result
+}

@@ -1,0 +1,87 @@
+//! A free list of I/O buffers shared by the connections of one loop.
+//!
+//! An idle connection holds no buffer: it takes one from the pool when it has bytes to
+//! keep and gives it back when they are gone. Memory per idle connection stays small,
+//! and steady-state traffic reuses the same few buffers instead of allocating. This
+//! module must not grow without bound: at most `max_free` buffers are kept.
+
+use bytes::BytesMut;
+
+/// Buffers of one size, recycled.
+#[derive(Debug)]
+pub struct BufPool {
+    free: Vec<BytesMut>,
+    size: usize,
+    max_free: usize,
+}
+
+impl BufPool {
+    /// A pool of buffers of `size` bytes keeping at most `max_free` spare ones.
+    pub fn new(size: usize, max_free: usize) -> BufPool {
+        BufPool {
+            free: Vec::new(),
+            size: size.max(64),
+            max_free,
+        }
+    }
+
+    /// The size of the buffers this pool hands out.
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    /// Number of spare buffers held.
+    pub fn spare(&self) -> usize {
+        self.free.len()
+    }
+
+    /// An empty buffer with at least `buffer_size` bytes of capacity.
+    #[inline]
+    pub fn get(&mut self) -> BytesMut {
+        self.free
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(self.size))
+    }
+
+    /// Gives a buffer back. Its contents are discarded. Buffers that grew far beyond
+    /// the pool's size (a large frame) are freed rather than kept.
+    #[inline]
+    pub fn put(&mut self, mut buf: BytesMut) {
+        if self.free.len() >= self.max_free || buf.capacity() > 4 * self.size {
+            return;
+        }
+        buf.clear();
+        // Reclaims space consumed from the front; no allocation for a uniquely owned
+        // buffer.
+        buf.reserve(self.size);
+        if buf.capacity() >= self.size {
+            self.free.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    #[test]
+    fn recycles_and_bounds() {
+        let mut p = BufPool::new(1024, 2);
+        let mut a = p.get();
+        a.extend_from_slice(&[1; 1000]);
+        a.advance(900);
+        let ptr_cap = a.capacity();
+        assert!(ptr_cap < 1024);
+        p.put(a);
+        let b = p.get();
+        assert!(b.is_empty());
+        assert!(b.capacity() >= 1024);
+        p.put(b);
+        p.put(BytesMut::with_capacity(1024));
+        p.put(BytesMut::with_capacity(1024));
+        assert_eq!(p.spare(), 2);
+        p.put(BytesMut::with_capacity(100_000));
+        assert_eq!(p.spare(), 2);
+    }
+}

@@ -1,0 +1,462 @@
+//! A buffered TCP connection: what asynchat is to asyncore.
+//!
+//! [`Conn`] owns a non-blocking socket, a read buffer and a write queue, both borrowed
+//! from the loop's buffer pool only while they hold bytes (an idle connection holds
+//! none). It implements the hot-path rules once so handlers don't have to:
+//!
+//! - reads go until `WouldBlock` (or a short read, which on Linux means the socket is
+//!   empty), under a per-event budget; when the budget or a full buffer stops it, the
+//!   handler is re-queued, because edge-triggered polling sends no new event for data
+//!   that is already there;
+//! - writes go until `WouldBlock` under a budget, re-queued the same way;
+//! - a write queue above its high watermark pauses reading until it drains below the
+//!   low watermark (backpressure), and resuming re-queues a read;
+//! - half-close: end of file from the peer is reported and we can keep writing;
+//!   [`Conn::shutdown_write`] closes our side once the queue drains.
+//!
+//! It must not decide protocol matters (when to close, what to answer): the handler
+//! does. [`IdleTimeout`] is the idle-connection helper built on the loop's timers.
+
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use mio::Interest;
+use mio::net::TcpStream;
+
+use crate::framing::{Decoder, Frame, FrameError};
+use crate::handler::{Event, SourceId};
+use crate::reactor::Context;
+use crate::timer::TimerId;
+
+/// Limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnConfig {
+    /// Reading pauses while more than this many bytes wait to be written.
+    pub high_watermark: usize,
+    /// Reading resumes when the write queue drains to this many bytes.
+    pub low_watermark: usize,
+    /// Bytes read per readiness event before yielding to other connections.
+    pub read_budget: usize,
+    /// Bytes written per event before yielding.
+    pub write_budget: usize,
+    /// The read buffer may grow to this size to hold one incomplete frame; a full
+    /// buffer the handler does not consume is an error.
+    pub max_read_buffer: usize,
+}
+
+impl Default for ConnConfig {
+    fn default() -> ConnConfig {
+        ConnConfig {
+            high_watermark: 1024 * 1024,
+            low_watermark: 256 * 1024,
+            read_budget: 256 * 1024,
+            write_budget: 256 * 1024,
+            max_read_buffer: 1024 * 1024,
+        }
+    }
+}
+
+/// What a call to [`Conn::fill`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStatus {
+    /// Bytes read by this call.
+    pub bytes: usize,
+    /// The peer has closed its write side (now or earlier): no more bytes will come.
+    pub eof: bool,
+}
+
+/// A non-blocking TCP connection with buffers. See the module docs.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    source: SourceId,
+    cfg: ConnConfig,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    eof: bool,
+    paused: bool,
+    shutdown_requested: bool,
+    write_shut: bool,
+}
+
+impl Conn {
+    /// Wraps a connected (or connecting) non-blocking stream, to be registered under
+    /// the handler's `source` number.
+    pub fn new(stream: TcpStream, source: SourceId, cfg: ConnConfig) -> Conn {
+        Conn {
+            stream,
+            source,
+            cfg,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            eof: false,
+            paused: false,
+            shutdown_requested: false,
+            write_shut: false,
+        }
+    }
+
+    /// Registers the socket for both readable and writable events, once: with
+    /// edge-triggered polling, interest never needs changing (no extra syscalls).
+    pub fn register(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        cx.register(
+            &mut self.stream,
+            self.source,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
+    /// The socket.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The socket, mutably (for socket options).
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The source number this connection's events carry.
+    pub fn source(&self) -> SourceId {
+        self.source
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.peer_addr()
+    }
+
+    /// Reads into the read buffer until the socket is empty, end of file, the
+    /// per-event budget, or a full buffer. In the last two cases the handler is
+    /// re-queued so the rest is read before the loop sleeps. Does nothing while
+    /// reading is paused by backpressure.
+    pub fn fill(&mut self, cx: &mut Context<'_>) -> io::Result<ReadStatus> {
+        let mut st = ReadStatus {
+            bytes: 0,
+            eof: self.eof,
+        };
+        if self.eof || self.paused {
+            return Ok(st);
+        }
+        if self.wbuf.len() >= self.cfg.high_watermark {
+            self.paused = true;
+            return Ok(st);
+        }
+        // With a read-closed event in hand, read on to end of file: no further event
+        // will announce it.
+        let peer_closed = cx
+            .event()
+            .is_some_and(|e| e.source() == self.source && e.is_read_closed());
+        let fd = self.stream.as_raw_fd();
+        let result = loop {
+            if self.rbuf.capacity() == 0 {
+                self.rbuf = cx.core().bufs.get();
+            }
+            if self.rbuf.len() == self.rbuf.capacity() {
+                if st.bytes > 0 {
+                    // Filled during this call: let the handler consume it, then read on.
+                    cx.requeue(Event::readable(self.source));
+                    break Ok(());
+                }
+                // Full on entry: one frame needs more room than the buffer has.
+                let len = self.rbuf.len();
+                if len >= self.cfg.max_read_buffer {
+                    break Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "read buffer full and not consumed (a frame larger than max_read_buffer?)",
+                    ));
+                }
+                self.rbuf
+                    .reserve(len.min(self.cfg.max_read_buffer - len).max(1));
+            }
+            let spare = self.rbuf.chunk_mut();
+            let want = spare.len();
+            // SAFETY: `read` writes at most `want` bytes into the spare capacity, which
+            // is valid for writes; no reference to uninitialised memory is formed.
+            let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => break Ok(()),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => break Err(e),
+                }
+            }
+            let n = n as usize;
+            if n == 0 {
+                self.eof = true;
+                st.eof = true;
+                break Ok(());
+            }
+            // SAFETY: the kernel initialised `n <= want` bytes of spare capacity.
+            unsafe { self.rbuf.advance_mut(n) };
+            st.bytes += n;
+            if n < want && !peer_closed {
+                break Ok(()); // short read: the socket is empty; a new edge will come
+            }
+            if st.bytes >= self.cfg.read_budget {
+                cx.requeue(Event::readable(self.source));
+                break Ok(());
+            }
+        };
+        cx.core().stats.bytes_in += st.bytes as u64;
+        if self.rbuf.is_empty() {
+            self.release_read_buf(cx);
+        }
+        result.map(|()| st)
+    }
+
+    fn release_read_buf(&mut self, cx: &mut Context<'_>) {
+        if self.rbuf.capacity() != 0 {
+            let b = std::mem::take(&mut self.rbuf);
+            cx.core().bufs.put(b);
+        }
+    }
+
+    /// The bytes read and not yet consumed.
+    pub fn read_buf(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    /// Drops `n` bytes from the front of the read buffer.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.rbuf.len());
+        self.rbuf.advance(n);
+    }
+
+    /// The next complete frame in the read buffer, as offsets into
+    /// [`read_buf`](Conn::read_buf); call [`consume`](Conn::consume) with
+    /// `frame.consumed` when done with it.
+    pub fn next_frame<D: Decoder + ?Sized>(&self, d: &D) -> Result<Option<Frame>, FrameError> {
+        d.decode(&self.rbuf)
+    }
+
+    /// True once the peer has closed its write side.
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Appends bytes to the write queue (no syscall; see [`flush`](Conn::flush)).
+    pub fn queue(&mut self, cx: &mut Context<'_>, data: &[u8]) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = cx.core().bufs.get();
+        }
+        self.wbuf.extend_from_slice(data);
+    }
+
+    /// Moves everything in the read buffer to the write queue without copying when
+    /// the queue is empty: an echo in one call.
+    pub fn echo_read_buf(&mut self) {
+        if self.wbuf.is_empty() {
+            std::mem::swap(&mut self.rbuf, &mut self.wbuf);
+        } else {
+            self.wbuf.extend_from_slice(&self.rbuf);
+            self.rbuf.clear();
+        }
+    }
+
+    /// Moves everything in this connection's read buffer to `to`'s write queue
+    /// (without copying when that queue is empty). For proxies.
+    pub fn move_read_buf_to(&mut self, to: &mut Conn) {
+        if to.wbuf.is_empty() {
+            std::mem::swap(&mut self.rbuf, &mut to.wbuf);
+        } else {
+            to.wbuf.extend_from_slice(&self.rbuf);
+            self.rbuf.clear();
+        }
+    }
+
+    /// Bytes waiting in the write queue.
+    pub fn write_pending(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// True while the write queue is above the high watermark: whoever feeds this
+    /// connection should stop reading its source.
+    pub fn is_congested(&self) -> bool {
+        self.wbuf.len() >= self.cfg.high_watermark
+    }
+
+    /// Queues `data` and writes what the socket accepts now.
+    pub fn send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<bool> {
+        self.queue(cx, data);
+        self.flush(cx)
+    }
+
+    /// Writes the queue until it is empty, the socket is full, or the budget is
+    /// spent (then the handler is re-queued). Performs a requested write shutdown
+    /// once empty. Returns true when the queue just fell to the low watermark after
+    /// being congested: a proxy then resumes reading the other side. This
+    /// connection's own paused reading resumes by itself.
+    pub fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let was_congested = self.wbuf.len() >= self.cfg.high_watermark;
+        let mut written = 0usize;
+        while !self.wbuf.is_empty() {
+            match self.stream.write(&self.wbuf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted no bytes",
+                    ));
+                }
+                Ok(n) => {
+                    let asked = self.wbuf.len();
+                    self.wbuf.advance(n);
+                    written += n;
+                    if n < asked {
+                        break; // the socket buffer is full; a writable edge will come
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    cx.core().stats.bytes_out += written as u64;
+                    return Err(e);
+                }
+            }
+            if written >= self.cfg.write_budget && !self.wbuf.is_empty() {
+                cx.requeue(Event::writable(self.source));
+                break;
+            }
+        }
+        cx.core().stats.bytes_out += written as u64;
+        if self.wbuf.is_empty() {
+            if self.wbuf.capacity() != 0 {
+                let b = std::mem::take(&mut self.wbuf);
+                cx.core().bufs.put(b);
+            }
+            if self.shutdown_requested && !self.write_shut {
+                self.write_shut = true;
+                match self.stream.shutdown(Shutdown::Write) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let resumed = was_congested && self.wbuf.len() <= self.cfg.low_watermark;
+        if self.paused && self.wbuf.len() <= self.cfg.low_watermark {
+            self.resume_reading(cx);
+        }
+        Ok(resumed)
+    }
+
+    /// Stops reading (backpressure from elsewhere, e.g. the other side of a proxy).
+    pub fn pause_reading(&mut self) {
+        self.paused = true;
+    }
+
+    /// Resumes reading and re-queues a read, since data may have arrived meanwhile
+    /// without a new edge.
+    pub fn resume_reading(&mut self, cx: &mut Context<'_>) {
+        if self.paused {
+            self.paused = false;
+            cx.requeue(Event::readable(self.source));
+        }
+    }
+
+    /// True while reading is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Shuts down our write side once the queue has drained (half-close): the peer
+    /// reads end of file and can still send to us.
+    pub fn shutdown_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.shutdown_requested = true;
+        self.flush(cx).map(|_| ())
+    }
+
+    /// True when our write side has been shut down.
+    pub fn is_write_shut(&self) -> bool {
+        self.write_shut
+    }
+
+    /// True when both directions are finished: the peer sent end of file and our
+    /// queue is flushed and shut down. The handler can close.
+    pub fn is_done(&self) -> bool {
+        self.eof && self.write_shut
+    }
+
+    /// Gives buffers back to the loop's pool. Call it before dropping a connection
+    /// (e.g. in `on_close`) to keep the pool warm; dropping without it only frees.
+    pub fn release(&mut self, cx: &mut Context<'_>) {
+        self.release_read_buf(cx);
+        if self.wbuf.capacity() != 0 {
+            let b = std::mem::take(&mut self.wbuf);
+            cx.core().bufs.put(b);
+        }
+    }
+}
+
+/// An idle timeout for a connection, pushed back cheaply on every read.
+///
+/// ```
+/// # use reactor::{Context, HandlerResult, IdleTimeout, TimerId};
+/// # use std::time::Duration;
+/// struct S { idle: IdleTimeout }
+/// impl reactor::Handler for S {
+///     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+///         self.idle.start(cx);
+///         Ok(())
+///     }
+///     fn on_readable(&mut self, cx: &mut Context<'_>, _s: u8) -> HandlerResult {
+///         self.idle.touch(cx);
+///         Ok(())
+///     }
+///     fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+///         if self.idle.is(t) { cx.close(); }
+///         Ok(())
+///     }
+/// }
+/// # let _ = S { idle: IdleTimeout::new(Duration::from_secs(30)) };
+/// ```
+#[derive(Debug, Clone)]
+pub struct IdleTimeout {
+    after: Duration,
+    timer: Option<TimerId>,
+}
+
+impl IdleTimeout {
+    /// A timeout that fires after `after` without activity.
+    pub fn new(after: Duration) -> IdleTimeout {
+        IdleTimeout { after, timer: None }
+    }
+
+    /// Arms the timeout.
+    pub fn start(&mut self, cx: &mut Context<'_>) {
+        if let Some(t) = self.timer.take() {
+            cx.cancel_timer(t);
+        }
+        self.timer = Some(cx.timer_once(self.after));
+    }
+
+    /// Records activity: the timeout fires `after` from now.
+    #[inline]
+    pub fn touch(&mut self, cx: &mut Context<'_>) {
+        match self.timer {
+            Some(t) if cx.reset_timer(t, self.after) => {}
+            _ => self.timer = Some(cx.timer_once(self.after)),
+        }
+    }
+
+    /// True if `timer` is this timeout's timer (it fired: the connection was idle).
+    pub fn is(&self, timer: TimerId) -> bool {
+        self.timer == Some(timer)
+    }
+
+    /// Disarms the timeout.
+    pub fn stop(&mut self, cx: &mut Context<'_>) {
+        if let Some(t) = self.timer.take() {
+            cx.cancel_timer(t);
+        }
+    }
+
+    /// The configured idle time.
+    pub fn duration(&self) -> Duration {
+        self.after
+    }
+}
