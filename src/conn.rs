@@ -80,6 +80,9 @@ pub struct Conn {
     paused: bool,
     shutdown_requested: bool,
     write_shut: bool,
+    /// The poller said the peer closed its side: read on to end of file even after a
+    /// short read, because no further event will announce it.
+    peer_closed: bool,
 }
 
 impl Conn {
@@ -96,6 +99,7 @@ impl Conn {
             paused: false,
             shutdown_requested: false,
             write_shut: false,
+            peer_closed: false,
         }
     }
 
@@ -132,12 +136,21 @@ impl Conn {
     /// Reads into the read buffer until the socket is empty, end of file, the
     /// per-event budget, or a full buffer. In the last two cases the handler is
     /// re-queued so the rest is read before the loop sleeps. Does nothing while
-    /// reading is paused by backpressure.
+    /// reading is paused by backpressure, but call it on every readable event for
+    /// this connection anyway: it remembers the event's end-of-file hint.
     pub fn fill(&mut self, cx: &mut Context<'_>) -> io::Result<ReadStatus> {
         let mut st = ReadStatus {
             bytes: 0,
             eof: self.eof,
         };
+        // Remember a read-closed hint even when not reading now (paused, or the
+        // budget stops us): a requeued read must still go on to end of file.
+        if cx
+            .event()
+            .is_some_and(|e| e.source() == self.source && (e.is_read_closed() || e.is_error()))
+        {
+            self.peer_closed = true;
+        }
         if self.eof || self.paused {
             return Ok(st);
         }
@@ -145,11 +158,7 @@ impl Conn {
             self.paused = true;
             return Ok(st);
         }
-        // With a read-closed event in hand, read on to end of file: no further event
-        // will announce it.
-        let peer_closed = cx
-            .event()
-            .is_some_and(|e| e.source() == self.source && e.is_read_closed());
+        let peer_closed = self.peer_closed;
         let fd = self.stream.as_raw_fd();
         let result = loop {
             if self.rbuf.capacity() == 0 {

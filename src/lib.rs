@@ -59,12 +59,16 @@
 
 pub mod buf;
 pub mod conn;
+pub mod discovery;
 pub mod echo;
 pub mod framing;
 pub mod handler;
 pub mod listener;
+pub mod peer_wire;
 pub mod pool;
+pub mod proxy;
 pub mod reactor;
+pub mod relay;
 pub mod stats;
 pub mod timer;
 
