@@ -2,7 +2,9 @@
 //! `upper` prints `listening on IP:PORT`; SIGINT/SIGTERM stop it.
 
 use reactor::framing::Delimited;
-use reactor::{Conn, ConnConfig, Context, Handler, HandlerResult, ListenOptions, Listener, Reactor};
+use reactor::{
+    Conn, ConnConfig, Context, Handler, HandlerResult, ListenOptions, Listener, Reactor,
+};
 
 struct Upper {
     conn: Conn,
@@ -45,9 +47,16 @@ fn main() -> std::io::Result<()> {
     env_logger::init();
     let mut reactor = Reactor::new()?;
     reactor.shutdown_on_signals()?; // SIGINT/SIGTERM: stop accepting, drain, exit
-    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), ListenOptions::default(), |stream, _peer| {
-        Some(Upper { conn: Conn::new(stream, 0, ConnConfig::default()), lines: Delimited::new(b"\n", 64 * 1024) })
-    })?;
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ListenOptions::default(),
+        |stream, _peer| {
+            Some(Upper {
+                conn: Conn::new(stream, 0, ConnConfig::default()),
+                lines: Delimited::new(b"\n", 64 * 1024),
+            })
+        },
+    )?;
     println!("listening on {}", listener.local_addr());
     reactor.spawn(listener);
     reactor.run()

@@ -83,6 +83,8 @@ pub struct Conn {
     /// The poller said the peer closed its side: read on to end of file even after a
     /// short read, because no further event will announce it.
     peer_closed: bool,
+    /// A non-blocking connect is in progress.
+    connecting: bool,
 }
 
 impl Conn {
@@ -100,7 +102,45 @@ impl Conn {
             shutdown_requested: false,
             write_shut: false,
             peer_closed: false,
+            connecting: false,
         }
+    }
+
+    /// Starts a non-blocking connect to `addr` (with `TCP_NODELAY`). Register it, then
+    /// call [`poll_connect`](Conn::poll_connect) on its events (the first writable
+    /// event means the connect finished, for better or worse); guard it with a
+    /// timer for a connect timeout. Bytes queued meanwhile are sent once connected.
+    pub fn connect(addr: SocketAddr, source: SourceId, cfg: ConnConfig) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn::new(stream, source, cfg);
+        c.connecting = true;
+        Ok(c)
+    }
+
+    /// While connecting: `Ok(true)` once connected, `Ok(false)` while still in
+    /// progress, `Err` (e.g. `ConnectionRefused`) if the connect failed. Once
+    /// connected it is always `Ok(true)`.
+    pub fn poll_connect(&mut self) -> io::Result<bool> {
+        if !self.connecting {
+            return Ok(true);
+        }
+        if let Some(e) = self.stream.take_error()? {
+            return Err(e);
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => {
+                self.connecting = false;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True while a connect started by [`connect`](Conn::connect) is in progress.
+    pub fn is_connecting(&self) -> bool {
+        self.connecting
     }
 
     /// Registers the socket for both readable and writable events, once: with
@@ -151,7 +191,7 @@ impl Conn {
         {
             self.peer_closed = true;
         }
-        if self.eof || self.paused {
+        if self.eof || self.paused || !self.poll_connect()? {
             return Ok(st);
         }
         if self.wbuf.len() >= self.cfg.high_watermark {
@@ -301,6 +341,9 @@ impl Conn {
     /// being congested: a proxy then resumes reading the other side. This
     /// connection's own paused reading resumes by itself.
     pub fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        if !self.poll_connect()? {
+            return Ok(false);
+        }
         let was_congested = self.wbuf.len() >= self.cfg.high_watermark;
         let mut written = 0usize;
         while !self.wbuf.is_empty() {

@@ -714,3 +714,97 @@ fn ipv6_loopback_works() {
     let mut c = TcpStream::connect(addr).unwrap();
     roundtrip(&mut c, b"v6");
 }
+
+/// A client handler on the reactor: connects out, sends, reads the echo back.
+struct Client {
+    conn: Conn,
+    msg: Vec<u8>,
+    result: Arc<std::sync::Mutex<Option<Result<Vec<u8>, String>>>>,
+}
+impl Client {
+    fn finish(&mut self, cx: &mut Context<'_>, r: Result<Vec<u8>, String>) {
+        *self.result.lock().unwrap() = Some(r);
+        cx.stop();
+    }
+}
+impl Handler for Client {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        self.conn.register(cx)?;
+        assert!(self.conn.is_connecting());
+        let msg = std::mem::take(&mut self.msg);
+        self.conn.queue(cx, &msg); // queued before the connect completes
+        self.msg = msg;
+        Ok(())
+    }
+    fn on_event(&mut self, cx: &mut Context<'_>, _ev: reactor::Event) -> HandlerResult {
+        if let Err(e) = self.conn.poll_connect() {
+            self.finish(cx, Err(e.kind().to_string()));
+            return Ok(());
+        }
+        self.conn.flush(cx)?;
+        self.conn.fill(cx)?;
+        if self.conn.read_buf().len() >= self.msg.len() {
+            let got = self.conn.read_buf().to_vec();
+            self.finish(cx, Ok(got));
+        }
+        Ok(())
+    }
+}
+
+fn connect_and_echo(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, String> {
+    let result = Arc::new(std::sync::Mutex::new(None));
+    let mut r = Reactor::new().unwrap();
+    r.spawn(Client {
+        conn: Conn::connect(addr, 0, ConnConfig::default()).unwrap(),
+        msg: msg.to_vec(),
+        result: result.clone(),
+    });
+    r.spawn(StopAfter(Duration::from_secs(10)));
+    r.run().unwrap();
+    result.lock().unwrap().take().expect("client timed out")
+}
+
+#[test]
+fn outgoing_connect_sends_queued_bytes_and_reports_refusal() {
+    let (addr, _server) = echo_server(Config::default());
+    assert_eq!(
+        connect_and_echo(addr, b"hello out there").unwrap(),
+        b"hello out there"
+    );
+    // A port with nothing listening: bind, note the port, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = connect_and_echo(closed, b"x").unwrap_err();
+    assert!(err.contains("refused"), "{err}");
+}
+
+#[test]
+fn readme_example_is_examples_upper() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let code = readme
+        .split("```rust\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/upper.rs")).unwrap();
+    assert!(
+        example.ends_with(code),
+        "README's server and examples/upper.rs differ"
+    );
+    let mut srv = Server::start(std::process::Command::new(example_bin("upper")));
+    let mut c = TcpStream::connect(srv.addr).unwrap();
+    c.write_all(b"hello\nworld\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "HELLO\nWORLD\n");
+    srv.signal(libc::SIGTERM);
+    assert_eq!(srv.wait_exit(Duration::from_secs(10)), Some(0));
+}
