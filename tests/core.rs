@@ -715,11 +715,13 @@ fn ipv6_loopback_works() {
     roundtrip(&mut c, b"v6");
 }
 
+type Outcome = Arc<std::sync::Mutex<Option<Result<Vec<u8>, String>>>>;
+
 /// A client handler on the reactor: connects out, sends, reads the echo back.
 struct Client {
     conn: Conn,
     msg: Vec<u8>,
-    result: Arc<std::sync::Mutex<Option<Result<Vec<u8>, String>>>>,
+    result: Outcome,
 }
 impl Client {
     fn finish(&mut self, cx: &mut Context<'_>, r: Result<Vec<u8>, String>) {
