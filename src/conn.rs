@@ -168,6 +168,16 @@ impl Conn {
         self.source
     }
 
+    /// Changes the source number, to move a connection from one handler to another
+    /// (a relay joining two accepted connections in one handler): deregister it from
+    /// the old handler first (`cx.deregister(conn.stream_mut())`), send it over with
+    /// [`Context::send`], then call this and [`register`](Conn::register) in the new
+    /// handler. Buffered bytes travel with it; call [`fill`](Conn::fill) once after
+    /// registering, since data that arrived meanwhile made no edge for the new token.
+    pub fn set_source(&mut self, source: SourceId) {
+        self.source = source;
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.stream.peer_addr()

@@ -810,3 +810,80 @@ fn readme_example_is_examples_upper() {
     srv.signal(libc::SIGTERM);
     assert_eq!(srv.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// Gives its connection (with whatever it has buffered) to another handler.
+struct Giver {
+    conn: Option<Conn>,
+    to: reactor::HandlerId,
+}
+
+impl Handler for Giver {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        Ok(self.conn.as_mut().unwrap().register(cx)?)
+    }
+    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        if conn.fill(cx)?.bytes > 0 {
+            let mut conn = self.conn.take().unwrap();
+            cx.deregister(conn.stream_mut())?;
+            cx.send(self.to, Box::new(conn));
+            cx.close();
+        }
+        Ok(())
+    }
+}
+
+/// Takes connections from `Giver`s under source 3 and echoes on them.
+struct Taker {
+    conn: Option<Conn>,
+}
+
+impl Handler for Taker {
+    fn on_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        msg: Box<dyn std::any::Any + Send>,
+    ) -> HandlerResult {
+        let mut conn = *msg.downcast::<Conn>().map_err(|_| "not a Conn")?;
+        conn.set_source(3);
+        conn.register(cx)?;
+        self.conn = Some(conn);
+        self.on_readable(cx, 3)
+    }
+    fn on_readable(&mut self, cx: &mut Context<'_>, s: SourceId) -> HandlerResult {
+        assert_eq!(s, 3, "events come under the new source");
+        if let Some(c) = self.conn.as_mut() {
+            c.fill(cx)?;
+            c.echo_read_buf();
+            c.flush(cx)?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn conn_moves_between_handlers_with_its_buffered_bytes() {
+    let (addr, _server) = run_loop(Config::default(), |r| {
+        let to = r.spawn(Taker { conn: None });
+        let l = Listener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            move |stream, _| {
+                Some(Giver {
+                    conn: Some(Conn::new(stream, 0, ConnConfig::default())),
+                    to,
+                })
+            },
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    roundtrip(&mut c, b"read by the giver, echoed by the taker");
+    roundtrip(&mut c, b"read by the taker under its new source");
+}
