@@ -2,8 +2,13 @@
 //!
 //! [`proto`] is the wire codec and [`table`] the reservation table (limits, grace
 //! periods, expiry, circuits), both sans-io with time passed in, so reclamation rules
-//! are tested deterministically. Handlers around them must stay thin. The protocol
-//! is described in `docs/relay.md`.
+//! are tested deterministically. [`server`] holds the relay's reactor handlers,
+//! [`client`] the reserving and connecting clients, and [`bridge`] the byte pipe
+//! both use for circuits. Handlers around the codec and the table must stay thin.
+//! The protocol is described in `docs/relay.md`.
 
+pub mod bridge;
+pub mod client;
 pub mod proto;
+pub mod server;
 pub mod table;

@@ -1,0 +1,568 @@
+//! Relay clients as reactor handlers: the reserving side and the connecting side.
+//!
+//! - [`ReserveClient`] keeps a control connection to the relay, reserves an id
+//!   under a stable peer identity, refreshes it before its TTL, sends
+//!   heartbeats, and reconnects (with backoff) when the connection drops, so
+//!   the relay's grace period gives it its slot back. For every `INCOMING` it
+//!   spawns a [`CircuitEnd`] that opens a new connection to the relay, sends
+//!   `ACCEPT`, connects to the forward target (resolved on the worker pool) and
+//!   bridges the two.
+//! - [`connect_listener`] accepts local connections and makes each a
+//!   [`CircuitEnd`] that sends `CONNECT id` to the relay and bridges the local
+//!   socket to the circuit (a reverse tunnel).
+//!
+//! This module must not block the loop (name resolution goes to the pool) nor
+//! parse bytes itself (that is [`proto`](super::proto)).
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use mio::net::TcpStream;
+
+use crate::conn::{Conn, ConnConfig};
+use crate::handler::{Handler, HandlerResult, SourceId};
+use crate::listener::{ListenOptions, Listener};
+use crate::pool::{JobId, JobResult, take};
+use crate::reactor::Context;
+use crate::timer::TimerId;
+
+use super::bridge::{Bridge, Pumped};
+use super::proto::{self, Message, Reason};
+use super::table::CircuitLimits;
+
+const RELAY: SourceId = 0;
+const LOCAL: SourceId = 1;
+
+/// Settings of a [`ReserveClient`].
+#[derive(Debug, Clone)]
+pub struct ReserveOptions {
+    /// The relay's address.
+    pub relay: SocketAddr,
+    /// Stable identity of this client: the same value after a reconnect gets
+    /// the same reservation back.
+    pub peer: String,
+    /// The id to reserve.
+    pub id: String,
+    /// `HOST:PORT` every circuit is bridged to (resolved per circuit, on the
+    /// worker pool).
+    pub forward: String,
+    /// How often to send `HEARTBEAT` (well below the relay's heartbeat timeout).
+    pub heartbeat: Duration,
+    /// First reconnect delay after the control connection drops; doubles up to
+    /// `max_reconnect_delay`. Zero: do not reconnect, close instead.
+    pub reconnect_delay: Duration,
+    /// Longest reconnect delay.
+    pub max_reconnect_delay: Duration,
+    /// Time a circuit has to be bridged (relay answer and target connect).
+    pub setup_timeout: Duration,
+    /// Buffers of every connection.
+    pub conn: ConnConfig,
+}
+
+impl ReserveOptions {
+    /// Options with the defaults: heartbeat every 10 s, reconnect after 0.5 s
+    /// up to 10 s, 15 s to set up a circuit.
+    pub fn new(relay: SocketAddr, peer: &str, id: &str, forward: &str) -> ReserveOptions {
+        ReserveOptions {
+            relay,
+            peer: peer.to_string(),
+            id: id.to_string(),
+            forward: forward.to_string(),
+            heartbeat: Duration::from_secs(10),
+            reconnect_delay: Duration::from_millis(500),
+            max_reconnect_delay: Duration::from_secs(10),
+            setup_timeout: Duration::from_secs(15),
+            conn: ConnConfig::default(),
+        }
+    }
+}
+
+/// What a [`ReserveClient`] reports to its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent<'a> {
+    /// The relay granted (or re-granted after a reconnect) the reservation.
+    Reserved {
+        /// The reserved id.
+        id: &'a str,
+        /// Seconds until it expires unless refreshed (the client refreshes).
+        ttl_secs: u32,
+        /// True the first time only.
+        first: bool,
+    },
+    /// The relay refused the reservation; the client has closed.
+    Refused {
+        /// The relay's reason.
+        reason: Reason,
+        /// The relay's detail, if any.
+        detail: Option<&'a str>,
+    },
+    /// The control connection was lost; the client reconnects if configured.
+    Disconnected {
+        /// What happened.
+        error: &'a str,
+    },
+}
+
+/// Called with every [`ClientEvent`] (e.g. to print `reserved ID`, or to stop
+/// the loop on a refusal).
+pub type EventHook = Box<dyn FnMut(&mut Context<'_>, &ClientEvent<'_>)>;
+
+/// Holds a reservation on a relay and serves its circuits. See the module docs.
+pub struct ReserveClient {
+    opts: ReserveOptions,
+    hook: EventHook,
+    conn: Option<Conn>,
+    reserved: bool,
+    announced: bool,
+    heartbeat: Option<TimerId>,
+    refresh: Option<TimerId>,
+    reconnect: Option<TimerId>,
+    backoff: Duration,
+    out: Vec<u8>,
+}
+
+impl ReserveClient {
+    /// A client that reports to `hook`; spawn it on a reactor.
+    pub fn new(opts: ReserveOptions, hook: EventHook) -> io::Result<ReserveClient> {
+        let bad = |e: proto::ProtoError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        proto::check_id(&opts.id).map_err(bad)?;
+        proto::check_id(&opts.peer)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("peer: {e}")))?;
+        Ok(ReserveClient {
+            backoff: opts.reconnect_delay,
+            opts,
+            hook,
+            conn: None,
+            reserved: false,
+            announced: false,
+            heartbeat: None,
+            refresh: None,
+            reconnect: None,
+            out: Vec::new(),
+        })
+    }
+
+    fn connect(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        let mut conn = match Conn::connect(self.opts.relay, RELAY, self.opts.conn) {
+            Ok(c) => c,
+            Err(e) => return self.lost(cx, &format!("cannot connect to the relay: {e}")),
+        };
+        conn.register(cx)?;
+        self.out.clear();
+        let reserve = Message::Reserve {
+            peer: &self.opts.peer,
+            id: &self.opts.id,
+        };
+        proto::encode(&reserve, &mut self.out)?;
+        conn.queue(cx, &self.out);
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// The control connection is gone: report, then reconnect or close.
+    fn lost(&mut self, cx: &mut Context<'_>, error: &str) -> HandlerResult {
+        if let Some(mut c) = self.conn.take() {
+            c.release(cx);
+        }
+        self.reserved = false;
+        if let Some(t) = self.refresh.take() {
+            cx.cancel_timer(t);
+        }
+        (self.hook)(cx, &ClientEvent::Disconnected { error });
+        if self.opts.reconnect_delay.is_zero() || cx.is_shutting_down() {
+            cx.close();
+        } else if self.reconnect.is_none() {
+            log::info!("reconnecting to the relay in {:?}", self.backoff);
+            self.reconnect = Some(cx.timer_once(self.backoff));
+            self.backoff = (self.backoff * 2).min(self.opts.max_reconnect_delay);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, cx: &mut Context<'_>, msg: &Message<'_>) -> HandlerResult {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        self.out.clear();
+        proto::encode(msg, &mut self.out)?;
+        conn.queue(cx, &self.out);
+        if let Err(e) = conn.flush(cx) {
+            return self.lost(cx, &e.to_string());
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let st = match conn.fill(cx) {
+            Ok(st) => st,
+            Err(e) => return self.lost(cx, &e.to_string()),
+        };
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(());
+            };
+            let (msg, used) = match proto::decode(conn.read_buf()) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return self.lost(cx, &format!("bad frame from the relay: {e}")),
+            };
+            match msg {
+                Message::Reserved { id, ttl_secs } => {
+                    self.reserved = true;
+                    self.backoff = self.opts.reconnect_delay;
+                    let first = !self.announced;
+                    self.announced = true;
+                    (self.hook)(
+                        cx,
+                        &ClientEvent::Reserved {
+                            id,
+                            ttl_secs,
+                            first,
+                        },
+                    );
+                    if let Some(t) = self.refresh.take() {
+                        cx.cancel_timer(t);
+                    }
+                    let half = Duration::from_secs(u64::from(ttl_secs)) / 2;
+                    self.refresh = Some(cx.timer_once(half.max(Duration::from_secs(1))));
+                }
+                Message::Refused { reason, detail } if !self.reserved => {
+                    (self.hook)(cx, &ClientEvent::Refused { reason, detail });
+                    cx.close();
+                    return Ok(());
+                }
+                Message::Refused { reason, detail } => {
+                    log::warn!(
+                        "relay: {reason}{}{}; reserving again",
+                        if detail.is_some() { ": " } else { "" },
+                        detail.unwrap_or("")
+                    );
+                    self.reserved = false;
+                    conn.consume(used);
+                    let reserve = Message::Reserve {
+                        peer: &self.opts.peer,
+                        id: &self.opts.id,
+                    };
+                    self.out.clear();
+                    proto::encode(&reserve, &mut self.out)?;
+                    conn.queue(cx, &self.out);
+                    continue;
+                }
+                Message::Incoming { circuit, id } => {
+                    log::info!("incoming circuit {circuit:016x} to {id:?}");
+                    let mut hello = Vec::new();
+                    proto::encode(&Message::Accept { circuit }, &mut hello)?;
+                    cx.spawn(CircuitEnd::new(
+                        self.opts.relay,
+                        hello,
+                        Target::Resolve(self.opts.forward.clone()),
+                        self.opts.conn,
+                        self.opts.setup_timeout,
+                    ));
+                }
+                Message::HeartbeatAck => {}
+                other => {
+                    let t = other.message_type();
+                    return self.lost(cx, &format!("unexpected {t} from the relay"));
+                }
+            }
+            if let Some(conn) = self.conn.as_mut() {
+                conn.consume(used);
+            }
+        }
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(e) = conn.flush(cx)
+        {
+            return self.lost(cx, &e.to_string());
+        }
+        if st.eof {
+            return self.lost(cx, "the relay closed the connection");
+        }
+        Ok(())
+    }
+}
+
+impl Handler for ReserveClient {
+    fn name(&self) -> &str {
+        "ReserveClient"
+    }
+
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        self.heartbeat = Some(cx.timer_repeat(self.opts.heartbeat));
+        self.connect(cx)
+    }
+
+    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        self.read(cx)
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(e) = conn.flush(cx)
+        {
+            return self.lost(cx, &e.to_string());
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+        if Some(t) == self.heartbeat {
+            if self.conn.as_ref().is_some_and(|c| !c.is_connecting()) {
+                self.send(cx, &Message::Heartbeat)?;
+            }
+        } else if Some(t) == self.refresh {
+            self.refresh = None;
+            let id = self.opts.id.clone();
+            self.send(cx, &Message::Refresh { id: &id })?;
+        } else if Some(t) == self.reconnect {
+            self.reconnect = None;
+            self.connect(cx)?;
+        }
+        Ok(())
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        cx.close();
+        Ok(())
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        if let Some(c) = self.conn.as_mut() {
+            c.release(cx);
+        }
+    }
+}
+
+/// Where a [`CircuitEnd`]'s other side comes from.
+pub enum Target {
+    /// `HOST:PORT` to resolve on the worker pool and connect to.
+    Resolve(String),
+    /// An accepted local connection (registered as source 1).
+    Accepted(Conn),
+}
+
+/// One end of a circuit on the client side: a new connection to the relay
+/// (source 0) that sends `ACCEPT` or `CONNECT`, waits for `CONNECTED`, then
+/// is bridged to a local connection (source 1).
+pub struct CircuitEnd {
+    relay_addr: SocketAddr,
+    hello: Vec<u8>,
+    forward: Option<String>,
+    relay: Option<Conn>,
+    local: Option<Conn>,
+    connected: bool,
+    bridge: Option<Bridge>,
+    cfg: ConnConfig,
+    setup_timeout: Duration,
+    timer: Option<TimerId>,
+}
+
+impl CircuitEnd {
+    /// A circuit end that sends `hello` (an encoded `ACCEPT` or `CONNECT`
+    /// frame) on a new connection to `relay` and bridges it to `target`.
+    pub fn new(
+        relay: SocketAddr,
+        hello: Vec<u8>,
+        target: Target,
+        cfg: ConnConfig,
+        setup_timeout: Duration,
+    ) -> CircuitEnd {
+        let (forward, local) = match target {
+            Target::Resolve(f) => (Some(f), None),
+            Target::Accepted(c) => (None, Some(c)),
+        };
+        CircuitEnd {
+            relay_addr: relay,
+            hello,
+            forward,
+            relay: None,
+            local,
+            connected: false,
+            bridge: None,
+            cfg,
+            setup_timeout,
+            timer: None,
+        }
+    }
+
+    /// Reads the relay's answer; bridges once it and the local side are ready.
+    fn setup(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        let Some(relay) = self.relay.as_mut() else {
+            return Ok(());
+        };
+        if !self.connected {
+            let st = relay.fill(cx)?;
+            match proto::decode(relay.read_buf()) {
+                Ok(Some((Message::Connected { .. }, used))) => {
+                    // Bytes after the frame are the circuit's first data.
+                    relay.consume(used);
+                    self.connected = true;
+                }
+                Ok(Some((Message::Refused { reason, detail }, _))) => {
+                    log::warn!(
+                        "relay refused the circuit: {reason}{}{}",
+                        if detail.is_some() { ": " } else { "" },
+                        detail.unwrap_or("")
+                    );
+                    cx.close();
+                    return Ok(());
+                }
+                Ok(Some((other, _))) => {
+                    return Err(
+                        format!("unexpected {} from the relay", other.message_type()).into(),
+                    );
+                }
+                Ok(None) if st.eof => return Err("the relay closed the circuit".into()),
+                Ok(None) => {}
+                Err(e) => return Err(format!("bad frame from the relay: {e}").into()),
+            }
+            relay.flush(cx)?;
+        }
+        if let Some(local) = self.local.as_mut() {
+            // Surfaces a failed connect to the forward target.
+            local.flush(cx)?;
+        }
+        if self.connected && self.local.is_some() {
+            let (Some(relay), Some(local)) = (self.relay.take(), self.local.take()) else {
+                return Ok(());
+            };
+            if let Some(t) = self.timer.take() {
+                cx.cancel_timer(t);
+            }
+            let unlimited = CircuitLimits {
+                max_bytes_per_direction: 0,
+                ..CircuitLimits::default()
+            };
+            self.bridge = Some(Bridge::new(
+                relay,
+                local,
+                &unlimited,
+                self.cfg.low_watermark,
+            ));
+            return self.pump(cx);
+        }
+        Ok(())
+    }
+
+    fn pump(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        if let Some(b) = self.bridge.as_mut() {
+            match b.pump(cx)? {
+                Pumped::Open => {}
+                Pumped::Done | Pumped::OverBudget(_) => cx.close(),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler for CircuitEnd {
+    fn name(&self) -> &str {
+        "CircuitEnd"
+    }
+
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        let mut relay = Conn::connect(self.relay_addr, RELAY, self.cfg)?;
+        relay.register(cx)?;
+        relay.queue(cx, &self.hello);
+        self.relay = Some(relay);
+        if let Some(local) = self.local.as_mut() {
+            local.register(cx)?;
+        }
+        if let Some(target) = self.forward.clone() {
+            let job = cx.offload(move || -> io::Result<Option<SocketAddr>> {
+                Ok(target.to_socket_addrs()?.next())
+            });
+            if let Err(e) = job {
+                return Err(format!("cannot resolve the forward target: {e}").into());
+            }
+        }
+        self.timer = Some(cx.timer_once(self.setup_timeout));
+        Ok(())
+    }
+
+    fn on_job(&mut self, cx: &mut Context<'_>, _job: JobId, result: JobResult) -> HandlerResult {
+        let target = self.forward.take().unwrap_or_default();
+        let addr = match take::<io::Result<Option<SocketAddr>>>(result)? {
+            Ok(Some(a)) => a,
+            Ok(None) => return Err(format!("{target}: no address").into()),
+            Err(e) => return Err(format!("cannot resolve {target}: {e}").into()),
+        };
+        let mut local = Conn::connect(addr, LOCAL, self.cfg)
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        local.register(cx)?;
+        self.local = Some(local);
+        self.setup(cx)
+    }
+
+    fn on_readable(&mut self, cx: &mut Context<'_>, source: SourceId) -> HandlerResult {
+        if self.bridge.is_some() {
+            self.pump(cx)
+        } else if source == RELAY {
+            self.setup(cx)
+        } else {
+            // The local side waits (its bytes stay in the kernel) until bridged.
+            Ok(())
+        }
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        if self.bridge.is_some() {
+            return self.pump(cx);
+        }
+        if let Some(r) = self.relay.as_mut() {
+            r.flush(cx)?;
+        }
+        if let Some(l) = self.local.as_mut() {
+            l.flush(cx)?;
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, _cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+        if Some(t) == self.timer {
+            return Err(format!("circuit not set up within {:?}", self.setup_timeout).into());
+        }
+        Ok(())
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        if let Some(b) = self.bridge.as_mut() {
+            b.release(cx);
+        }
+        for c in [self.relay.as_mut(), self.local.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            c.release(cx);
+        }
+    }
+}
+
+/// A listener whose every accepted connection becomes a circuit to `id`
+/// through the relay at `relay` (the connecting side of a reverse tunnel).
+pub fn connect_listener(
+    addr: SocketAddr,
+    relay: SocketAddr,
+    id: &str,
+    listen: ListenOptions,
+    cfg: ConnConfig,
+    setup_timeout: Duration,
+) -> io::Result<Listener<impl FnMut(TcpStream, SocketAddr) -> Option<CircuitEnd> + 'static>> {
+    let mut hello = Vec::new();
+    proto::encode(&Message::Connect { id }, &mut hello)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    Listener::bind(addr, listen, move |stream, peer| {
+        log::debug!("{peer}: opening a circuit");
+        Some(CircuitEnd::new(
+            relay,
+            hello.clone(),
+            Target::Accepted(Conn::new(stream, LOCAL, cfg)),
+            cfg,
+            setup_timeout,
+        ))
+    })
+}
