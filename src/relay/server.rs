@@ -126,6 +126,9 @@ enum Notice {
     Handoff(CircuitId, ConnId, Conn),
     /// Close, telling the client why if it still speaks frames.
     Close(Reason, &'static str),
+    /// A reservation of this connection expired (TTL): tell the client, and
+    /// watch the connection with the request timeout again.
+    Expired(Box<str>),
 }
 
 /// A running relay's address.
@@ -209,6 +212,9 @@ impl Sweeper {
             match ev {
                 Event::Expired { id, conn } => {
                     log::info!("reservation {id:?} on connection {} expired (TTL)", conn.0);
+                    if let Some(&h) = sh.handlers.get(&conn) {
+                        cx.send(h, Box::new(Notice::Expired(id)));
+                    }
                 }
                 Event::GraceEnded { id } => {
                     log::info!("reservation {id:?} released: its peer did not come back in time");
@@ -398,7 +404,18 @@ impl RelayConn {
             }
         }
         if frames {
-            self.idle.touch(cx);
+            // A connection that holds reservations is watched by the table's
+            // heartbeat timeout (which releases them without grace); the request
+            // timeout is for everyone else.
+            let watched = {
+                let mut sh = self.shared.borrow_mut();
+                sh.table.heartbeat(self.id, cx.now())
+            };
+            if watched {
+                self.idle.stop(cx);
+            } else {
+                self.idle.touch(cx);
+            }
         }
         conn.flush(cx)?;
         match next {
@@ -746,6 +763,18 @@ impl Handler for RelayConn {
                 if let State::Control(conn) = &mut self.state {
                     conn.queue(cx, &frame);
                     conn.flush(cx)?;
+                }
+                Ok(())
+            }
+            Notice::Expired(id) => {
+                if let State::Control(conn) = &mut self.state {
+                    self.out.clear();
+                    let detail =
+                        truncate(&format!("reservation {id} expired"), proto::MAX_DETAIL_LEN);
+                    refuse(&mut self.out, Reason::NoReservation, Some(&detail));
+                    conn.queue(cx, &self.out);
+                    conn.flush(cx)?;
+                    self.idle.touch(cx);
                 }
                 Ok(())
             }

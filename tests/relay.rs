@@ -1,0 +1,528 @@
+//! The relay against real sockets on 127.0.0.1:0: reservation reclamation, limits,
+//! circuits and hostile input, in-process; and the three programs (relay,
+//! relay-client reserve, relay-client connect) carrying data end to end.
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Server, example_bin, pseudo_random_bytes, run_loop};
+use reactor::Config;
+use reactor::echo::{EchoOptions, echo_listener};
+use reactor::relay::proto::{self, Message, Reason};
+use reactor::relay::server::{self, RelayConfig};
+
+/// Every blocking read in these tests gives up after this.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn relay(cfg: RelayConfig) -> (SocketAddr, common::Running) {
+    run_loop(Config::default(), move |r| {
+        server::spawn(r, "127.0.0.1:0".parse().unwrap(), cfg)
+            .unwrap()
+            .local_addr
+    })
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// A message from the relay, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    Reserved(String),
+    Refused(Reason),
+    Incoming(u64, String),
+    Connected(u64),
+    Ack,
+    /// End of file or reset.
+    Closed,
+}
+
+/// A hand-written protocol client on a blocking socket.
+struct Peer {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    fn connect(addr: SocketAddr) -> Peer {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Peer { s, buf: Vec::new() }
+    }
+
+    fn send(&mut self, msg: &Message<'_>) {
+        let mut out = Vec::new();
+        proto::encode(msg, &mut out).unwrap();
+        self.s.write_all(&out).unwrap();
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    fn recv(&mut self) -> Got {
+        loop {
+            match proto::decode(&self.buf).expect("relay sent a bad frame") {
+                Some((msg, used)) => {
+                    let got = match msg {
+                        Message::Reserved { id, .. } => Got::Reserved(id.to_string()),
+                        Message::Refused { reason, .. } => Got::Refused(reason),
+                        Message::Incoming { circuit, id } => Got::Incoming(circuit, id.to_string()),
+                        Message::Connected { circuit } => Got::Connected(circuit),
+                        Message::HeartbeatAck => Got::Ack,
+                        other => panic!("relay sent a client message {other:?}"),
+                    };
+                    self.buf.drain(..used);
+                    return got;
+                }
+                None => {
+                    let mut tmp = [0u8; 4096];
+                    match self.s.read(&mut tmp) {
+                        Ok(0) => return Got::Closed,
+                        Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => return Got::Closed,
+                        Err(e) => panic!("no answer from the relay: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `RESERVE` and returns the answer.
+    fn reserve(&mut self, peer: &str, id: &str) -> Got {
+        self.send(&Message::Reserve { peer, id });
+        self.recv()
+    }
+
+    /// Reads raw circuit bytes until end of file (or reset), at most `limit`.
+    fn read_to_end(&mut self, limit: usize) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        let mut tmp = vec![0u8; 64 * 1024];
+        while out.len() <= limit {
+            match self.s.read(&mut tmp) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("circuit stalled after {} bytes: {e}", out.len()),
+            }
+        }
+        out
+    }
+
+    fn expect_closed(&mut self) {
+        assert_eq!(self.recv(), Got::Closed);
+    }
+}
+
+fn reserved(id: &str) -> Got {
+    Got::Reserved(id.to_string())
+}
+
+/// Opens a circuit to `id`, whose reserver's control connection is `control`.
+/// Returns (connector end, reserver end), both past `CONNECTED`.
+fn open_circuit(addr: SocketAddr, control: &mut Peer, id: &str) -> (Peer, Peer) {
+    let mut connector = Peer::connect(addr);
+    connector.send(&Message::Connect { id });
+    let Got::Incoming(c, got_id) = control.recv() else {
+        panic!("no INCOMING on the control connection");
+    };
+    assert_eq!(got_id, id);
+    let mut acceptor = Peer::connect(addr);
+    acceptor.send(&Message::Accept { circuit: c });
+    assert_eq!(acceptor.recv(), Got::Connected(c));
+    assert_eq!(connector.recv(), Got::Connected(c));
+    (connector, acceptor)
+}
+
+fn cfg(f: impl FnOnce(&mut RelayConfig)) -> RelayConfig {
+    let mut c = RelayConfig::default();
+    f(&mut c);
+    c
+}
+
+#[test]
+fn reserve_and_disconnect_100_times_never_exhausts_the_limits() {
+    // One slot per peer and per IP: any reservation leaked by a dead connection
+    // would refuse the next one.
+    let (addr, _relay) = relay(cfg(|c| {
+        c.limits.per_peer = 1;
+        c.limits.per_ip = 1;
+        c.limits.grace = secs(30.0);
+    }));
+    for i in 0..100 {
+        let mut p = Peer::connect(addr);
+        assert_eq!(p.reserve("flaky", "alice"), reserved("alice"), "round {i}");
+        drop(p);
+    }
+    // Still held by "flaky" (in grace or active), so nobody else gets it...
+    let mut other = Peer::connect(addr);
+    assert_eq!(
+        other.reserve("thief", "alice"),
+        Got::Refused(Reason::IdTaken)
+    );
+    // ...and "flaky" still has it, in the one slot.
+    let mut p = Peer::connect(addr);
+    assert_eq!(p.reserve("flaky", "alice"), reserved("alice"));
+}
+
+#[test]
+fn reconnect_within_grace_keeps_the_slot() {
+    let (addr, _relay) = relay(cfg(|c| c.limits.grace = secs(1.0)));
+    let mut p = Peer::connect(addr);
+    assert_eq!(p.reserve("bob-peer", "bob"), reserved("bob"));
+    drop(p);
+    std::thread::sleep(secs(0.2)); // the relay sees the close: "bob" is in grace
+    let mut thief = Peer::connect(addr);
+    assert_eq!(
+        thief.reserve("mallory", "bob"),
+        Got::Refused(Reason::IdTaken)
+    );
+    let mut connector = Peer::connect(addr);
+    connector.send(&Message::Connect { id: "bob" });
+    assert_eq!(connector.recv(), Got::Refused(Reason::NoReservation));
+    // The owner comes back within grace and gets it again; connectors reach it.
+    let mut p = Peer::connect(addr);
+    assert_eq!(p.reserve("bob-peer", "bob"), reserved("bob"));
+    let (mut a, mut b) = open_circuit(addr, &mut p, "bob");
+    a.raw(b"ping");
+    let mut got = [0u8; 4];
+    b.s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+
+    // Without a reconnect, the grace period ends and the id is free.
+    let mut q = Peer::connect(addr);
+    assert_eq!(q.reserve("carol-peer", "carol"), reserved("carol"));
+    drop(q);
+    std::thread::sleep(secs(1.6));
+    assert_eq!(thief.reserve("mallory", "carol"), reserved("carol"));
+}
+
+#[test]
+fn silent_client_loses_its_slot_after_the_heartbeat_timeout() {
+    let (addr, _relay) = relay(cfg(|c| c.limits.heartbeat_timeout = secs(0.6)));
+    let mut silent = Peer::connect(addr);
+    let mut alive = Peer::connect(addr);
+    assert_eq!(silent.reserve("s", "quiet"), reserved("quiet"));
+    assert_eq!(alive.reserve("a", "chatty"), reserved("chatty"));
+    let start = Instant::now();
+    // The live one keeps sending heartbeats for twice the timeout.
+    while start.elapsed() < secs(1.5) {
+        alive.send(&Message::Heartbeat);
+        assert_eq!(alive.recv(), Got::Ack);
+        std::thread::sleep(secs(0.15));
+    }
+    // The silent one was told why and closed, and its slot is free at once.
+    assert_eq!(silent.recv(), Got::Refused(Reason::Timeout));
+    silent.expect_closed();
+    let mut other = Peer::connect(addr);
+    assert_eq!(other.reserve("o", "quiet"), reserved("quiet"));
+    // The live one still holds its id.
+    assert_eq!(other.reserve("o", "chatty"), Got::Refused(Reason::IdTaken));
+    let (mut a, _b) = open_circuit(addr, &mut alive, "chatty");
+    a.raw(b"x");
+}
+
+#[test]
+fn every_limit_is_enforced_with_its_reason() {
+    // Per peer.
+    let (addr, _r1) = relay(cfg(|c| c.limits.per_peer = 2));
+    let mut p = Peer::connect(addr);
+    assert_eq!(p.reserve("p", "a"), reserved("a"));
+    assert_eq!(p.reserve("p", "b"), reserved("b"));
+    assert_eq!(p.reserve("p", "c"), Got::Refused(Reason::LimitPerPeer));
+    // Re-reserving a held id is not a new slot.
+    assert_eq!(p.reserve("p", "a"), reserved("a"));
+
+    // Per IP (every test client is 127.0.0.1).
+    let (addr, _r2) = relay(cfg(|c| c.limits.per_ip = 2));
+    let mut p = Peer::connect(addr);
+    assert_eq!(p.reserve("p1", "a"), reserved("a"));
+    assert_eq!(p.reserve("p2", "b"), reserved("b"));
+    assert_eq!(p.reserve("p3", "c"), Got::Refused(Reason::LimitPerIp));
+
+    // Total.
+    let (addr, _r3) = relay(cfg(|c| c.limits.max_total = 2));
+    let mut p = Peer::connect(addr);
+    assert_eq!(p.reserve("p1", "a"), reserved("a"));
+    assert_eq!(p.reserve("p2", "b"), reserved("b"));
+    assert_eq!(p.reserve("p3", "c"), Got::Refused(Reason::LimitTotal));
+
+    // Id taken, no reservation, refresh, circuits per peer, bad requests.
+    let (addr, _r4) = relay(cfg(|c| c.circuits.max_per_peer = 1));
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("owner", "svc"), reserved("svc"));
+    let mut other = Peer::connect(addr);
+    assert_eq!(other.reserve("other", "svc"), Got::Refused(Reason::IdTaken));
+    other.send(&Message::Refresh { id: "svc" });
+    assert_eq!(other.recv(), Got::Refused(Reason::NoReservation));
+    owner.send(&Message::Refresh { id: "svc" });
+    assert_eq!(owner.recv(), reserved("svc"));
+    let mut c = Peer::connect(addr);
+    c.send(&Message::Connect { id: "nobody" });
+    assert_eq!(c.recv(), Got::Refused(Reason::NoReservation));
+    let (_a, _b) = open_circuit(addr, &mut owner, "svc");
+    let mut c2 = Peer::connect(addr);
+    c2.send(&Message::Connect { id: "svc" });
+    assert_eq!(c2.recv(), Got::Refused(Reason::CircuitLimit));
+    let mut acc = Peer::connect(addr);
+    acc.send(&Message::Accept { circuit: 12345 });
+    assert_eq!(acc.recv(), Got::Refused(Reason::UnknownCircuit));
+    acc.expect_closed();
+    // A control connection cannot become a circuit end.
+    owner.send(&Message::Connect { id: "svc" });
+    assert_eq!(owner.recv(), Got::Refused(Reason::BadRequest));
+    owner.expect_closed();
+}
+
+#[test]
+fn circuit_byte_limit_closes_the_circuit() {
+    const LIMIT: usize = 64 * 1024;
+    let (addr, _relay) = relay(cfg(|c| c.circuits.max_bytes_per_direction = LIMIT as u64));
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let (mut a, mut b) = open_circuit(addr, &mut owner, "svc");
+    let data = pseudo_random_bytes(7, 4 * LIMIT);
+    let mut w = a.s.try_clone().unwrap();
+    let sent = data.clone();
+    // The relay stops reading this side, so the write may fail: that is fine.
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&sent);
+    });
+    let got = b.read_to_end(2 * LIMIT);
+    assert_eq!(got.len(), LIMIT, "exactly the budget is forwarded");
+    assert_eq!(got, data[..LIMIT]);
+    a.s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert!(
+        a.read_to_end(LIMIT).is_empty(),
+        "the other end is closed too"
+    );
+    writer.join().unwrap();
+    // The relay carries on.
+    let (mut c, mut d) = open_circuit(addr, &mut owner, "svc");
+    d.raw(b"again");
+    let mut buf = [0u8; 5];
+    c.s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"again");
+}
+
+#[test]
+fn circuit_duration_limit_closes_the_circuit() {
+    let (addr, _relay) = relay(cfg(|c| c.circuits.max_duration = secs(1.0)));
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let start = Instant::now();
+    let (mut a, mut b) = open_circuit(addr, &mut owner, "svc");
+    a.raw(b"hello");
+    b.raw(b"world");
+    let got_b = b.read_to_end(100);
+    let got_a = a.read_to_end(100);
+    let took = start.elapsed();
+    assert_eq!(got_b, b"hello");
+    assert_eq!(got_a, b"world");
+    assert!(took >= secs(0.9), "closed after {took:?}, before its limit");
+    assert!(took < secs(4.0), "closed only after {took:?}");
+}
+
+#[test]
+fn hostile_input_closes_only_that_connection() {
+    let (addr, _relay) = relay(cfg(|c| {
+        c.limits.heartbeat_timeout = secs(30.0);
+        c.request_timeout = secs(1.0);
+    }));
+    let mut good = Peer::connect(addr);
+    assert_eq!(good.reserve("g", "good"), reserved("good"));
+
+    // Unknown message type.
+    let mut h = Peer::connect(addr);
+    h.raw(&[0x47, 0, 0]);
+    assert_eq!(h.recv(), Got::Refused(Reason::BadRequest));
+    h.expect_closed();
+    // Oversized id inside an acceptable frame length.
+    let mut h = Peer::connect(addr);
+    let mut frame = vec![0x01, 0, 68, 1, b'p', 65];
+    frame.extend_from_slice(&[b'x'; 65]);
+    h.raw(&frame);
+    assert_eq!(h.recv(), Got::Refused(Reason::BadRequest));
+    h.expect_closed();
+    // Oversized length: rejected from the header alone.
+    let mut h = Peer::connect(addr);
+    h.raw(&[0x01, 0xff, 0xff]);
+    assert_eq!(h.recv(), Got::Refused(Reason::BadRequest));
+    h.expect_closed();
+    // A relay-to-client message from a client.
+    let mut h = Peer::connect(addr);
+    h.raw(&[0x84, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(h.recv(), Got::Refused(Reason::BadRequest));
+    h.expect_closed();
+    // A megabyte of garbage.
+    let mut h = Peer::connect(addr);
+    let _ = h.s.write_all(&pseudo_random_bytes(3, 1 << 20));
+    let _ = h.s.shutdown(Shutdown::Write);
+    let mut sink = Vec::new();
+    let _ = h.s.read_to_end(&mut sink);
+    assert!(
+        sink.len() < 1024,
+        "garbage got {} bytes of answers",
+        sink.len()
+    );
+
+    // Trickled bytes: a valid frame one byte at a time works...
+    let mut t = Peer::connect(addr);
+    let mut frame = Vec::new();
+    proto::encode(
+        &Message::Reserve {
+            peer: "t",
+            id: "trickle",
+        },
+        &mut frame,
+    )
+    .unwrap();
+    for b in &frame {
+        t.raw(&[*b]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(t.recv(), reserved("trickle"));
+    // ...but a frame that never completes is closed after the request timeout,
+    // however steadily its bytes trickle in.
+    let mut slow = Peer::connect(addr);
+    let start = Instant::now();
+    let mut closed = false;
+    for b in &frame[..frame.len() - 1] {
+        if slow.s.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    if !closed {
+        assert_eq!(slow.recv(), Got::Refused(Reason::Timeout));
+        slow.expect_closed();
+    }
+    assert!(start.elapsed() < secs(4.0));
+
+    // The good connection never noticed.
+    good.send(&Message::Heartbeat);
+    assert_eq!(good.recv(), Got::Ack);
+    let (mut a, mut b) = open_circuit(addr, &mut good, "good");
+    a.raw(b"still here");
+    let mut buf = [0u8; 10];
+    b.s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+}
+
+/// Starts `relay-client ... reserve` and waits for `reserved ID`.
+fn reserve_client(relay: SocketAddr, id: &str, peer: &str, forward: SocketAddr) -> Child {
+    let mut child = Command::new(example_bin("relay-client"))
+        .args(["--relay", &relay.to_string(), "reserve", "--id", id])
+        .args(["--peer", peer, "--forward", &forward.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut r = BufReader::new(stdout);
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        let mut sink = Vec::new();
+        let _ = r.read_to_end(&mut sink);
+    });
+    let line = rx.recv_timeout(secs(20.0)).expect("no `reserved` line");
+    assert_eq!(line.trim(), format!("reserved {id}"));
+    child
+}
+
+/// Sends `data` through `addr` (an echo behind a tunnel) from one thread while
+/// reading the echo on this one; returns what came back.
+fn echo_through(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(secs(20.0))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    (&s).read_to_end(&mut got).expect("tunnel stalled");
+    writer.join().unwrap();
+    got
+}
+
+#[test]
+fn three_programs_carry_data_byte_exact() {
+    let (echo, _echo_loop) = run_loop(Config::default(), |r| {
+        let l = echo_listener("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let mut cmd = Command::new(example_bin("relay"));
+    cmd.args(["--listen", "127.0.0.1:0", "--circuit-bytes", "0"]);
+    let mut relay = Server::start(cmd);
+    let mut reserver = reserve_client(relay.addr, "svc", "svc-peer", echo);
+    let mut cmd = Command::new(example_bin("relay-client"));
+    cmd.args(["--relay", &relay.addr.to_string(), "connect", "--id", "svc"]);
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let connector = Server::start(cmd);
+
+    // Two tunnels at once, several MiB each way.
+    let d1 = pseudo_random_bytes(11, 6 << 20);
+    let d2 = pseudo_random_bytes(12, 3 << 20);
+    let (e1, e2) = (d1.clone(), d2.clone());
+    let t = connector.addr;
+    let h1 = std::thread::spawn(move || echo_through(t, e1));
+    let h2 = std::thread::spawn(move || echo_through(t, e2));
+    let (g1, g2) = (h1.join().unwrap(), h2.join().unwrap());
+    assert_eq!(g1.len(), d1.len());
+    assert!(g1 == d1, "tunnel 1 corrupted data");
+    assert_eq!(g2.len(), d2.len());
+    assert!(g2 == d2, "tunnel 2 corrupted data");
+
+    // A second reserver for the same id is refused, with the relay's reason.
+    let out = Command::new(example_bin("relay-client"))
+        .args(["--relay", &relay.addr.to_string(), "reserve", "--id", "svc"])
+        .args(["--peer", "someone-else", "--forward", &echo.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(Reason::IdTaken.as_str()),
+        "no reason in: {err}"
+    );
+
+    // Shut down: stats line, exit 0.
+    relay.signal(libc::SIGTERM);
+    assert!(relay.wait_stderr("relay stats: reservations held=1", secs(10.0)));
+    assert_eq!(relay.wait_exit(secs(10.0)), Some(0));
+    let _ = reserver.kill();
+    let _ = reserver.wait();
+}
+
+#[test]
+fn relay_binary_rejects_bad_arguments() {
+    for args in [
+        &["--ttl", "-1"][..],
+        &["--listen", "nowhere"],
+        &["--ttl", "0"],
+    ] {
+        let out = Command::new(example_bin("relay"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(!out.stderr.is_empty());
+    }
+}
