@@ -473,7 +473,7 @@ fn three_programs_carry_data_byte_exact() {
     let mut cmd = Command::new(example_bin("relay-client"));
     cmd.args(["--relay", &relay.addr.to_string(), "connect", "--id", "svc"]);
     cmd.args(["--listen", "127.0.0.1:0"]);
-    let connector = Server::start(cmd);
+    let mut connector = Server::start(cmd);
 
     // Two tunnels at once, several MiB each way.
     let d1 = pseudo_random_bytes(11, 6 << 20);
@@ -506,8 +506,26 @@ fn three_programs_carry_data_byte_exact() {
     relay.signal(libc::SIGTERM);
     assert!(relay.wait_stderr("relay stats: reservations held=1", secs(10.0)));
     assert_eq!(relay.wait_exit(secs(10.0)), Some(0));
-    let _ = reserver.kill();
-    let _ = reserver.wait();
+    // SAFETY: kill(2) on our own child process.
+    unsafe { libc::kill(reserver.id() as i32, libc::SIGTERM) };
+    connector.signal(libc::SIGTERM);
+    assert_eq!(
+        connector.wait_exit(secs(10.0)),
+        Some(0),
+        "connect: exit status"
+    );
+    let end = Instant::now() + secs(10.0);
+    let status = loop {
+        if let Some(st) = reserver.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > end {
+            let _ = reserver.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.is_some_and(|s| s.success()), "reserve: {status:?}");
 }
 
 #[test]
@@ -525,4 +543,95 @@ fn relay_binary_rejects_bad_arguments() {
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(!out.stderr.is_empty());
     }
+}
+
+/// A thread-based TCP forwarder whose connections can be cut, to drop a
+/// client's control connection under it.
+struct Cutter {
+    addr: SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Cutter {
+    fn new(to: SocketAddr) -> Cutter {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let list = conns.clone();
+        std::thread::spawn(move || {
+            for a in l.incoming() {
+                let Ok(a) = a else { break };
+                let Ok(b) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let mut held = list.lock().unwrap();
+                held.push(a.try_clone().unwrap());
+                held.push(b.try_clone().unwrap());
+                for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Cutter { addr, conns }
+    }
+
+    fn cut(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn reserve_client_library_reconnects_and_keeps_its_id() {
+    use reactor::relay::client::{ClientEvent, ReserveClient, ReserveOptions};
+    let (echo, _echo_loop) = run_loop(Config::default(), |r| {
+        let l = echo_listener("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let (addr, _relay) = relay(cfg(|c| c.limits.grace = secs(5.0)));
+    let cutter = Cutter::new(addr);
+    let (tx, rx) = mpsc::channel::<String>();
+    let relay_via = cutter.addr;
+    let (_, _client) = run_loop(Config::default(), move |r| {
+        let mut opts = ReserveOptions::new(relay_via, "lib-peer", "lib", &echo.to_string());
+        opts.reconnect_delay = secs(0.1);
+        opts.heartbeat = secs(0.2);
+        let hook = Box::new(move |_: &mut reactor::Context<'_>, ev: &ClientEvent<'_>| {
+            let _ = tx.send(match ev {
+                ClientEvent::Reserved { first, .. } => format!("reserved first={first}"),
+                ClientEvent::Refused { reason, .. } => format!("refused {reason:?}"),
+                ClientEvent::Disconnected { .. } => "disconnected".to_string(),
+            });
+        });
+        r.spawn(ReserveClient::new(opts, hook).unwrap());
+    });
+    let next = || rx.recv_timeout(IO_TIMEOUT).expect("no client event");
+    assert_eq!(next(), "reserved first=true");
+    cutter.cut();
+    // Meanwhile nobody else can take the id.
+    let mut thief = Peer::connect(addr);
+    assert_eq!(thief.reserve("thief", "lib"), Got::Refused(Reason::IdTaken));
+    assert_eq!(next(), "disconnected");
+    assert_eq!(next(), "reserved first=false");
+    // The reconnected client serves circuits (to the echo server).
+    let mut c = Peer::connect(addr);
+    c.send(&Message::Connect { id: "lib" });
+    assert!(matches!(c.recv(), Got::Connected(_)));
+    let data = pseudo_random_bytes(5, 100_000);
+    let mut w = c.s.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let got = c.read_to_end(data.len() + 1);
+    writer.join().unwrap();
+    assert!(got == data, "echo through the circuit differs");
 }

@@ -421,8 +421,8 @@ impl RelayConn {
         match next {
             Next::Continue => {
                 if st.eof {
-                    // The client is gone (or half-closed without a request left).
-                    cx.close();
+                    // The client is gone, or half-closed: deliver the answers, then close.
+                    return self.finish(cx);
                 }
                 Ok(())
             }
