@@ -138,6 +138,7 @@ fn run(args: Args) -> Result<(), String> {
             }
         }
         Cmd::Connect { id, listen } => {
+            reactor::relay::proto::check_id(&id).map_err(|e| format!("--id: {e}"))?;
             let l = connect_listener(
                 listen,
                 relay,

@@ -529,6 +529,34 @@ fn three_programs_carry_data_byte_exact() {
 }
 
 #[test]
+fn client_binary_rejects_bad_arguments() {
+    let long = "x".repeat(65);
+    for args in [
+        &["--relay", "127.0.0.1:1", "connect", "--id", &long][..],
+        &[
+            "--relay",
+            "127.0.0.1:1",
+            "reserve",
+            "--id",
+            "",
+            "--forward",
+            "x:1",
+        ],
+        &["--relay", "no port", "connect", "--id", "a"],
+        &["--relay", "127.0.0.1:1", "reserve", "--id", "a"],
+    ] {
+        let out = Command::new(example_bin("relay-client"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(!out.stderr.is_empty());
+        assert!(out.stdout.is_empty(), "{args:?} printed something");
+    }
+}
+
+#[test]
 fn relay_binary_rejects_bad_arguments() {
     for args in [
         &["--ttl", "-1"][..],
