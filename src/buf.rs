@@ -47,14 +47,15 @@ impl BufPool {
     /// the pool's size (a large frame) are freed rather than kept.
     #[inline]
     pub fn put(&mut self, mut buf: BytesMut) {
-        if self.free.len() >= self.max_free || buf.capacity() > 4 * self.size {
+        if self.free.len() >= self.max_free {
             return;
         }
         buf.clear();
-        // Reclaims space consumed from the front; no allocation for a uniquely owned
-        // buffer.
-        buf.reserve(self.size);
-        if buf.capacity() >= self.size {
+        // A drained buffer reports only the capacity after its consumed offset
+        // (often 0), but still owns its whole allocation: reclaim it, without
+        // allocating. An empty `BytesMut::new()` has nothing to reclaim and is
+        // dropped (freeing nothing).
+        if buf.try_reclaim(self.size) && buf.capacity() <= 4 * self.size {
             self.free.push(buf);
         }
     }
@@ -83,5 +84,21 @@ mod tests {
         assert_eq!(p.spare(), 2);
         p.put(BytesMut::with_capacity(100_000));
         assert_eq!(p.spare(), 2);
+    }
+
+    #[test]
+    fn fully_drained_buffers_are_recycled_and_empty_ones_ignored() {
+        let mut p = BufPool::new(1024, 8);
+        let mut a = p.get();
+        a.extend_from_slice(&[7; 1024]);
+        a.advance(1024); // written out completely: capacity() is now 0
+        assert_eq!(a.capacity(), 0);
+        p.put(a);
+        assert_eq!(p.spare(), 1);
+        assert!(p.get().capacity() >= 1024);
+        p.put(BytesMut::new());
+        assert_eq!(p.spare(), 0, "an unallocated buffer is not pooled");
+        p.put(BytesMut::with_capacity(100_000));
+        assert_eq!(p.spare(), 0, "an oversized buffer is not pooled");
     }
 }

@@ -212,7 +212,11 @@ impl Conn {
         let fd = self.stream.as_raw_fd();
         let result = loop {
             if self.rbuf.capacity() == 0 {
-                self.rbuf = cx.core().bufs.get();
+                // Empty; give back a drained allocation before taking one.
+                let old = std::mem::take(&mut self.rbuf);
+                let pool = &mut cx.core().bufs;
+                pool.put(old);
+                self.rbuf = pool.get();
             }
             if self.rbuf.len() == self.rbuf.capacity() {
                 if st.bytes > 0 {
@@ -269,10 +273,9 @@ impl Conn {
     }
 
     fn release_read_buf(&mut self, cx: &mut Context<'_>) {
-        if self.rbuf.capacity() != 0 {
-            let b = std::mem::take(&mut self.rbuf);
-            cx.core().bufs.put(b);
-        }
+        // Not `capacity() != 0`: a drained buffer reports 0 but owns an allocation.
+        let b = std::mem::take(&mut self.rbuf);
+        cx.core().bufs.put(b);
     }
 
     /// The bytes read and not yet consumed.
@@ -301,7 +304,10 @@ impl Conn {
     /// Appends bytes to the write queue (no syscall; see [`flush`](Conn::flush)).
     pub fn queue(&mut self, cx: &mut Context<'_>, data: &[u8]) {
         if self.wbuf.capacity() == 0 {
-            self.wbuf = cx.core().bufs.get();
+            let old = std::mem::take(&mut self.wbuf);
+            let pool = &mut cx.core().bufs;
+            pool.put(old);
+            self.wbuf = pool.get();
         }
         self.wbuf.extend_from_slice(data);
     }
@@ -386,10 +392,10 @@ impl Conn {
         }
         cx.core().stats.bytes_out += written as u64;
         if self.wbuf.is_empty() {
-            if self.wbuf.capacity() != 0 {
-                let b = std::mem::take(&mut self.wbuf);
-                cx.core().bufs.put(b);
-            }
+            // Written out completely: its capacity() reads 0, the allocation is
+            // still there for the pool.
+            let b = std::mem::take(&mut self.wbuf);
+            cx.core().bufs.put(b);
             if self.shutdown_requested && !self.write_shut {
                 self.write_shut = true;
                 match self.stream.shutdown(Shutdown::Write) {
@@ -447,10 +453,8 @@ impl Conn {
     /// (e.g. in `on_close`) to keep the pool warm; dropping without it only frees.
     pub fn release(&mut self, cx: &mut Context<'_>) {
         self.release_read_buf(cx);
-        if self.wbuf.capacity() != 0 {
-            let b = std::mem::take(&mut self.wbuf);
-            cx.core().bufs.put(b);
-        }
+        let b = std::mem::take(&mut self.wbuf);
+        cx.core().bufs.put(b);
     }
 }
 
