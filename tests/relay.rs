@@ -16,6 +16,39 @@ use reactor::echo::{EchoOptions, echo_listener};
 use reactor::relay::proto::{self, Message, Reason};
 use reactor::relay::server::{self, RelayConfig};
 
+/// Counts heap allocations made on threads that opted in (the relay's loop).
+struct Counting;
+
+static LOOP_ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    static COUNT_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn count(n: u64) {
+    if COUNT_HERE.try_with(|c| c.get()).unwrap_or(false) {
+        LOOP_ALLOCS.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        count(1);
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        count(1);
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
 /// Every blocking read in these tests gives up after this.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -662,4 +695,54 @@ fn reserve_client_library_reconnects_and_keeps_its_id() {
     let got = c.read_to_end(data.len() + 1);
     writer.join().unwrap();
     assert!(got == data, "echo through the circuit differs");
+}
+
+/// Sends `mib` MiB from `a` to `b` and `b` to `a` at once and checks the counts.
+fn transfer(a: &mut Peer, b: &mut Peer, mib: usize) {
+    let chunk = pseudo_random_bytes(9, 1 << 20);
+    let mut threads = Vec::new();
+    for (mut w, mut r) in [
+        (a.s.try_clone().unwrap(), b.s.try_clone().unwrap()),
+        (b.s.try_clone().unwrap(), a.s.try_clone().unwrap()),
+    ] {
+        let c = chunk.clone();
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..mib {
+                w.write_all(&c).unwrap();
+            }
+        }));
+        let chunk = chunk.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            for _ in 0..mib {
+                r.read_exact(&mut buf).expect("circuit stalled");
+                assert!(buf == chunk, "circuit corrupted data");
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn circuit_forwarding_does_not_allocate_per_message() {
+    let (addr, _relay) = run_loop(Config::default(), |r| {
+        COUNT_HERE.with(|c| c.set(true));
+        let cfg = cfg(|c| c.circuits.max_bytes_per_direction = 0);
+        server::spawn(r, "127.0.0.1:0".parse().unwrap(), cfg)
+            .unwrap()
+            .local_addr
+    });
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let (mut a, mut b) = open_circuit(addr, &mut owner, "svc");
+    transfer(&mut a, &mut b, 8); // warm the buffer pool
+    let before = LOOP_ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
+    const MIB: usize = 64;
+    transfer(&mut a, &mut b, MIB);
+    let allocs = LOOP_ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - before;
+    eprintln!("{allocs} allocations on the relay loop for {MIB} MiB each way");
+    // Reads are at most 64 KiB, so 2 x 64 MiB is over 2,000 messages.
+    assert!(allocs < 50, "{allocs} allocations for {MIB} MiB each way");
 }

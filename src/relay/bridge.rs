@@ -3,16 +3,15 @@
 //!
 //! [`Bridge`] is not a handler: the handler that owns both sockets calls
 //! [`Bridge::pump`] on every event of either, and the bridge moves what was read
-//! on one side to the other's write queue (without copying when that queue is
-//! empty), stops reading a side while the other's queue is above its high
-//! watermark, passes a half-close on, and counts bytes against a
-//! [`CircuitBudget`]. It must not parse anything or decide when to close: it
+//! on one side to the other's write queue by swapping buffers (no copy, no
+//! allocation), reads a side only while the other's queue is empty (so the
+//! kernel's socket buffers do the queueing and a slow side holds back a fast
+//! one), passes a half-close on, and counts bytes against a [`CircuitBudget`]. It must not parse anything or decide when to close: it
 //! reports, the handler acts.
 
 use std::io;
 
 use crate::conn::Conn;
-use crate::handler::Event;
 use crate::reactor::Context;
 
 use super::table::{BudgetExceeded, CircuitBudget, CircuitLimits, Direction};
@@ -39,25 +38,17 @@ pub struct Bridge {
     /// The reserver's side.
     pub b: Conn,
     budget: CircuitBudget,
-    low_watermark: usize,
-    /// Reading `a` waits for `b`'s queue to drain (and the other way round).
-    gated_a: bool,
-    gated_b: bool,
     stopped: bool,
 }
 
 impl Bridge {
     /// Joins `a` and `b` (both already registered with the owning handler under
-    /// different sources). `low_watermark` is where a congested side's writer
-    /// may read again (the `ConnConfig` value the connections use).
-    pub fn new(a: Conn, b: Conn, limits: &CircuitLimits, low_watermark: usize) -> Bridge {
+    /// different sources), with `limits.max_bytes_per_direction` as budget.
+    pub fn new(a: Conn, b: Conn, limits: &CircuitLimits) -> Bridge {
         Bridge {
             a,
             b,
             budget: CircuitBudget::new(limits),
-            low_watermark,
-            gated_a: false,
-            gated_b: false,
             stopped: false,
         }
     }
@@ -76,12 +67,9 @@ impl Bridge {
             self.b.flush(cx)?;
             return Ok(Pumped::Open);
         }
-        let low = self.low_watermark;
         if let Err(e) = forward(
             &mut self.a,
             &mut self.b,
-            &mut self.gated_a,
-            low,
             cx,
             &mut self.budget,
             Direction::ToReserver,
@@ -92,8 +80,6 @@ impl Bridge {
         if let Err(e) = forward(
             &mut self.b,
             &mut self.a,
-            &mut self.gated_b,
-            low,
             cx,
             &mut self.budget,
             Direction::ToConnector,
@@ -128,26 +114,22 @@ impl Bridge {
 
 /// Moves bytes from `src` to `dst`. The outer error is a socket error; the
 /// inner one means `src` went over its budget (what fits was queued).
+///
+/// At most one read buffer is in flight per direction: `src` is read only
+/// when `dst`'s queue is empty, so the buffer is handed over by swapping (no
+/// copy, no growth, no allocation) and goes back to the loop's pool once
+/// written. The kernel's socket buffers do the queueing; a `dst` that cannot
+/// take more leaves the bytes in `src`'s socket, which is the backpressure.
 fn forward(
     src: &mut Conn,
     dst: &mut Conn,
-    gated: &mut bool,
-    low_watermark: usize,
     cx: &mut Context<'_>,
     budget: &mut CircuitBudget,
     dir: Direction,
 ) -> io::Result<Result<(), BudgetExceeded>> {
     dst.flush(cx)?;
-    // Our own gate, not `Conn::pause_reading`: `src` un-pauses itself whenever
-    // its own queue drains, which would spin while `dst` is still congested.
-    if *gated {
-        if dst.write_pending() > low_watermark {
-            return Ok(Ok(()));
-        }
-        *gated = false;
-    }
-    if dst.is_congested() {
-        *gated = true;
+    if dst.write_pending() > 0 {
+        // Its writable edge (or requeued write) pumps again once it drains.
         return Ok(Ok(()));
     }
     let st = src.fill(cx)?;
@@ -168,17 +150,9 @@ fn forward(
             }
         }
         dst.flush(cx)?;
-        if dst.is_congested() {
-            *gated = true;
-        }
     }
     if st.eof && src.read_buf().is_empty() && !dst.is_write_shut() {
         dst.shutdown_write(cx)?;
-    }
-    if *gated && dst.write_pending() <= low_watermark {
-        // Drained within this call: read on before the loop sleeps.
-        *gated = false;
-        cx.requeue(Event::readable(src.source()));
     }
     Ok(Ok(()))
 }

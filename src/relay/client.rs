@@ -437,12 +437,7 @@ impl CircuitEnd {
                 max_bytes_per_direction: 0,
                 ..CircuitLimits::default()
             };
-            self.bridge = Some(Bridge::new(
-                relay,
-                local,
-                &unlimited,
-                self.cfg.low_watermark,
-            ));
+            self.bridge = Some(Bridge::new(relay, local, &unlimited));
             return self.pump(cx);
         }
         Ok(())

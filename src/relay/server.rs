@@ -528,10 +528,10 @@ impl RelayConn {
         encode(&mut self.out, &Message::Connected { circuit: c.0 });
         conn.queue(cx, &self.out);
         theirs.queue(cx, &self.out);
-        let (limits, low) = {
+        let limits = {
             let mut sh = self.shared.borrow_mut();
             sh.circuits_bridged += 1;
-            (sh.table.circuit_limits().clone(), sh.conn_cfg.low_watermark)
+            sh.table.circuit_limits().clone()
         };
         log::info!(
             "circuit {:016x} bridged: {} <-> {}",
@@ -541,7 +541,7 @@ impl RelayConn {
                 .peer_addr()
                 .map_or_else(|_| "?".to_string(), |a| a.to_string())
         );
-        self.state = State::Bridged(Bridge::new(conn, theirs, &limits, low), c);
+        self.state = State::Bridged(Bridge::new(conn, theirs, &limits), c);
         self.pump(cx)
     }
 }
