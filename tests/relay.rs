@@ -501,6 +501,7 @@ fn three_programs_carry_data_byte_exact() {
     });
     let mut cmd = Command::new(example_bin("relay"));
     cmd.args(["--listen", "127.0.0.1:0", "--circuit-bytes", "0"]);
+    cmd.args(["--stats-interval", "0.2"]);
     let mut relay = Server::start(cmd);
     let mut reserver = reserve_client(relay.addr, "svc", "svc-peer", echo);
     let mut cmd = Command::new(example_bin("relay-client"));
@@ -535,10 +536,21 @@ fn three_programs_carry_data_byte_exact() {
         "no reason in: {err}"
     );
 
-    // Shut down: stats line, exit 0.
+    // A periodic stats line counts what happened...
+    assert!(
+        relay.wait_stderr("refused=1 released=0 bridged=2", secs(10.0)),
+        "no stats line: {}",
+        relay.stderr_text()
+    );
+    // ...and a last one comes at shutdown, which exits 0.
     relay.signal(libc::SIGTERM);
-    assert!(relay.wait_stderr("relay stats: reservations held=1", secs(10.0)));
     assert_eq!(relay.wait_exit(secs(10.0)), Some(0));
+    let log = relay.stderr_text();
+    let signal = log.find("received signal").expect("signal not logged");
+    assert!(
+        log[signal..].contains("relay stats: reservations held=1"),
+        "no stats line at shutdown: {log}"
+    );
     // SAFETY: kill(2) on our own child process.
     unsafe { libc::kill(reserver.id() as i32, libc::SIGTERM) };
     connector.signal(libc::SIGTERM);
