@@ -12,7 +12,7 @@
 //!   socket to the circuit (a reverse tunnel).
 //!
 //! This module must not block the loop (name resolution goes to the pool) nor
-//! parse bytes itself (that is [`proto`](super::proto)).
+//! parse bytes itself (that is [`proto`]).
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -14,7 +14,7 @@
 //! All handlers of one relay share one [`Table`] through `Rc<RefCell<_>>`
 //! (single thread, no locks), plus a map from the table's [`ConnId`]s to the
 //! handlers that own them. This module must not parse bytes itself (that is
-//! [`proto`](super::proto)) nor decide reservation rules (that is the table).
+//! [`proto`]) nor decide reservation rules (that is the table).
 
 use std::any::Any;
 use std::cell::RefCell;
