@@ -902,3 +902,76 @@ fn echo_binary_logs_stats_lines() {
     drop(c);
     assert_eq!(srv.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// Echoes length-prefixed frames; frames larger than the pool's buffers make the
+/// read buffer grow, frames above the maximum close the connection.
+struct FrameEcho {
+    conn: Conn,
+    codec: reactor::framing::LengthPrefixed,
+}
+impl Handler for FrameEcho {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        Ok(self.conn.register(cx)?)
+    }
+    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        let st = self.conn.fill(cx)?;
+        let mut out = bytes::BytesMut::new();
+        while let Some(f) = self.conn.next_frame(&self.codec)? {
+            self.codec
+                .encode(f.payload(self.conn.read_buf()), &mut out)
+                .unwrap();
+            self.conn.consume(f.consumed);
+        }
+        self.conn.queue(cx, &out);
+        self.conn.flush(cx)?;
+        if st.eof {
+            cx.close();
+        }
+        Ok(())
+    }
+    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        self.conn.flush(cx)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn framed_connection_grows_for_big_frames_and_refuses_oversized_ones() {
+    const MAX: usize = 512 * 1024;
+    let (addr, server) = run_loop(Config::default(), |r| {
+        let l = Listener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            |s, _| {
+                let cfg = ConnConfig {
+                    max_read_buffer: MAX + 4,
+                    ..ConnConfig::default()
+                };
+                Some(FrameEcho {
+                    conn: Conn::new(s, 0, cfg),
+                    codec: reactor::framing::LengthPrefixed::new(4, MAX),
+                })
+            },
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (i, size) in [1usize, 70_000, 300_000, MAX, 0, 5].into_iter().enumerate() {
+        let payload = pseudo_random_bytes(i as u64 + 100, size);
+        let mut msg = (size as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&payload);
+        c.write_all(&msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).unwrap();
+        assert!(back == msg, "frame of {size} bytes came back different");
+    }
+    // A header announcing more than the maximum: the server closes at once.
+    c.write_all(&((MAX as u32) + 1).to_be_bytes()).unwrap();
+    expect_closed(&mut c);
+    let stats = server.stop();
+    assert_eq!(stats.handlers_failed, 1);
+}
