@@ -161,6 +161,7 @@ enum Pending {
     ChildClosed { parent: HandlerId, child: HandlerId },
     Message(HandlerId, Box<dyn Any + Send>),
     Close(HandlerId),
+    Shutdown(HandlerId),
 }
 
 struct Slot {
@@ -454,16 +455,13 @@ impl Core {
                 self.config.drain_timeout
             );
             self.state = RunState::Draining { deadline };
-            let ids: Vec<HandlerId> = self
-                .slots
-                .iter()
-                .map(|(i, s)| HandlerId {
+            // Deferred to the pending list so that a handler that started the
+            // shutdown from its own callback (and is off its slot now) is told too.
+            for (i, s) in self.slots.iter() {
+                self.pending.push(Pending::Shutdown(HandlerId {
                     index: i as u32,
                     generation: s.generation,
-                })
-                .collect();
-            for id in ids {
-                self.dispatch(id, None, |h, cx| h.on_shutdown(cx));
+                }));
             }
         }
     }
@@ -604,6 +602,9 @@ impl Core {
                     }
                 }
                 Pending::Close(id) => self.close_now(id),
+                Pending::Shutdown(id) => {
+                    self.dispatch(id, None, |h, cx| h.on_shutdown(cx));
+                }
             }
         }
     }

@@ -876,6 +876,171 @@ fn readme_example_is_examples_upper() {
     assert_eq!(srv.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
+/// Starts the shutdown from its own callback and must still be told.
+struct ShutsDown {
+    told: Arc<AtomicUsize>,
+}
+impl Handler for ShutsDown {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        cx.shutdown();
+        assert!(cx.is_shutting_down());
+        Ok(())
+    }
+    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        self.told.fetch_add(1, Ordering::SeqCst);
+        cx.close();
+        Ok(())
+    }
+}
+
+#[test]
+fn shutdown_from_a_callback_reaches_every_handler_including_the_caller() {
+    let told = Arc::new(AtomicUsize::new(0));
+    let mut r = Reactor::new().unwrap();
+    r.spawn(ShutsDown { told: told.clone() });
+    r.spawn(reactor::StatsLogger::new(Duration::from_secs(60), ""));
+    let t0 = Instant::now();
+    r.run().unwrap();
+    assert_eq!(told.load(Ordering::SeqCst), 1);
+    assert_eq!(r.handlers(), 0);
+    // Both closed on shutdown, so the drain ends at once, not at its deadline.
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+/// A client that sends without reading: the server's write queue reaches its high
+/// watermark, the server stops reading, and the client's sends stall. Nothing is
+/// lost: once the client reads, every byte comes back.
+#[test]
+fn backpressure_bounds_buffering_and_loses_nothing() {
+    let (addr, server) = echo_server(Config::default());
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_nonblocking(true).unwrap();
+    let chunk = pseudo_random_bytes(7, 64 * 1024);
+    let mut sent = 0usize;
+    let mut stalled_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Send until the pipe has been full for 500 ms.
+    while stalled_since.elapsed() < Duration::from_millis(500) {
+        assert!(
+            Instant::now() < deadline,
+            "sends never stalled: no backpressure"
+        );
+        match c.write(&chunk[sent % chunk.len()..]) {
+            Ok(n) => {
+                sent += n;
+                stalled_since = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            sent < 64 << 20,
+            "64 MiB accepted without reading: unbounded"
+        );
+    }
+    // Kernel buffers on both sides plus the 1 MiB high watermark hold it all.
+    assert!(sent > 1 << 20, "only {sent} bytes before stalling");
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = vec![0u8; sent];
+    c.read_exact(&mut got).unwrap();
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(*b, chunk[i % chunk.len()], "byte {i} differs");
+    }
+    let stats = server.stop();
+    assert_eq!(stats.bytes_in, sent as u64);
+}
+
+#[test]
+fn echo_binary_logs_stats_lines() {
+    let mut srv = echo_child(&["--stats-interval", "0.2"]);
+    let mut c = TcpStream::connect(srv.addr).unwrap();
+    roundtrip(&mut c, b"count me");
+    assert!(
+        srv.wait_stderr("bytes_in=8", Duration::from_secs(5)),
+        "{}",
+        srv.stderr_text()
+    );
+    srv.signal(libc::SIGTERM);
+    drop(c);
+    assert_eq!(srv.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// Echoes length-prefixed frames; frames larger than the pool's buffers make the
+/// read buffer grow, frames above the maximum close the connection.
+struct FrameEcho {
+    conn: Conn,
+    codec: reactor::framing::LengthPrefixed,
+}
+impl Handler for FrameEcho {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        Ok(self.conn.register(cx)?)
+    }
+    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        let st = self.conn.fill(cx)?;
+        let mut out = bytes::BytesMut::new();
+        while let Some(f) = self.conn.next_frame(&self.codec)? {
+            self.codec
+                .encode(f.payload(self.conn.read_buf()), &mut out)
+                .unwrap();
+            self.conn.consume(f.consumed);
+        }
+        self.conn.queue(cx, &out);
+        self.conn.flush(cx)?;
+        if st.eof {
+            cx.close();
+        }
+        Ok(())
+    }
+    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        self.conn.flush(cx)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn framed_connection_grows_for_big_frames_and_refuses_oversized_ones() {
+    const MAX: usize = 512 * 1024;
+    let (addr, server) = run_loop(Config::default(), |r| {
+        let l = Listener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            |s, _| {
+                let cfg = ConnConfig {
+                    max_read_buffer: MAX + 4,
+                    ..ConnConfig::default()
+                };
+                Some(FrameEcho {
+                    conn: Conn::new(s, 0, cfg),
+                    codec: reactor::framing::LengthPrefixed::new(4, MAX),
+                })
+            },
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (i, size) in [1usize, 70_000, 300_000, MAX, 0, 5].into_iter().enumerate() {
+        let payload = pseudo_random_bytes(i as u64 + 100, size);
+        let mut msg = (size as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&payload);
+        c.write_all(&msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).unwrap();
+        assert!(back == msg, "frame of {size} bytes came back different");
+    }
+    // A header announcing more than the maximum: the server closes at once.
+    c.write_all(&((MAX as u32) + 1).to_be_bytes()).unwrap();
+    expect_closed(&mut c);
+    let stats = server.stop();
+    assert_eq!(stats.handlers_failed, 1);
+}
+
 /// Gives its connection (with whatever it has buffered) to another handler.
 struct Giver {
     conn: Option<Conn>,
