@@ -144,8 +144,10 @@ impl Session {
             }
             Phase::Resolving | Phase::Connecting => {
                 if ev.source() == CLIENT {
-                    // Not reading yet (paused); this records an end-of-file hint
-                    // that no later event would repeat.
+                    // Not reading yet: paused (again: a flush of the client lifts
+                    // the pause), `fill` only records an end-of-file hint that no
+                    // later event would repeat.
+                    self.client.pause_reading();
                     self.client.fill(cx)?;
                 } else if self.phase == Phase::Connecting {
                     self.poll_upstream(cx)?;
@@ -404,7 +406,10 @@ impl Session {
         }
         // Read both sides now: the client's early bytes and the upstream's greeting
         // may have arrived with edges we already consumed.
+        // Bytes that came with the request wait in the read buffer: pump them even
+        // if no new edge comes.
         self.client.resume_reading(cx);
+        cx.requeue(Event::readable(CLIENT));
         cx.requeue(Event::readable(UPSTREAM));
         Ok(())
     }
