@@ -10,6 +10,60 @@
 //!
 //! It must not decide anything else: connecting, timeouts, limits, logging and
 //! closing the session belong to the handler that owns the two [`Conn`]s.
+//!
+//! The smallest two-socket handler built on it, a forwarder to a fixed address
+//! (no connect timeout, idle timeout or limits: see [`super::session::Session`] for
+//! those):
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use reactor::proxy::forward::Pipe;
+//! use reactor::{Conn, ConnConfig, Context, Event, Handler, HandlerResult, ListenOptions,
+//!               Listener, Reactor};
+//!
+//! struct Forward { client: Conn, upstream: Conn, pipe: Pipe }
+//!
+//! impl Handler for Forward {
+//!     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+//!         self.client.register(cx)?;   // source 0
+//!         self.upstream.register(cx)?; // source 1
+//!         self.client.pause_reading(); // until the upstream is connected
+//!         Ok(())
+//!     }
+//!     fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+//!         if self.upstream.is_connecting() {
+//!             if ev.source() == 0 {
+//!                 self.client.pause_reading();
+//!                 self.client.fill(cx)?; // remembers an end-of-file hint
+//!             } else if self.upstream.poll_connect()? {
+//!                 self.client.resume_reading(cx);
+//!                 cx.requeue(Event::readable(1));
+//!             }
+//!             return Ok(());
+//!         }
+//!         self.pipe.on_event(cx, ev, &mut self.client, &mut self.upstream)?;
+//!         if Pipe::is_done(&self.client, &self.upstream) {
+//!             cx.close();
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let to: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+//!     let cfg = ConnConfig::default();
+//!     let mut r = Reactor::new()?;
+//!     let l = Listener::bind("127.0.0.1:0".parse().unwrap(), ListenOptions::default(),
+//!         move |stream, _peer| Some(Forward {
+//!             client: Conn::new(stream, 0, cfg),
+//!             upstream: Conn::connect(to, 1, cfg).ok()?, // refused at once: drop client
+//!             pipe: Pipe::new(cfg.low_watermark),
+//!         }))?;
+//!     println!("listening on {}", l.local_addr());
+//!     r.spawn(l);
+//!     r.run()
+//! }
+//! ```
 
 use std::io;
 
