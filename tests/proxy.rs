@@ -251,6 +251,12 @@ fn curl_socks5_and_socks5_hostname() {
     assert_eq!(c.active, 0);
     assert!(c.bytes_down > 100 && c.bytes_up > 50, "{c}");
     assert_eq!(stats.handlers_failed, 0);
+    // The name was resolved on the worker pool, not on the loop.
+    assert!(
+        stats.jobs_completed >= 1,
+        "no resolution went through the pool"
+    );
+    assert_eq!(stats.slow_dispatches, 0);
 }
 
 /// The example binary with `--auth`: curl with the right `--proxy-user` gets
@@ -305,12 +311,20 @@ fn example_forward_mode_and_bad_arguments() {
     let mut s = connect(srv.addr);
     s.write_all(b"through the forwarder").unwrap();
     assert_eq!(read_n(&mut s, 21), b"through the forwarder");
+    // A signal stops accepting, but an open tunnel carries on until it finishes.
+    srv.signal(libc::SIGINT);
+    assert!(srv.wait_stderr("shutting down", T), "{}", srv.stderr_text());
+    s.write_all(b"still open").unwrap();
+    assert_eq!(read_n(&mut s, 10), b"still open");
+    assert!(
+        TcpStream::connect_timeout(&srv.addr, Duration::from_secs(2)).is_err(),
+        "new connections must be refused while draining"
+    );
     s.shutdown(Shutdown::Write).unwrap();
     assert!(read_to_close(&mut s, T).is_empty());
-    srv.signal(libc::SIGINT);
     assert_eq!(srv.wait_exit(T), Some(0), "{}", srv.stderr_text());
     assert!(
-        srv.wait_stderr("bytes up 21 down 21", T),
+        srv.wait_stderr("bytes up 31 down 31", T),
         "{}",
         srv.stderr_text()
     );
