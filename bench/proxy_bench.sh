@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Bulk throughput through three single-threaded TCP forwarders, side by side:
-# ours (examples/proxy.rs --upstream), HAProxy (mode tcp, nbthread 1) and tokio
-# copy_bidirectional (examples/tokio_forward.rs), with iperf3 as client and server.
+# Three single-threaded TCP forwarders side by side: ours (examples/proxy.rs
+# --upstream), HAProxy (mode tcp, nbthread 1) and tokio copy_bidirectional
+# (examples/tokio_forward.rs). Bulk throughput with iperf3 as client and server;
+# small-message request/response latency and connection rate with
+# examples/proxy_probe.rs against our echo server (examples/echo.rs).
 # Everything on 127.0.0.1. Usage: bench/proxy_bench.sh [SECONDS] [STREAMS]
 # Needs iperf3 and haproxy (apt-get install iperf3 haproxy). Prints a Markdown table.
 set -euo pipefail
@@ -13,7 +15,7 @@ HAPROXY_PORT=${HAPROXY_PORT:-15202}
 command -v iperf3 >/dev/null || { echo "iperf3 is required" >&2; exit 1; }
 command -v haproxy >/dev/null || { echo "haproxy is required" >&2; exit 1; }
 
-cargo build -q --release --example proxy --example tokio_forward
+cargo build -q --release --example proxy --example tokio_forward --example proxy_probe --example echo
 BIN="${CARGO_TARGET_DIR:-target}/release/examples"
 TMP=$(mktemp -d)
 PIDS=()
@@ -34,6 +36,9 @@ start_listening() {
     [ -n "$PORT" ] || { echo "$* did not start" >&2; cat "$out.err" >&2; exit 1; }
 }
 
+start_listening echo "$BIN/echo" --listen 127.0.0.1:0
+ECHO_PORT=$PORT
+
 cat >"$TMP/haproxy.cfg" <<CFG
 global
     nbthread 1
@@ -48,6 +53,11 @@ frontend f
     default_backend b
 backend b
     server s1 127.0.0.1:$IPERF_PORT
+frontend fe
+    bind 127.0.0.1:$((HAPROXY_PORT + 1))
+    default_backend be
+backend be
+    server e1 127.0.0.1:$ECHO_PORT
 CFG
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -68,16 +78,41 @@ run() {
     echo "$row"
 }
 
-echo "iperf3 -t $DUR -P $STREAMS through each forwarder ($(nproc) cores, $(date -u +%F))"
-echo
-echo "| forwarder | client->server Gbit/s | CPU (cores) | server->client Gbit/s | CPU (cores) |"
-echo "|---|---|---|---|---|"
-start_listening reactor "$BIN/proxy" --listen 127.0.0.1:0 --upstream "127.0.0.1:$IPERF_PORT"
-run "reactor proxy" "$PORT" "$PID"
 haproxy -f "$TMP/haproxy.cfg" -db >/dev/null 2>&1 & HPID=$!; PIDS+=($HPID)
 sleep 0.5
 kill -0 "$HPID" 2>/dev/null || { echo "haproxy did not start" >&2; exit 1; }
-run "HAProxy $(haproxy -v | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p') (nbthread 1)" "$HAPROXY_PORT" "$HPID"
+HAPROXY_NAME="HAProxy $(haproxy -v | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p') (nbthread 1)"
+start_listening reactor "$BIN/proxy" --listen 127.0.0.1:0 --upstream "127.0.0.1:$IPERF_PORT"
+R_PORT=$PORT R_PID=$PID
+start_listening reactor_echo "$BIN/proxy" --listen 127.0.0.1:0 --upstream "127.0.0.1:$ECHO_PORT"
+RE_PORT=$PORT
 start_listening tokio "$BIN/tokio_forward" --listen 127.0.0.1:0 --upstream "127.0.0.1:$IPERF_PORT"
-run "tokio copy_bidirectional (current_thread)" "$PORT" "$PID"
+T_PORT=$PORT T_PID=$PID
+start_listening tokio_echo "$BIN/tokio_forward" --listen 127.0.0.1:0 --upstream "127.0.0.1:$ECHO_PORT"
+TE_PORT=$PORT
+
+echo "## Bulk: iperf3 -t $DUR -P $STREAMS through each forwarder ($(nproc) cores, $(date -u +%F))"
+echo
+echo "| forwarder | client->server Gbit/s | CPU (cores) | server->client Gbit/s | CPU (cores) |"
+echo "|---|---|---|---|---|"
+run "reactor proxy" "$R_PORT" "$R_PID"
+run "$HAPROXY_NAME" "$HAPROXY_PORT" "$HPID"
+run "tokio copy_bidirectional (current_thread)" "$T_PORT" "$T_PID"
 run "direct, no forwarder (CPU: iperf3 server)" "$IPERF_PORT" "${PIDS[0]}"
+
+echo
+echo "## Small messages and connection rate (proxy_probe, echo server behind)"
+echo
+echo "| forwarder | rr: 50 connections, 64 B | conn: 50 concurrent, connect + 1 B echo + close |"
+echo "|---|---|---|"
+probe() {
+    local rr conn
+    rr=$("$BIN/proxy_probe" rr --addr "127.0.0.1:$2" --seconds "$DUR")
+    conn=$("$BIN/proxy_probe" conn --addr "127.0.0.1:$2" --seconds 3)
+    echo "| $1 | $rr | $conn |"
+    sleep 2 # let TIME_WAIT sockets from the connection test expire a little
+}
+probe "reactor proxy" "$RE_PORT"
+probe "$HAPROXY_NAME" "$((HAPROXY_PORT + 1))"
+probe "tokio copy_bidirectional (current_thread)" "$TE_PORT"
+probe "direct to echo, no forwarder" "$ECHO_PORT"
