@@ -1,8 +1,382 @@
 //! The proxy protocols: a TCP forwarder and a SOCKS5 server.
 //!
 //! [`socks5`] is the sans-io SOCKS5 codec (RFC 1928, RFC 1929): plain functions and a
-//! handshake state machine over byte slices, tested without sockets. The session
-//! handlers that own the two sockets of a proxied connection are built on top of it
-//! and must keep all parsing in the codec.
+//! handshake state machine over byte slices, tested without sockets. [`rules`] says
+//! which destinations SOCKS5 clients may not reach. [`forward::Pipe`] moves bytes
+//! between the two connections of a session (backpressure, half-close), and
+//! [`session::Session`] is the handler that owns those two connections: SOCKS5
+//! handshake, name resolution on the worker pool, non-blocking connect with a
+//! timeout, then the pipe. [`proxy_listener`] puts it behind a [`Listener`] with
+//! session limits.
+//!
+//! Parsing stays in the codec; the handlers only move bytes and drive the codec.
+//! Nothing here blocks the loop: host names are resolved with
+//! [`Context::offload`](crate::Context::offload).
+//!
+//! ```no_run
+//! use reactor::proxy::{Mode, ProxyOptions, proxy_listener};
+//! let mut r = reactor::Reactor::new()?;
+//! r.shutdown_on_signals()?;
+//! let opts = ProxyOptions::new(Mode::Socks5 { auth: None });
+//! let (listener, counters) = proxy_listener("127.0.0.1:1080".parse().unwrap(), opts)?;
+//! println!("listening on {}", listener.local_addr());
+//! r.spawn(listener);
+//! r.run()?;
+//! log::info!("{}", counters.snapshot());
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
+pub mod forward;
+pub mod rules;
+pub mod session;
 pub mod socks5;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::conn::ConnConfig;
+use crate::listener::{ListenOptions, Listener};
+
+pub use rules::{Cidr, Rules};
+pub use session::Session;
+pub use socks5::Target;
+
+/// What the proxy does with each accepted connection.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Forward every connection to this upstream (an address or a host name,
+    /// resolved per session on the worker pool).
+    Forward(Target),
+    /// Act as a SOCKS5 server; with `auth`, clients must log in with this
+    /// username and password (RFC 1929).
+    Socks5 {
+        /// Required `(username, password)`, or `None` for no authentication.
+        auth: Option<(Vec<u8>, Vec<u8>)>,
+    },
+}
+
+/// Settings of a proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Forwarder or SOCKS5.
+    pub mode: Mode,
+    /// Destinations SOCKS5 clients may not reach (answered with 0x02).
+    pub rules: Rules,
+    /// Buffer limits of each of the two connections (watermarks for backpressure).
+    pub conn: ConnConfig,
+    /// Listener settings. Its `max_connections` is a hard accept pause; the session
+    /// limits below refuse (close) connections instead, and count them.
+    pub listen: ListenOptions,
+    /// A connect attempt to one upstream address gives up after this long (the
+    /// next address is tried; SOCKS5 answers 0x06 if it was the last). Name
+    /// resolution gets the same budget.
+    pub connect_timeout: Duration,
+    /// A relaying session with no bytes in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// The SOCKS5 handshake must complete within this long, or the client is closed.
+    /// Also bounds how long a refused client is given to read its error reply.
+    pub handshake_timeout: Duration,
+    /// Open sessions at most; more are refused (closed at once) and counted.
+    pub max_sessions: usize,
+    /// Open sessions per client IP address at most; more are refused and counted.
+    pub max_sessions_per_ip: usize,
+}
+
+impl ProxyOptions {
+    /// Defaults for `mode`: 10 s connect and handshake timeouts, 300 s idle
+    /// timeout, 10,000 sessions, 1,000 per client IP.
+    pub fn new(mode: Mode) -> ProxyOptions {
+        ProxyOptions {
+            mode,
+            rules: Rules::default(),
+            conn: ConnConfig::default(),
+            listen: ListenOptions {
+                max_connections: usize::MAX,
+                ..ListenOptions::default()
+            },
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            max_sessions: 10_000,
+            max_sessions_per_ip: 1_000,
+        }
+    }
+}
+
+/// Parses `HOST:PORT` (`[v6]:PORT` for IPv6 literals) into a forwarding target.
+///
+/// ```
+/// use reactor::proxy::{Target, parse_host_port};
+/// assert!(matches!(parse_host_port("127.0.0.1:80"), Ok(Target::Addr(_))));
+/// assert!(matches!(parse_host_port("localhost:80"), Ok(Target::Domain { .. })));
+/// assert!(parse_host_port("localhost").is_err());
+/// ```
+pub fn parse_host_port(s: &str) -> Result<Target, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(Target::Addr(a));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: port must be a number 0..=65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Target::Addr(SocketAddr::new(ip, port)));
+    }
+    if host.is_empty() || host.len() > 255 || host.contains(|c: char| c.is_control() || c == ' ') {
+        return Err(format!("{s:?}: bad host name"));
+    }
+    Ok(Target::Domain {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Counters of one proxy, shared by its sessions and readable from any thread
+/// (relaxed atomics: sessions add their byte counts once, when they close).
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    accepted: AtomicU64,
+    active: AtomicU64,
+    refused_total: AtomicU64,
+    refused_per_ip: AtomicU64,
+    handshake_failed: AtomicU64,
+    connect_failed: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+}
+
+impl ProxyCounters {
+    /// The current values.
+    pub fn snapshot(&self) -> ProxyStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProxyStats {
+            accepted: g(&self.accepted),
+            active: g(&self.active),
+            refused_total: g(&self.refused_total),
+            refused_per_ip: g(&self.refused_per_ip),
+            handshake_failed: g(&self.handshake_failed),
+            connect_failed: g(&self.connect_failed),
+            bytes_up: g(&self.bytes_up),
+            bytes_down: g(&self.bytes_down),
+        }
+    }
+
+    fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of [`ProxyCounters`]; `Display` is one log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProxyStats {
+    /// Sessions started.
+    pub accepted: u64,
+    /// Sessions open now.
+    pub active: u64,
+    /// Connections refused because `max_sessions` sessions were open.
+    pub refused_total: u64,
+    /// Connections refused because their IP had `max_sessions_per_ip` open.
+    pub refused_per_ip: u64,
+    /// SOCKS5 handshakes that failed (bad input, auth, timeout, unsupported command,
+    /// denied by the rules).
+    pub handshake_failed: u64,
+    /// Sessions whose upstream could not be resolved or connected.
+    pub connect_failed: u64,
+    /// Bytes relayed client -> upstream (closed sessions only).
+    pub bytes_up: u64,
+    /// Bytes relayed upstream -> client (closed sessions only).
+    pub bytes_down: u64,
+}
+
+impl fmt::Display for ProxyStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sessions {} (open {}), refused {} (limit) + {} (per-IP limit), handshake failures {}, \
+             connect failures {}, bytes up {} down {}",
+            self.accepted,
+            self.active,
+            self.refused_total,
+            self.refused_per_ip,
+            self.handshake_failed,
+            self.connect_failed,
+            self.bytes_up,
+            self.bytes_down
+        )
+    }
+}
+
+/// Session limits and refusal logging, shared (loop thread only) by a listener's
+/// factory and its sessions.
+#[derive(Debug, Default)]
+struct Limits {
+    open: usize,
+    per_ip: HashMap<IpAddr, u32>,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+/// What every session of one proxy shares: its options, counters and limits.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) opts: ProxyOptions,
+    pub(crate) counters: Arc<ProxyCounters>,
+    limits: RefCell<Limits>,
+}
+
+/// Refusals are logged at most once per this interval, with a count of the rest,
+/// so a connection flood cannot flood the log too.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// Admits a new session from `peer`, or says why not (and counts the refusal).
+    fn admit(&self, peer: SocketAddr) -> bool {
+        let mut l = self.limits.borrow_mut();
+        let ip = peer.ip();
+        let per_ip = l.per_ip.get(&ip).copied().unwrap_or(0);
+        let why = if l.open >= self.opts.max_sessions {
+            ProxyCounters::add(&self.counters.refused_total, 1);
+            "the proxy's session limit"
+        } else if per_ip as usize >= self.opts.max_sessions_per_ip {
+            ProxyCounters::add(&self.counters.refused_per_ip, 1);
+            "the per-client session limit"
+        } else {
+            l.open += 1;
+            *l.per_ip.entry(ip).or_insert(0) += 1;
+            ProxyCounters::add(&self.counters.accepted, 1);
+            ProxyCounters::add(&self.counters.active, 1);
+            return true;
+        };
+        let now = Instant::now();
+        if l.last_log
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
+        {
+            log::warn!(
+                "refused connection from {peer}: {why} is reached ({} open, {} from {ip}; \
+                 {} more refusals not logged)",
+                l.open,
+                per_ip,
+                l.unlogged
+            );
+            l.last_log = Some(now);
+            l.unlogged = 0;
+        } else {
+            l.unlogged += 1;
+        }
+        false
+    }
+
+    /// A session from `ip` closed, having relayed `up`/`down` bytes.
+    pub(crate) fn release(&self, ip: IpAddr, up: u64, down: u64) {
+        let mut l = self.limits.borrow_mut();
+        l.open = l.open.saturating_sub(1);
+        if let Some(n) = l.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                l.per_ip.remove(&ip);
+            }
+        }
+        let c = &self.counters;
+        c.active.fetch_sub(1, Ordering::Relaxed);
+        ProxyCounters::add(&c.bytes_up, up);
+        ProxyCounters::add(&c.bytes_down, down);
+    }
+
+    pub(crate) fn count_handshake_failure(&self) {
+        ProxyCounters::add(&self.counters.handshake_failed, 1);
+    }
+
+    pub(crate) fn count_connect_failure(&self) {
+        ProxyCounters::add(&self.counters.connect_failed, 1);
+    }
+}
+
+/// Binds a proxy listener on `addr`: every admitted connection becomes a
+/// [`Session`]. Spawn the listener on a reactor; the counters can be read at any
+/// time, from any thread (log them when the loop returns).
+#[allow(clippy::type_complexity)]
+pub fn proxy_listener(
+    addr: SocketAddr,
+    opts: ProxyOptions,
+) -> io::Result<(
+    Listener<impl FnMut(TcpStream, SocketAddr) -> Option<Session> + 'static>,
+    Arc<ProxyCounters>,
+)> {
+    let counters = Arc::new(ProxyCounters::default());
+    let listen = opts.listen.clone();
+    let shared = Rc::new(Shared {
+        opts,
+        counters: counters.clone(),
+        limits: RefCell::new(Limits::default()),
+    });
+    let listener = Listener::bind(addr, listen, move |stream, peer| {
+        if !shared.admit(peer) {
+            return None;
+        }
+        Some(Session::new(shared.clone(), stream, peer))
+    })?;
+    Ok((listener, counters))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            parse_host_port("[::1]:8080").unwrap(),
+            Target::Addr("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_host_port("example.org:443").unwrap(),
+            Target::Domain {
+                host: "example.org".into(),
+                port: 443
+            }
+        );
+        for bad in ["", "x", "x:", "x:70000", ":80", "a b:80"] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_count_and_release() {
+        let mut opts = ProxyOptions::new(Mode::Socks5 { auth: None });
+        opts.max_sessions = 3;
+        opts.max_sessions_per_ip = 2;
+        let s = Shared {
+            opts,
+            counters: Arc::default(),
+            limits: RefCell::default(),
+        };
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        assert!(s.admit(a) && s.admit(a));
+        assert!(!s.admit(a)); // per-IP
+        assert!(s.admit(b));
+        assert!(!s.admit(b)); // total
+        s.release(a.ip(), 10, 20);
+        assert!(s.admit(b));
+        let st = s.counters.snapshot();
+        assert_eq!((st.accepted, st.active), (4, 3));
+        assert_eq!((st.refused_per_ip, st.refused_total), (1, 1));
+        assert_eq!((st.bytes_up, st.bytes_down), (10, 20));
+        assert!(
+            st.to_string()
+                .contains("refused 1 (limit) + 1 (per-IP limit)")
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! `proxy`: a TCP forwarder or a SOCKS5 server on the reactor.
+//!
+//! ```text
+//! proxy --listen ADDR --upstream HOST:PORT          forward every connection
+//! proxy --listen ADDR --socks5 [--auth USER:PASS]   SOCKS5 (RFC 1928, RFC 1929)
+//!       [--deny CIDR]... [--deny-port PORT]...      SOCKS5 ruleset (reply 0x02)
+//!       [--connect-timeout SECS] [--idle-timeout SECS] [--handshake-timeout SECS]
+//!       [--max-sessions N] [--max-sessions-per-ip N] [--stats-interval SECS]
+//! ```
+//! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM stop accepting, let open
+//! tunnels finish (up to the drain timeout), log the proxy's counters and exit 0.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use reactor::proxy::{Cidr, Mode, ProxyOptions, parse_host_port, proxy_listener};
+use reactor::{Config, Reactor, StatsLogger};
+
+#[derive(Parser, Debug)]
+#[command(about = "TCP forwarder and SOCKS5 proxy on the reactor")]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["upstream", "socks5"])))]
+struct Args {
+    /// Address to listen on (port 0: the OS picks one and it is printed).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    listen: SocketAddr,
+    /// Forward every connection to HOST:PORT (a host name is resolved per session).
+    #[arg(long, value_name = "HOST:PORT")]
+    upstream: Option<String>,
+    /// Be a SOCKS5 proxy.
+    #[arg(long)]
+    socks5: bool,
+    /// SOCKS5 clients must log in with USER:PASS (RFC 1929).
+    #[arg(long, value_name = "USER:PASS", requires = "socks5")]
+    auth: Option<String>,
+    /// SOCKS5: deny destinations in this range (repeatable), e.g. 10.0.0.0/8.
+    #[arg(long, value_name = "CIDR", requires = "socks5")]
+    deny: Vec<Cidr>,
+    /// SOCKS5: deny this destination port (repeatable).
+    #[arg(long, value_name = "PORT", requires = "socks5")]
+    deny_port: Vec<u16>,
+    /// Give up connecting to one upstream address after SECS seconds.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Close tunnels with no traffic for SECS seconds.
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
+    /// SOCKS5 clients must finish the handshake within SECS seconds.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Open sessions at most; more are refused and counted.
+    #[arg(long, default_value_t = 10_000)]
+    max_sessions: usize,
+    /// Open sessions per client IP at most; more are refused and counted.
+    #[arg(long, default_value_t = 1_000)]
+    max_sessions_per_ip: usize,
+    /// On SIGINT/SIGTERM, let open tunnels finish for up to SECS seconds.
+    #[arg(long, default_value_t = 5.0)]
+    drain_timeout: f64,
+    /// Log a loop stats line every SECS seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    stats_interval: f64,
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number"))
+}
+
+fn positive(name: &str, v: f64) -> Result<Duration, String> {
+    let d = secs(name, v)?;
+    if d.is_zero() {
+        return Err(format!("--{name} must be greater than 0"));
+    }
+    Ok(d)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mode = match (&args.upstream, args.socks5) {
+        (Some(u), false) => {
+            Mode::Forward(parse_host_port(u).map_err(|e| format!("--upstream {e}"))?)
+        }
+        (None, true) => {
+            let auth = match &args.auth {
+                None => None,
+                Some(a) => {
+                    let (u, p) = a.split_once(':').ok_or("--auth must be USER:PASS")?;
+                    if u.is_empty() || p.is_empty() || u.len() > 255 || p.len() > 255 {
+                        return Err("--auth: user and password must be 1..=255 bytes each".into());
+                    }
+                    Some((u.as_bytes().to_vec(), p.as_bytes().to_vec()))
+                }
+            };
+            Mode::Socks5 { auth }
+        }
+        _ => return Err("give exactly one of --upstream HOST:PORT or --socks5".into()),
+    };
+    if args.max_sessions == 0 || args.max_sessions_per_ip == 0 {
+        return Err("--max-sessions and --max-sessions-per-ip must be at least 1".into());
+    }
+    let mut opts = ProxyOptions::new(mode);
+    opts.rules.deny_nets = args.deny.clone();
+    opts.rules.deny_ports = args.deny_port.clone();
+    opts.connect_timeout = positive("connect-timeout", args.connect_timeout)?;
+    opts.idle_timeout = positive("idle-timeout", args.idle_timeout)?;
+    opts.handshake_timeout = positive("handshake-timeout", args.handshake_timeout)?;
+    opts.max_sessions = args.max_sessions;
+    opts.max_sessions_per_ip = args.max_sessions_per_ip;
+    let stats = secs("stats-interval", args.stats_interval)?;
+    let config = Config {
+        drain_timeout: secs("drain-timeout", args.drain_timeout)?,
+        ..Config::default()
+    };
+
+    let mut reactor = Reactor::with_config(config).map_err(|e| format!("event loop: {e}"))?;
+    reactor
+        .shutdown_on_signals()
+        .map_err(|e| format!("signal handling: {e}"))?;
+    let what = match &opts.mode {
+        Mode::Forward(t) => format!("forwarding to {t}"),
+        Mode::Socks5 { auth } => format!(
+            "SOCKS5{}",
+            if auth.is_some() {
+                " with username/password"
+            } else {
+                ""
+            }
+        ),
+    };
+    let (listener, counters) = proxy_listener(args.listen, opts)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr();
+    reactor.spawn(listener);
+    if !stats.is_zero() {
+        reactor.spawn(StatsLogger::new(stats, ""));
+    }
+    log::info!("proxy on {addr}: {what}");
+    println!("listening on {addr}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let result = reactor.run().map_err(|e| format!("event loop failed: {e}"));
+    log::info!("proxy on {addr} stopped: {}", counters.snapshot());
+    result
+}

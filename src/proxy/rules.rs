@@ -1,0 +1,165 @@
+//! The SOCKS5 ruleset: which destinations a client may not reach.
+//!
+//! A deliberately small rule language: deny address ranges (CIDR, e.g.
+//! `10.0.0.0/8`, `::1/128`) and deny destination ports. A request that matches is
+//! answered with reply 0x02 "connection not allowed by ruleset". Rules are checked
+//! before anything is resolved (the port) and again on every resolved address, so a
+//! host name cannot smuggle a client into a denied range.
+//!
+//! Plain values and functions: no sockets, no resolution, no clock.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An address range: a network address and a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The range of `net` with `prefix` leading bits fixed; `None` if the prefix is
+    /// longer than the address.
+    pub fn new(net: IpAddr, prefix: u8) -> Option<Cidr> {
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { net, prefix })
+    }
+
+    /// True if `ip` is in the range. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+    /// matches IPv4 ranges, so a dual-stack socket cannot bypass an IPv4 rule.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                prefix_eq(&n.octets(), &a.octets(), self.prefix as usize)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                prefix_eq(&n.octets(), &a.octets(), self.prefix as usize)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: usize) -> bool {
+    let whole = bits / 8;
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    let rest = bits % 8;
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    a[whole] & mask == b[whole] & mask
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    /// `ADDR/PREFIX`, or a bare address (a single host).
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address range (want e.g. 10.0.0.0/8)"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+        };
+        Ok(Cidr { net, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+/// What SOCKS5 clients may not reach. Empty (the default) allows everything.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    /// Denied destination ranges.
+    pub deny_nets: Vec<Cidr>,
+    /// Denied destination ports.
+    pub deny_ports: Vec<u16>,
+}
+
+impl Rules {
+    /// True if connecting to `port` is allowed.
+    pub fn allows_port(&self, port: u16) -> bool {
+        !self.deny_ports.contains(&port)
+    }
+
+    /// True if connecting to `ip` is allowed.
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        !self.deny_nets.iter().any(|c| c.contains(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parse_and_match() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains(ip("10.255.1.2")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        assert!(c.contains(ip("::ffff:10.1.2.3")));
+        assert!(!c.contains(ip("::1")));
+        let c: Cidr = "192.168.1.128/25".parse().unwrap();
+        assert!(c.contains(ip("192.168.1.200")));
+        assert!(!c.contains(ip("192.168.1.127")));
+        let host: Cidr = "::1".parse().unwrap();
+        assert_eq!(host.to_string(), "::1/128");
+        assert!(host.contains(ip("::1")) && !host.contains(ip("::2")));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("1.2.3.4")) && !all.contains(ip("fe80::1")));
+        assert!(Cidr::new(ip("1.2.3.4"), 33).is_none());
+    }
+
+    #[test]
+    fn parse_errors_are_clear() {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "x/8",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+        ] {
+            let e = bad.parse::<Cidr>().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn rules() {
+        let r = Rules {
+            deny_nets: vec!["127.0.0.2/32".parse().unwrap()],
+            deny_ports: vec![25],
+        };
+        assert!(!r.allows_port(25) && r.allows_port(80));
+        assert!(!r.allows_ip(ip("127.0.0.2")) && r.allows_ip(ip("127.0.0.1")));
+        assert!(Rules::default().allows_ip(ip("127.0.0.2")));
+    }
+}

@@ -1,0 +1,580 @@
+//! One proxied connection: the handler that owns both sockets of a session.
+//!
+//! A [`Session`] is the worked example of a two-socket handler. Its client
+//! connection is source 0 and its upstream connection source 1, so one `match` on
+//! the event's source tells them apart. It goes through these phases:
+//!
+//! ```text
+//!  SOCKS5:  Handshake --request--> Resolving --addresses--> Connecting --> Relaying
+//!  forward:              (host name) Resolving ------------> Connecting --> Relaying
+//!                                   (address) -------------> Connecting
+//!  any failure with something to tell the client: Refusing (reply, FIN, linger)
+//! ```
+//!
+//! - **Handshake** (SOCKS5): client bytes go to the sans-io [`Handshake`]; what it
+//!   writes goes back; a handshake timer bounds slow or silent clients.
+//! - **Resolving**: a host name is resolved on the worker pool
+//!   ([`Context::offload`]) and the addresses come back in `on_job`, never on the loop.
+//! - **Connecting**: a non-blocking [`Conn::connect`] to each address in turn, each
+//!   guarded by the connect timeout; the first writable event on source 1 settles it
+//!   ([`Conn::poll_connect`]). The client is not read meanwhile (its bytes wait in the
+//!   kernel, or in the read buffer if they came with the request).
+//! - **Relaying**: [`Pipe`] moves bytes both ways with backpressure and half-close.
+//! - **Refusing**: the failure reply is queued, our side is shut down after it, and
+//!   the client's input is discarded until it closes (closing with unread input would
+//!   send a reset that can destroy the reply in flight), bounded by the handshake
+//!   timeout.
+//!
+//! It must not parse: the codec does. It must not block: resolution is offloaded.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+
+use super::forward::{DOWN, Pipe, UP};
+use super::socks5::{Command, Handshake, Reply, Request, Step, Target, encode_reply};
+use super::{Mode, Shared};
+use crate::conn::{Conn, IdleTimeout};
+use crate::handler::{Event, Handler, HandlerResult, SourceId};
+use crate::pool::{self, JobId, JobResult};
+use crate::reactor::Context;
+use crate::timer::TimerId;
+
+/// Source number of the accepted (client) connection.
+pub const CLIENT: SourceId = 0;
+/// Source number of the outgoing (upstream) connection.
+pub const UPSTREAM: SourceId = 1;
+
+/// When the worker pool's queue is full, resolution is retried after this long
+/// (still within the connect timeout).
+const RESOLVE_RETRY: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    Resolving,
+    Connecting,
+    Relaying,
+    Refusing,
+}
+
+/// The handler of one proxied connection (forwarder or SOCKS5). See the module docs.
+pub struct Session {
+    shared: Rc<Shared>,
+    client: Conn,
+    upstream: Option<Conn>,
+    peer: SocketAddr,
+    phase: Phase,
+    handshake: Option<Handshake>,
+    target: Option<Target>,
+    addrs: Vec<SocketAddr>,
+    next_addr: usize,
+    last_err: Option<io::Error>,
+    /// Handshake, resolve/connect or linger deadline, depending on the phase.
+    deadline: Option<TimerId>,
+    retry: Option<TimerId>,
+    job: Option<JobId>,
+    idle: IdleTimeout,
+    pipe: Pipe,
+}
+
+impl Session {
+    pub(crate) fn new(shared: Rc<Shared>, stream: TcpStream, peer: SocketAddr) -> Session {
+        let cfg = shared.opts.conn;
+        let idle = IdleTimeout::new(shared.opts.idle_timeout);
+        Session {
+            client: Conn::new(stream, CLIENT, cfg),
+            upstream: None,
+            peer,
+            phase: Phase::Handshake,
+            handshake: None,
+            target: None,
+            addrs: Vec::new(),
+            next_addr: 0,
+            last_err: None,
+            deadline: None,
+            retry: None,
+            job: None,
+            idle,
+            pipe: Pipe::new(cfg.low_watermark),
+            shared,
+        }
+    }
+
+    fn is_socks(&self) -> bool {
+        matches!(self.shared.opts.mode, Mode::Socks5 { .. })
+    }
+
+    fn arm_deadline(&mut self, cx: &mut Context<'_>, after: Duration) {
+        if let Some(t) = self.deadline.take() {
+            cx.cancel_timer(t);
+        }
+        self.deadline = Some(cx.timer_once(after));
+    }
+
+    fn disarm_deadline(&mut self, cx: &mut Context<'_>) {
+        if let Some(t) = self.deadline.take() {
+            cx.cancel_timer(t);
+        }
+    }
+
+    /// Runs one step; an I/O error (reset, broken pipe) closes the session. Those
+    /// are normal on the Internet, so they are logged at debug level, not as
+    /// handler failures.
+    fn guard(&mut self, cx: &mut Context<'_>, r: io::Result<()>) {
+        if let Err(e) = r {
+            log::debug!(
+                "session {}: {e} (phase {:?}); closing",
+                self.peer,
+                self.phase
+            );
+            cx.close();
+        }
+    }
+
+    fn step(&mut self, cx: &mut Context<'_>, ev: Event) -> io::Result<()> {
+        match self.phase {
+            Phase::Handshake => {
+                if ev.source() == CLIENT {
+                    self.handshake_read(cx)?;
+                }
+            }
+            Phase::Resolving | Phase::Connecting => {
+                if ev.source() == CLIENT {
+                    // Not reading yet: paused (again: a flush of the client lifts
+                    // the pause), `fill` only records an end-of-file hint that no
+                    // later event would repeat.
+                    self.client.pause_reading();
+                    self.client.fill(cx)?;
+                } else if self.phase == Phase::Connecting {
+                    self.poll_upstream(cx)?;
+                }
+            }
+            Phase::Relaying => {
+                let Some(up) = self.upstream.as_mut() else {
+                    return Err(io::Error::other("relaying without an upstream"));
+                };
+                let moved = self.pipe.on_event(cx, ev, &mut self.client, up)?;
+                if moved > 0 {
+                    self.idle.touch(cx);
+                }
+                if Pipe::is_done(&self.client, up) {
+                    log::debug!(
+                        "session {}: finished ({} bytes up, {} down)",
+                        self.peer,
+                        self.pipe.bytes(UP),
+                        self.pipe.bytes(DOWN)
+                    );
+                    cx.close();
+                }
+            }
+            Phase::Refusing => {
+                if ev.source() == CLIENT {
+                    self.client.fill(cx)?;
+                    let n = self.client.read_buf().len();
+                    self.client.consume(n);
+                    self.client.flush(cx)?;
+                    if self.client.is_done() {
+                        cx.close();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handshake_read(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let st = self.client.fill(cx)?;
+        let Some(hs) = self.handshake.as_mut() else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        let result = hs.feed(self.client.read_buf(), &mut out);
+        if !out.is_empty() {
+            self.client.queue(cx, &out);
+        }
+        match result {
+            Ok((n, Step::NeedMore)) => {
+                self.client.consume(n);
+                self.client.flush(cx)?;
+                if st.eof {
+                    log::info!(
+                        "session {}: client closed during the SOCKS5 handshake",
+                        self.peer
+                    );
+                    self.shared.count_handshake_failure();
+                    cx.close();
+                }
+                Ok(())
+            }
+            Ok((n, Step::Request(req))) => {
+                self.client.consume(n);
+                self.handshake = None;
+                self.disarm_deadline(cx);
+                // Bytes after the request are tunnel payload: they stay in the read
+                // buffer, and no more are read, until the upstream is connected.
+                self.client.pause_reading();
+                self.client.flush(cx)?;
+                self.on_request(cx, req)
+            }
+            Err(e) => {
+                log::info!("session {}: {e}", self.peer);
+                self.shared.count_handshake_failure();
+                if out.is_empty() {
+                    cx.close(); // not SOCKS5: nothing we could say would be understood
+                    Ok(())
+                } else {
+                    self.refuse(cx, None)
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, cx: &mut Context<'_>, req: Request) -> io::Result<()> {
+        if req.command != Command::Connect {
+            log::info!(
+                "session {}: SOCKS5 command {:?} to {} is not supported",
+                self.peer,
+                req.command,
+                req.target
+            );
+            self.shared.count_handshake_failure();
+            return self.refuse(cx, Some(Reply::CommandNotSupported));
+        }
+        let rules = &self.shared.opts.rules;
+        let denied = !rules.allows_port(req.target.port())
+            || matches!(req.target, Target::Addr(a) if !rules.allows_ip(a.ip()));
+        if denied {
+            log::info!(
+                "session {}: CONNECT {} denied by the rules",
+                self.peer,
+                req.target
+            );
+            self.shared.count_handshake_failure();
+            return self.refuse(cx, Some(Reply::NotAllowed));
+        }
+        log::debug!("session {}: CONNECT {}", self.peer, req.target);
+        self.start_connect(cx, req.target)
+    }
+
+    fn start_connect(&mut self, cx: &mut Context<'_>, target: Target) -> io::Result<()> {
+        self.arm_deadline(cx, self.shared.opts.connect_timeout);
+        match &target {
+            Target::Addr(a) => {
+                self.addrs = vec![*a];
+                self.target = Some(target);
+                self.try_next(cx)
+            }
+            Target::Domain { .. } => {
+                self.target = Some(target);
+                self.phase = Phase::Resolving;
+                self.resolve(cx);
+                Ok(())
+            }
+        }
+    }
+
+    fn resolve(&mut self, cx: &mut Context<'_>) {
+        let Some(Target::Domain { host, port }) = self.target.clone() else {
+            return;
+        };
+        // `to_socket_addrs` on a name calls getaddrinfo, which blocks: worker pool.
+        match cx.offload(move || {
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .map(|it| it.collect::<Vec<SocketAddr>>())
+        }) {
+            Ok(job) => self.job = Some(job),
+            Err(full) => {
+                log::debug!(
+                    "session {}: {full}; retrying in {RESOLVE_RETRY:?}",
+                    self.peer
+                );
+                self.retry = Some(cx.timer_once(RESOLVE_RETRY));
+            }
+        }
+    }
+
+    fn resolved(&mut self, cx: &mut Context<'_>, result: JobResult) -> io::Result<()> {
+        let host = match &self.target {
+            Some(Target::Domain { host, .. }) => host.clone(),
+            _ => String::new(),
+        };
+        let found = pool::take::<io::Result<Vec<SocketAddr>>>(result)
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        let mut addrs = match found {
+            Ok(a) => a,
+            // Report every resolution failure as NotFound: SOCKS5 0x04, host
+            // unreachable (it has no address we can use).
+            Err(e) => {
+                let e = io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("cannot resolve {host}: {e}"),
+                );
+                return self.fail(cx, e);
+            }
+        };
+        if addrs.is_empty() {
+            let e = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+            return self.fail(cx, e);
+        }
+        if self.is_socks() {
+            let rules = &self.shared.opts.rules;
+            addrs.retain(|a| rules.allows_ip(a.ip()));
+            if addrs.is_empty() {
+                let e = io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("every address of {host} is denied by the rules"),
+                );
+                return self.fail(cx, e);
+            }
+        }
+        self.addrs = addrs;
+        self.next_addr = 0;
+        self.try_next(cx)
+    }
+
+    /// Starts a connect to the next address; fails the session when none is left.
+    fn try_next(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.upstream = None; // a failed attempt's socket (closing it deregisters it)
+        while let Some(&addr) = self.addrs.get(self.next_addr) {
+            self.next_addr += 1;
+            let attempt = Conn::connect(addr, UPSTREAM, self.shared.opts.conn)
+                .and_then(|mut c| c.register(cx).map(|()| c));
+            match attempt {
+                Ok(c) => {
+                    self.upstream = Some(c);
+                    self.phase = Phase::Connecting;
+                    self.arm_deadline(cx, self.shared.opts.connect_timeout);
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::debug!("session {}: connect to {addr}: {e}", self.peer);
+                    self.last_err = Some(e);
+                }
+            }
+        }
+        let e = self
+            .last_err
+            .take()
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to"));
+        self.fail(cx, e)
+    }
+
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(up) = self.upstream.as_mut() else {
+            return Ok(());
+        };
+        match up.poll_connect() {
+            Ok(true) => self.connected(cx),
+            Ok(false) => Ok(()),
+            Err(e) => {
+                log::debug!(
+                    "session {}: connect to {}: {e}",
+                    self.peer,
+                    self.addrs[self.next_addr - 1]
+                );
+                self.last_err = Some(e);
+                self.try_next(cx)
+            }
+        }
+    }
+
+    fn connected(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.disarm_deadline(cx);
+        self.phase = Phase::Relaying;
+        self.idle.start(cx);
+        let socks = self.is_socks();
+        let Some(up) = self.upstream.as_mut() else {
+            return Ok(());
+        };
+        log::debug!(
+            "session {}: connected to {} via {:?}",
+            self.peer,
+            self.addrs[self.next_addr - 1],
+            up.stream().local_addr()
+        );
+        if socks {
+            let mut out = Vec::with_capacity(32);
+            encode_reply(Reply::Succeeded, up.stream().local_addr().ok(), &mut out);
+            self.client.queue(cx, &out);
+            self.client.flush(cx)?;
+        }
+        // Read both sides now: the client's early bytes and the upstream's greeting
+        // may have arrived with edges we already consumed.
+        // Bytes that came with the request wait in the read buffer: pump them even
+        // if no new edge comes.
+        self.client.resume_reading(cx);
+        cx.requeue(Event::readable(CLIENT));
+        cx.requeue(Event::readable(UPSTREAM));
+        Ok(())
+    }
+
+    /// The upstream could not be reached: SOCKS5 clients get the matching reply,
+    /// forwarded clients are closed at once.
+    fn fail(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Result<()> {
+        self.shared.count_connect_failure();
+        let target = self
+            .target
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        if self.is_socks() {
+            let reply = Reply::from_io_error(&e);
+            log::info!(
+                "session {}: cannot reach {target}: {e}; replying {reply}",
+                self.peer
+            );
+            self.refuse(cx, Some(reply))
+        } else {
+            log::info!(
+                "session {}: cannot reach upstream {target}: {e}; closing",
+                self.peer
+            );
+            cx.close();
+            Ok(())
+        }
+    }
+
+    /// Sends `reply` (if any; the handshake may have queued its own answer already),
+    /// shuts our side down after it and lingers until the client closes.
+    fn refuse(&mut self, cx: &mut Context<'_>, reply: Option<Reply>) -> io::Result<()> {
+        self.upstream = None;
+        self.phase = Phase::Refusing;
+        if let Some(r) = reply {
+            let mut out = Vec::with_capacity(10);
+            encode_reply(r, None, &mut out);
+            self.client.queue(cx, &out);
+        }
+        self.arm_deadline(cx, self.shared.opts.handshake_timeout);
+        self.client.shutdown_write(cx)?;
+        if self.client.is_paused() {
+            self.client.resume_reading(cx); // re-queues a read
+        } else {
+            cx.requeue(Event::readable(CLIENT));
+        }
+        Ok(())
+    }
+}
+
+impl Handler for Session {
+    fn name(&self) -> &str {
+        "ProxySession"
+    }
+
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        self.client.register(cx)?;
+        let r = match &self.shared.opts.mode {
+            Mode::Socks5 { auth } => {
+                self.handshake = Some(Handshake::new(auth.clone()));
+                self.arm_deadline(cx, self.shared.opts.handshake_timeout);
+                Ok(())
+            }
+            Mode::Forward(target) => {
+                let target = target.clone();
+                self.client.pause_reading();
+                self.start_connect(cx, target)
+            }
+        };
+        self.guard(cx, r);
+        Ok(())
+    }
+
+    fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+        let r = self.step(cx, ev);
+        self.guard(cx, r);
+        Ok(())
+    }
+
+    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+        let r = if self.deadline == Some(t) {
+            self.deadline = None;
+            match self.phase {
+                Phase::Handshake => {
+                    log::info!(
+                        "session {}: SOCKS5 handshake not finished within {:?}; closing",
+                        self.peer,
+                        self.shared.opts.handshake_timeout
+                    );
+                    self.shared.count_handshake_failure();
+                    cx.close();
+                    Ok(())
+                }
+                Phase::Resolving => {
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "name resolution took longer than {:?}",
+                            self.shared.opts.connect_timeout
+                        ),
+                    );
+                    self.fail(cx, e)
+                }
+                Phase::Connecting => {
+                    self.last_err = Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "connect to {} timed out after {:?}",
+                            self.addrs[self.next_addr - 1],
+                            self.shared.opts.connect_timeout
+                        ),
+                    ));
+                    self.try_next(cx)
+                }
+                Phase::Refusing => {
+                    cx.close();
+                    Ok(())
+                }
+                Phase::Relaying => Ok(()),
+            }
+        } else if self.idle.is(t) {
+            log::debug!(
+                "session {}: idle for {:?}; closing",
+                self.peer,
+                self.idle.duration()
+            );
+            cx.close();
+            Ok(())
+        } else if self.retry == Some(t) {
+            self.retry = None;
+            if self.phase == Phase::Resolving {
+                self.resolve(cx);
+            }
+            Ok(())
+        } else {
+            Ok(())
+        };
+        self.guard(cx, r);
+        Ok(())
+    }
+
+    fn on_job(&mut self, cx: &mut Context<'_>, job: JobId, result: JobResult) -> HandlerResult {
+        if self.job == Some(job) && self.phase == Phase::Resolving {
+            self.job = None;
+            let r = self.resolved(cx, result);
+            self.guard(cx, r);
+        }
+        Ok(())
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        // Draining means finishing tunnels that carry data, not opening new ones.
+        if self.phase != Phase::Relaying {
+            cx.close();
+        }
+        Ok(())
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        self.client.release(cx);
+        if let Some(up) = self.upstream.as_mut() {
+            up.release(cx);
+        }
+        self.shared
+            .release(self.peer.ip(), self.pipe.bytes(UP), self.pipe.bytes(DOWN));
+    }
+}

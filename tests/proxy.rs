@@ -1,0 +1,1030 @@
+//! The proxy (forwarder and SOCKS5) against real sockets on loopback, with curl as a
+//! real SOCKS5 client. Every blocking read has a timeout, so a bug fails a test
+//! instead of hanging it.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Running, Server, example_bin, run_loop};
+use reactor::echo::{EchoOptions, echo_listener};
+use reactor::proxy::socks5::{
+    self, ATYP_DOMAIN, Command as SocksCommand, METHOD_NO_AUTH, METHOD_USERPASS, Reply,
+};
+use reactor::proxy::{Mode, ProxyCounters, ProxyOptions, Target, proxy_listener};
+use reactor::{Config, ConnConfig};
+
+const T: Duration = Duration::from_secs(10);
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A proxy on its own loop thread.
+fn start_proxy(opts: ProxyOptions) -> (SocketAddr, Arc<ProxyCounters>, Running) {
+    let ((addr, counters), running) = run_loop(Config::default(), move |r| {
+        let (l, c) = proxy_listener(local(0), opts).expect("proxy listener");
+        let a = l.local_addr();
+        r.spawn(l);
+        (a, c)
+    });
+    (addr, counters, running)
+}
+
+fn socks_opts() -> ProxyOptions {
+    ProxyOptions::new(Mode::Socks5 { auth: None })
+}
+
+fn forward_opts(to: SocketAddr) -> ProxyOptions {
+    ProxyOptions::new(Mode::Forward(Target::Addr(to)))
+}
+
+/// An echo server on the reactor (its own loop).
+fn echo_server() -> (SocketAddr, Running) {
+    run_loop(Config::default(), |r| {
+        let l = echo_listener(local(0), EchoOptions::default()).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    })
+}
+
+/// A tiny HTTP/1.1 server on std threads: answers every request with a body that
+/// names the path, then closes.
+fn http_server(bind: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind(bind).expect("bind http server");
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                s.set_read_timeout(Some(T)).unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req);
+                let path = line.split_whitespace().nth(1).unwrap_or("?").to_string();
+                let body = format!("hello from {path}\n");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+fn curl() -> Option<PathBuf> {
+    for p in ["/usr/bin/curl", "/usr/local/bin/curl"] {
+        if std::path::Path::new(p).exists() {
+            return Some(p.into());
+        }
+    }
+    if std::env::var("REACTOR_REQUIRE_INTEROP").as_deref() == Ok("1") {
+        panic!("curl is required (REACTOR_REQUIRE_INTEROP=1) but was not found; install curl");
+    }
+    println!("SKIPPED: curl not found (set REACTOR_REQUIRE_INTEROP=1 to make this a failure)");
+    None
+}
+
+/// Runs curl with a timeout; returns (exit code, stdout, stderr).
+fn run_curl(curl: &PathBuf, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(curl)
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, T).expect("connect");
+    s.set_read_timeout(Some(T)).unwrap();
+    s.set_write_timeout(Some(T)).unwrap();
+    s
+}
+
+/// Reads until end of file (or a reset, which also ends the stream); fails on a
+/// timeout. Returns the bytes read.
+fn read_to_close(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut v = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return v,
+            Ok(n) => v.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return v,
+            Err(e) => panic!("expected the connection to close within {within:?}: {e}"),
+        }
+    }
+}
+
+fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut v = vec![0; n];
+    s.read_exact(&mut v).expect("read");
+    v
+}
+
+/// A raw SOCKS5 client built on the codec's client encoders: greeting (with
+/// credentials if given), request; returns the stream and the reply code (or
+/// `None` if the server closed before replying).
+fn socks_request(
+    proxy: SocketAddr,
+    auth: Option<(&[u8], &[u8])>,
+    cmd: SocksCommand,
+    target: &Target,
+) -> (TcpStream, Option<u8>) {
+    let mut s = connect(proxy);
+    let mut msg = Vec::new();
+    match auth {
+        Some((u, p)) => {
+            socks5::encode_greeting(&[METHOD_USERPASS], &mut msg).unwrap();
+            socks5::encode_userpass(u, p, &mut msg).unwrap();
+        }
+        None => socks5::encode_greeting(&[METHOD_NO_AUTH], &mut msg).unwrap(),
+    }
+    socks5::encode_request(cmd, target, &mut msg).unwrap();
+    s.write_all(&msg).unwrap();
+    let sel = read_n(&mut s, 2);
+    assert_eq!(sel[0], 5);
+    if auth.is_some() {
+        assert_eq!(sel[1], METHOD_USERPASS);
+        let st = read_n(&mut s, 2);
+        if st != [1, 0] {
+            return (s, None);
+        }
+    } else {
+        assert_eq!(sel[1], METHOD_NO_AUTH);
+    }
+    let reply = read_reply(&mut s);
+    (s, reply)
+}
+
+/// Reads one SOCKS5 reply with the codec's parser; `None` on end of file.
+fn read_reply(s: &mut TcpStream) -> Option<u8> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 64];
+    loop {
+        if let Some((rep, _bound, n)) = socks5::parse_reply(&got).expect("valid reply") {
+            assert_eq!(n, got.len(), "nothing may follow a failure reply");
+            return Some(rep);
+        }
+        match s.read(&mut b) {
+            Ok(0) => return None,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) => panic!("reading the SOCKS5 reply: {e}"),
+        }
+    }
+}
+
+fn v4(addr: SocketAddr) -> Target {
+    Target::Addr(addr)
+}
+
+fn domain(host: &str, port: u16) -> Target {
+    Target::Domain {
+        host: host.into(),
+        port,
+    }
+}
+
+/// Sends an HTTP request through an established tunnel and returns the response.
+fn http_get(mut s: TcpStream, path: &str) -> String {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    String::from_utf8(read_to_close(&mut s, T)).unwrap()
+}
+
+// ---------------------------------------------------------------- curl interop
+
+#[test]
+fn curl_socks5_and_socks5_hostname() {
+    let Some(curl) = curl() else { return };
+    let web = http_server(local(0));
+    let (proxy, counters, server) = start_proxy(socks_opts());
+    let p = proxy.to_string();
+
+    let url = format!("http://127.0.0.1:{}/by-address", web.port());
+    let (code, out, err) = run_curl(&curl, &["--socks5", &p, &url]);
+    assert_eq!(code, 0, "curl --socks5 failed: {err}");
+    assert_eq!(out, "hello from /by-address\n");
+
+    // The proxy resolves `localhost` (on the worker pool). It may yield ::1 first,
+    // where nothing listens: the next address is tried.
+    let url = format!("http://localhost:{}/by-name", web.port());
+    let (code, out, err) = run_curl(&curl, &["--socks5-hostname", &p, &url]);
+    assert_eq!(code, 0, "curl --socks5-hostname failed: {err}");
+    assert_eq!(out, "hello from /by-name\n");
+
+    // A refused destination is reported to curl as such.
+    let url = format!("http://127.0.0.1:{}/", closed_port());
+    let (code, _out, err) = run_curl(&curl, &["--socks5", &p, &url]);
+    assert_ne!(code, 0);
+    // curl prints the SOCKS5 reply code: 5, connection refused.
+    assert!(
+        err.contains("(5)") || err.to_lowercase().contains("refused"),
+        "curl said: {err}"
+    );
+
+    let stats = server.stop();
+    let c = counters.snapshot();
+    assert_eq!(c.accepted, 3);
+    assert_eq!(c.connect_failed, 1);
+    assert_eq!(c.active, 0);
+    assert!(c.bytes_down > 100 && c.bytes_up > 50, "{c}");
+    assert_eq!(stats.handlers_failed, 0);
+    // The name was resolved on the worker pool, not on the loop.
+    assert!(
+        stats.jobs_completed >= 1,
+        "no resolution went through the pool"
+    );
+    assert_eq!(stats.slow_dispatches, 0);
+}
+
+/// The example binary with `--auth`: curl with the right `--proxy-user` gets
+/// through, with a wrong password it is turned away; SIGTERM exits 0 and logs the
+/// proxy's counters.
+#[test]
+fn example_socks5_with_auth_and_curl() {
+    let Some(curl) = curl() else { return };
+    let web = http_server(local(0));
+    let mut cmd = Command::new(example_bin("proxy"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--socks5",
+        "--auth",
+        "alice:s3cret",
+    ]);
+    let mut srv = Server::start(cmd);
+    let p = srv.addr.to_string();
+    let url = format!("http://127.0.0.1:{}/auth", web.port());
+    let (code, out, err) = run_curl(
+        &curl,
+        &["--socks5", &p, "--proxy-user", "alice:s3cret", &url],
+    );
+    assert_eq!(code, 0, "curl with credentials failed: {err}");
+    assert_eq!(out, "hello from /auth\n");
+    let (code, out, _) = run_curl(
+        &curl,
+        &["--socks5", &p, "--proxy-user", "alice:wrong", &url],
+    );
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    let (code, _, _) = run_curl(&curl, &["--socks5", &p, &url]);
+    assert_ne!(code, 0, "no credentials must not get through");
+    assert!(srv.wait_stderr("authentication failed", T));
+
+    srv.signal(libc::SIGTERM);
+    assert_eq!(srv.wait_exit(T), Some(0), "{}", srv.stderr_text());
+    assert!(
+        srv.wait_stderr("stopped: sessions 3 (open 0)", T),
+        "{}",
+        srv.stderr_text()
+    );
+}
+
+#[test]
+fn example_forward_mode_and_bad_arguments() {
+    let (echo, _echo_loop) = echo_server();
+    let mut cmd = Command::new(example_bin("proxy"));
+    cmd.args(["--listen", "127.0.0.1:0", "--upstream", &echo.to_string()]);
+    let mut srv = Server::start(cmd);
+    let mut s = connect(srv.addr);
+    s.write_all(b"through the forwarder").unwrap();
+    assert_eq!(read_n(&mut s, 21), b"through the forwarder");
+    // A signal stops accepting, but an open tunnel carries on until it finishes.
+    srv.signal(libc::SIGINT);
+    assert!(srv.wait_stderr("shutting down", T), "{}", srv.stderr_text());
+    s.write_all(b"still open").unwrap();
+    assert_eq!(read_n(&mut s, 10), b"still open");
+    assert!(
+        TcpStream::connect_timeout(&srv.addr, Duration::from_secs(2)).is_err(),
+        "new connections must be refused while draining"
+    );
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_close(&mut s, T).is_empty());
+    assert_eq!(srv.wait_exit(T), Some(0), "{}", srv.stderr_text());
+    assert!(
+        srv.wait_stderr("bytes up 31 down 31", T),
+        "{}",
+        srv.stderr_text()
+    );
+
+    for args in [
+        &["--listen", "127.0.0.1:0"][..],
+        &["--upstream", "nohost", "--listen", "127.0.0.1:0"],
+        &["--socks5", "--auth", "nocolon", "--listen", "127.0.0.1:0"],
+        &[
+            "--socks5",
+            "--deny",
+            "10.0.0.0/40",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            "--socks5",
+            "--connect-timeout",
+            "-1",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let out = Command::new(example_bin("proxy"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.trim().is_empty() && !err.contains("panicked"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+// ---------------------------------------------------------------- forwarding
+
+/// A deterministic byte stream (xorshift), generated in chunks so 100 MiB never
+/// sits in memory.
+struct Stream(u64);
+
+impl Stream {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+    }
+}
+
+const CHUNK: usize = 64 * 1024;
+
+fn send_stream(mut w: TcpStream, seed: u64, total: usize) -> TcpStream {
+    let mut g = Stream(seed);
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        g.fill(&mut buf[..n]);
+        w.write_all(&buf[..n]).expect("send stream");
+        left -= n;
+    }
+    w.shutdown(Shutdown::Write).unwrap();
+    w
+}
+
+/// Reads to end of file, checking every byte against the stream; returns the
+/// count.
+fn check_stream(mut r: TcpStream, seed: u64) -> usize {
+    let mut g = Stream(seed);
+    let mut want = vec![0u8; CHUNK];
+    let mut got = vec![0u8; CHUNK];
+    let mut pending = 0; // bytes of `want` not yet matched
+    let mut off = 0;
+    let mut total = 0;
+    loop {
+        if pending == 0 {
+            g.fill(&mut want);
+            pending = CHUNK;
+            off = 0;
+        }
+        let n = match r.read(&mut got[..pending]) {
+            Ok(0) => return total,
+            Ok(n) => n,
+            Err(e) => panic!("after {total} bytes: {e}"),
+        };
+        assert!(
+            got[..n] == want[off..off + n],
+            "stream corrupted near byte {total}"
+        );
+        off += n;
+        pending -= n;
+        total += n;
+    }
+}
+
+#[test]
+fn forward_100mib_each_way_byte_exact() {
+    const SIZE: usize = 100 << 20;
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let upstream = thread::spawn(move || {
+        let (s, _) = up.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let w = s.try_clone().unwrap();
+        let writer = thread::spawn(move || send_stream(w, 2, SIZE));
+        let got = check_stream(s, 1);
+        let _keep = writer.join().unwrap();
+        got
+    });
+    let (proxy, counters, server) = start_proxy(forward_opts(up_addr));
+    let s = connect(proxy);
+    let w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || send_stream(w, 1, SIZE));
+    let down = check_stream(s, 2);
+    let _keep = writer.join().unwrap();
+    assert_eq!(down, SIZE, "client received");
+    assert_eq!(upstream.join().unwrap(), SIZE, "upstream received");
+    // Both directions half-closed: the session finishes by itself.
+    wait_idle(&counters);
+    let c = counters.snapshot();
+    assert_eq!(
+        (c.active, c.bytes_up, c.bytes_down),
+        (0, SIZE as u64, SIZE as u64)
+    );
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+#[test]
+fn forward_1000_concurrent_sessions() {
+    const N: usize = 1000;
+    let (echo, _echo_loop) = echo_server();
+    let (proxy, counters, server) = start_proxy(forward_opts(echo));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c2 = counters.clone();
+    let total = rt.block_on(async move {
+        tokio::time::timeout(Duration::from_secs(60), async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // All sessions open at once, each proven relaying by one round trip.
+            let mut conns = Vec::new();
+            for i in 0..N {
+                let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+                s.write_all(&(i as u32).to_le_bytes()).await.unwrap();
+                conns.push(s);
+            }
+            for (i, s) in conns.iter_mut().enumerate() {
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).await.unwrap();
+                assert_eq!(u32::from_le_bytes(b) as usize, i);
+            }
+            assert_eq!(c2.snapshot().active, N as u64, "all sessions open at once");
+            let mut tasks = Vec::new();
+            for (i, s) in conns.into_iter().enumerate() {
+                tasks.push(tokio::spawn(async move {
+                    let payload = common::pseudo_random_bytes(i as u64 + 7, 1000 + i * 37);
+                    let (mut rd, mut wr) = s.into_split();
+                    let send = payload.clone();
+                    let w = tokio::spawn(async move {
+                        wr.write_all(&send).await.unwrap();
+                        wr.shutdown().await.unwrap();
+                    });
+                    let mut got = Vec::new();
+                    rd.read_to_end(&mut got).await.unwrap();
+                    w.await.unwrap();
+                    assert!(got == payload, "session {i}: corrupted");
+                    got.len() + 4
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap();
+            }
+            total
+        })
+        .await
+        .expect("sessions stalled")
+    });
+    wait_idle(&counters);
+    let c = counters.snapshot();
+    assert_eq!(c.accepted, N as u64);
+    assert_eq!(c.active, 0);
+    assert_eq!(c.bytes_up, total as u64);
+    assert_eq!(c.bytes_down, total as u64);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+#[test]
+fn half_close_travels_both_ways() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // 1: the client half-closes first; we answer after its end of file.
+        let (mut s, _) = up.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).unwrap();
+        write!(s, "got {} bytes", req.len()).unwrap();
+        drop(s);
+        // 2: we half-close first; the client still reaches us afterwards.
+        let (mut s, _) = up.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(b"banner").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut late = Vec::new();
+        s.read_to_end(&mut late).unwrap();
+        tx.send(late).unwrap();
+    });
+    let (proxy, counters, server) = start_proxy(forward_opts(up_addr));
+
+    let mut c = connect(proxy);
+    c.write_all(b"request body").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut c, T), b"got 12 bytes");
+
+    let mut c = connect(proxy);
+    assert_eq!(read_to_close(&mut c, T), b"banner");
+    c.write_all(b"after your FIN").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(rx.recv_timeout(T).unwrap(), b"after your FIN");
+
+    wait_idle(&counters);
+    let s = counters.snapshot();
+    assert_eq!((s.active, s.bytes_up, s.bytes_down), (0, 26, 18));
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// Waits (bounded) until every session of the proxy has closed, and checks it.
+fn wait_idle(counters: &ProxyCounters) {
+    let end = Instant::now() + T;
+    while counters.snapshot().active > 0 && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let c = counters.snapshot();
+    assert_eq!(c.active, 0, "sessions left open: {c}");
+}
+
+fn closed_port() -> u16 {
+    let l = TcpListener::bind(local(0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn upstream_refused_closes_client_promptly() {
+    let mut opts = forward_opts(local(closed_port()));
+    opts.connect_timeout = Duration::from_secs(30);
+    let (proxy, counters, server) = start_proxy(opts);
+    let t0 = Instant::now();
+    let mut c = connect(proxy);
+    assert!(read_to_close(&mut c, Duration::from_secs(5)).is_empty());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(counters.snapshot().connect_failed, 1);
+    // A host name that resolves (on the pool) to a closed port: same.
+    drop(server);
+    let mut opts = ProxyOptions::new(Mode::Forward(domain("localhost", closed_port())));
+    opts.connect_timeout = Duration::from_secs(30);
+    let (proxy, counters, _server) = start_proxy(opts);
+    let mut c = connect(proxy);
+    assert!(read_to_close(&mut c, Duration::from_secs(5)).is_empty());
+    assert_eq!(counters.snapshot().connect_failed, 1);
+}
+
+#[test]
+fn upstream_dying_mid_transfer_closes_client() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    thread::spawn(move || {
+        let (mut s, _) = up.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let mut b = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        while n < 256 * 1024 {
+            n += s.read(&mut b).unwrap();
+        }
+        // Die with unread data pending: the kernel sends a reset.
+        drop(s);
+    });
+    let (proxy, counters, server) = start_proxy(forward_opts(up_addr));
+    let c = connect(proxy);
+    let mut w = c.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let buf = vec![1u8; 64 * 1024];
+        let t0 = Instant::now();
+        loop {
+            if let Err(e) = w.write_all(&buf) {
+                return (e.kind(), t0.elapsed());
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                return (ErrorKind::TimedOut, t0.elapsed());
+            }
+        }
+    });
+    let mut c = c;
+    let got = read_to_close(&mut c, T);
+    assert!(got.len() <= 1 << 20 && got.iter().all(|b| *b == 7));
+    let (kind, _) = writer.join().unwrap();
+    assert_ne!(kind, ErrorKind::TimedOut, "client writes never failed");
+    wait_idle(&counters);
+    assert_eq!(counters.snapshot().active, 0);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// An upstream that does not read: the client can only push a bounded amount
+/// (proxy watermark + socket buffers), and everything arrives once it reads.
+#[test]
+fn backpressure_bounds_buffering_and_resumes() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let upstream = thread::spawn(move || {
+        let (s, _) = up.accept().unwrap();
+        go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        check_stream(s, 5)
+    });
+    let mut opts = forward_opts(up_addr);
+    opts.conn = ConnConfig {
+        high_watermark: 256 * 1024,
+        low_watermark: 64 * 1024,
+        ..ConnConfig::default()
+    };
+    let (proxy, counters, server) = start_proxy(opts);
+    let mut c = connect(proxy);
+    c.set_nonblocking(true).unwrap();
+    let mut g = Stream(5);
+    let mut buf = vec![0u8; CHUNK];
+    let mut carry = 0; // unsent bytes at the end of `buf`
+    let mut sent = 0usize;
+    let mut last_progress = Instant::now();
+    // Push until nothing moves for 500 ms (everything between us and the upstream's
+    // receive buffer is full).
+    while last_progress.elapsed() < Duration::from_millis(500) {
+        if carry == 0 {
+            g.fill(&mut buf);
+            carry = CHUNK;
+        }
+        match c.write(&buf[CHUNK - carry..]) {
+            Ok(n) => {
+                sent += n;
+                carry -= n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 64 << 20, "the proxy buffered without bound");
+    }
+    assert!(
+        sent > 256 * 1024,
+        "only {sent} bytes went through before stalling"
+    );
+    // Now the upstream reads: the stalled side resumes and every byte arrives.
+    go_tx.send(()).unwrap();
+    c.set_nonblocking(false).unwrap();
+    c.write_all(&buf[CHUNK - carry..]).unwrap();
+    sent += carry;
+    let more = 3 << 20;
+    let mut left = more;
+    while left > 0 {
+        g.fill(&mut buf);
+        let n = left.min(CHUNK);
+        c.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    sent += more;
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(upstream.join().unwrap(), sent);
+    drop(c);
+    wait_idle(&counters);
+    assert_eq!(counters.snapshot().bytes_up, sent as u64);
+    server.stop();
+}
+
+#[test]
+fn idle_sessions_are_closed() {
+    let (echo, _echo_loop) = echo_server();
+    let mut opts = forward_opts(echo);
+    opts.idle_timeout = Duration::from_millis(300);
+    let (proxy, _counters, _server) = start_proxy(opts);
+    let mut c = connect(proxy);
+    c.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut c, 4), b"ping");
+    let t0 = Instant::now();
+    assert!(read_to_close(&mut c, Duration::from_secs(5)).is_empty());
+    assert!(t0.elapsed() >= Duration::from_millis(250));
+}
+
+#[test]
+fn session_limits_refuse_and_count() {
+    let mut opts = socks_opts();
+    opts.max_sessions = 4;
+    opts.max_sessions_per_ip = 2;
+    let (proxy, counters, server) = start_proxy(opts);
+    // Two sessions from 127.0.0.1 (held in their handshake), a third is refused.
+    let a = connect(proxy);
+    let b = connect(proxy);
+    let mut c = connect(proxy);
+    assert!(read_to_close(&mut c, T).is_empty());
+    // Two from another loopback address fill the global limit; the next is refused.
+    let from = |ip: [u8; 4]| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+        s.connect_timeout(&proxy.into(), T).unwrap();
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(T)).unwrap();
+        s
+    };
+    let d = from([127, 0, 0, 2]);
+    let e = from([127, 0, 0, 2]);
+    let mut f = from([127, 0, 0, 3]);
+    assert!(read_to_close(&mut f, T).is_empty());
+    let st = counters.snapshot();
+    assert_eq!((st.refused_per_ip, st.refused_total, st.active), (1, 1, 4));
+    // Closing sessions frees their slots.
+    drop((a, b));
+    let end = Instant::now() + T;
+    while counters.snapshot().active > 2 && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let g = connect(proxy);
+    let (mut h, rep) = socks_request(proxy, None, SocksCommand::Bind, &v4(local(1)));
+    assert_eq!(rep, Some(Reply::CommandNotSupported.code()));
+    assert!(read_to_close(&mut h, T).is_empty());
+    drop((d, e, g));
+    server.stop();
+}
+
+// ---------------------------------------------------------------- SOCKS5 replies
+
+fn expect_reply(proxy: SocketAddr, cmd: SocksCommand, target: &Target, want: Reply) -> TcpStream {
+    let (mut s, rep) = socks_request(proxy, None, cmd, target);
+    assert_eq!(
+        rep.and_then(Reply::from_code),
+        Some(want),
+        "{cmd:?} {target}: wrong reply"
+    );
+    if want != Reply::Succeeded {
+        // Then a prompt close.
+        assert!(read_to_close(&mut s, Duration::from_secs(5)).is_empty());
+    }
+    s
+}
+
+#[test]
+fn socks5_every_reply_code() {
+    let web = http_server(local(0));
+    let web6 = http_server("[::1]:0".parse().unwrap());
+    let mut opts = socks_opts();
+    opts.connect_timeout = Duration::from_millis(300);
+    opts.rules.deny_ports = vec![25];
+    opts.rules.deny_nets = vec!["127.0.0.2/32".parse().unwrap()];
+    let (proxy, counters, server) = start_proxy(opts);
+    let connect_cmd = SocksCommand::Connect;
+
+    // 0x00 to IPv4, IPv6 and domain targets, with real traffic after it.
+    let s = expect_reply(proxy, connect_cmd, &v4(web), Reply::Succeeded);
+    assert!(http_get(s, "/v4").ends_with("hello from /v4\n"));
+    let s = expect_reply(proxy, connect_cmd, &v4(web6), Reply::Succeeded);
+    assert!(http_get(s, "/v6").ends_with("hello from /v6\n"));
+    let s = expect_reply(
+        proxy,
+        connect_cmd,
+        &domain("localhost", web.port()),
+        Reply::Succeeded,
+    );
+    assert!(http_get(s, "/name").ends_with("hello from /name\n"));
+
+    // 0x01: an empty domain name (the codec's encoder refuses to write one).
+    let mut s = connect(proxy);
+    s.write_all(&[5, 1, METHOD_NO_AUTH, 5, 1, 0, ATYP_DOMAIN, 0, 0, 80])
+        .unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, 0]);
+    assert_eq!(read_reply(&mut s), Some(Reply::GeneralFailure.code()));
+    assert!(read_to_close(&mut s, T).is_empty());
+
+    // 0x02: a denied port, a denied range, and a name resolving into it.
+    expect_reply(proxy, connect_cmd, &v4(local(25)), Reply::NotAllowed);
+    let denied = SocketAddr::from(([127, 0, 0, 2], web.port()));
+    expect_reply(proxy, connect_cmd, &v4(denied), Reply::NotAllowed);
+
+    // 0x03: the kernel refuses a TCP connect to the broadcast address with
+    // ENETUNREACH at once; no packet leaves the machine.
+    let bcast = SocketAddr::from(([255, 255, 255, 255], 80));
+    expect_reply(proxy, connect_cmd, &v4(bcast), Reply::NetworkUnreachable);
+
+    // 0x04: a name that cannot resolve (a 64-byte label is rejected by the resolver
+    // locally, so no DNS query is sent).
+    let bad_name = format!("{}.invalid", "a".repeat(64));
+    expect_reply(
+        proxy,
+        connect_cmd,
+        &domain(&bad_name, 80),
+        Reply::HostUnreachable,
+    );
+
+    // 0x05: nothing listens.
+    expect_reply(
+        proxy,
+        connect_cmd,
+        &v4(local(closed_port())),
+        Reply::ConnectionRefused,
+    );
+
+    // 0x06: a listener whose accept queue is full never completes the handshake;
+    // the 300 ms connect timeout answers TTL expired.
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    full.bind(&local(0).into()).unwrap();
+    full.listen(0).unwrap();
+    let full_addr = full.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        let f = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        f.set_nonblocking(true).unwrap();
+        let _ = f.connect(&full_addr.into());
+        fillers.push(f);
+    }
+    thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    expect_reply(proxy, connect_cmd, &v4(full_addr), Reply::TtlExpired);
+    assert!(t0.elapsed() >= Duration::from_millis(250));
+
+    // 0x07: BIND, UDP ASSOCIATE, and a command byte RFC 1928 does not define.
+    expect_reply(
+        proxy,
+        SocksCommand::Bind,
+        &v4(web),
+        Reply::CommandNotSupported,
+    );
+    expect_reply(
+        proxy,
+        SocksCommand::UdpAssociate,
+        &v4(web),
+        Reply::CommandNotSupported,
+    );
+    let mut s = connect(proxy);
+    s.write_all(&[5, 1, 0, 5, 9, 0, 1, 127, 0, 0, 1, 0, 80])
+        .unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, 0]);
+    assert_eq!(read_reply(&mut s), Some(Reply::CommandNotSupported.code()));
+    assert!(read_to_close(&mut s, T).is_empty());
+
+    // 0x08: an unknown address type.
+    let mut s = connect(proxy);
+    s.write_all(&[5, 1, 0, 5, 1, 0, 0x05, 1, 2, 3, 4]).unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, 0]);
+    assert_eq!(
+        read_reply(&mut s),
+        Some(Reply::AddressTypeNotSupported.code())
+    );
+    assert!(read_to_close(&mut s, T).is_empty());
+
+    drop((s, fillers));
+    wait_idle(&counters);
+    assert_eq!(server.stop().handlers_failed, 0);
+
+    // 0x02 for a name whose every address is denied.
+    let mut opts = socks_opts();
+    opts.rules.deny_nets = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    let (proxy, _c, _server) = start_proxy(opts);
+    expect_reply(
+        proxy,
+        connect_cmd,
+        &domain("localhost", web.port()),
+        Reply::NotAllowed,
+    );
+}
+
+#[test]
+fn socks5_pipelined_payload_reaches_upstream() {
+    // A client that sends its first data together with the request.
+    let web = http_server(local(0));
+    let (proxy, _c, _server) = start_proxy(socks_opts());
+    let mut s = connect(proxy);
+    let mut msg = Vec::new();
+    socks5::encode_greeting(&[METHOD_NO_AUTH], &mut msg).unwrap();
+    socks5::encode_request(SocksCommand::Connect, &v4(web), &mut msg).unwrap();
+    msg.extend_from_slice(b"GET /early HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(&msg).unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, 0]);
+    assert_eq!(read_reply(&mut s), Some(0));
+    let rest = String::from_utf8(read_to_close(&mut s, T)).unwrap();
+    assert!(rest.ends_with("hello from /early\n"), "{rest}");
+}
+
+// ---------------------------------------------------------------- hostile clients
+
+#[test]
+fn socks5_hostile_clients() {
+    let (echo, _echo_loop) = echo_server();
+    let mut opts = ProxyOptions::new(Mode::Socks5 {
+        auth: Some((b"u".to_vec(), b"p".to_vec())),
+    });
+    opts.handshake_timeout = Duration::from_millis(800);
+    let (proxy, counters, server) = start_proxy(opts);
+
+    // Not SOCKS5 at all: closed without a word.
+    let mut s = connect(proxy);
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(read_to_close(&mut s, T).is_empty());
+    let mut s = connect(proxy);
+    s.write_all(&[4, 1, 0, 80, 127, 0, 0, 1, 0]).unwrap();
+    assert!(read_to_close(&mut s, T).is_empty());
+
+    // No acceptable method (credentials required, only "no auth" offered).
+    let mut s = connect(proxy);
+    s.write_all(&[5, 1, METHOD_NO_AUTH]).unwrap();
+    assert_eq!(read_to_close(&mut s, T), [5, 0xff]);
+
+    // Wrong password, and a bad subnegotiation version.
+    let (mut s, rep) = socks_request(
+        proxy,
+        Some((b"u", b"wrong")),
+        SocksCommand::Connect,
+        &v4(echo),
+    );
+    assert_eq!(rep, None);
+    assert!(read_to_close(&mut s, T).is_empty());
+    let mut s = connect(proxy);
+    s.write_all(&[5, 1, METHOD_USERPASS, 9, 1, b'u', 1, b'p'])
+        .unwrap();
+    assert_eq!(read_to_close(&mut s, T), [5, 2, 1, 1]);
+
+    // Truncated messages and fields that announce more than is sent: closed by the
+    // handshake timeout, not waited on forever.
+    let truncated: [&[u8]; 4] = [
+        &[5],
+        &[5, 255, 0, 1, 2],             // 255 methods announced, 3 sent
+        &[5, 1, 2, 1, 255, b'u', b's'], // a 255-byte username announced
+        &[5, 1, 2, 1, 1, b'u', 1, b'p', 5, 1, 0, 3, 200, b'x'], // 200-byte name
+    ];
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for msg in truncated {
+        let mut s = connect(proxy);
+        s.write_all(msg).unwrap();
+        held.push(s);
+    }
+    for s in &mut held {
+        read_to_close(s, Duration::from_secs(5));
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(4),
+        "not closed promptly: {waited:?}"
+    );
+
+    // A trickler (one byte every 100 ms of a valid handshake) is cut off by the
+    // handshake timeout, while a normal session works at full speed meanwhile.
+    let trickler = thread::spawn(move || {
+        let mut s = connect(proxy);
+        let mut msg = Vec::new();
+        socks5::encode_greeting(&[METHOD_USERPASS], &mut msg).unwrap();
+        socks5::encode_userpass(b"u", b"p", &mut msg).unwrap();
+        socks5::encode_request(SocksCommand::Connect, &domain("localhost", 80), &mut msg).unwrap();
+        let t0 = Instant::now();
+        for b in msg {
+            if s.write_all(&[b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let rest = read_to_close(&mut s, Duration::from_secs(5));
+        (t0.elapsed(), rest)
+    });
+    thread::sleep(Duration::from_millis(150));
+    let t0 = Instant::now();
+    let (mut s, rep) = socks_request(proxy, Some((b"u", b"p")), SocksCommand::Connect, &v4(echo));
+    assert_eq!(rep, Some(0));
+    let payload = common::pseudo_random_bytes(9, 1 << 20);
+    let mut w = s.try_clone().unwrap();
+    let p2 = payload.clone();
+    let wt = thread::spawn(move || w.write_all(&p2).unwrap());
+    let got = read_n(&mut s, payload.len());
+    wt.join().unwrap();
+    assert!(got == payload);
+    let good_took = t0.elapsed();
+    let (trickle_took, rest) = trickler.join().unwrap();
+    assert!(
+        good_took < trickle_took,
+        "the normal session ({good_took:?}) had to wait for the trickler ({trickle_took:?})"
+    );
+    // The trickler got the method selection and the auth status at most: never a
+    // CONNECT reply.
+    assert!(
+        rest.is_empty() || rest == [5, 2] || rest == [5, 2, 1, 0],
+        "{rest:?}"
+    );
+    drop(s);
+    let c = counters.snapshot();
+    assert!(c.handshake_failed >= 9, "{c}");
+    assert_eq!(server.stop().handlers_failed, 0);
+}
