@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{example_bin, run_loop};
 use reactor::discovery::proto::{Announcement, MAGIC, Metadata, VERSION, encode};
-use reactor::discovery::{Discovery, DiscoveryConfig, DiscoveryStats, PeerEvent};
+use reactor::discovery::{Discovery, DiscoveryConfig, DiscoveryHandler, DiscoveryStats, PeerEvent};
 use reactor::echo::{EchoOptions, echo_listener};
 use reactor::{Config, Context, Handler, HandlerResult, SourceId, TimerId};
 
@@ -518,4 +518,96 @@ fn garbage_flood_does_not_grow_process_memory() {
     drop(probe);
     n.signal(libc::SIGTERM);
     assert_eq!(n.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// The owner side of `DiscoveryHandler::to_owner` (what `peer --discover` does):
+/// events arrive as `Box<PeerEvent>` messages, with service, address and metadata.
+struct Owner {
+    port: u16,
+    events: mpsc::Sender<PeerEvent>,
+}
+
+impl Handler for Owner {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        let mut cfg = DiscoveryConfig::new("owner-node");
+        cfg.port = self.port;
+        cfg.interval = Duration::from_millis(200);
+        cfg.service = "bittorrent".into();
+        let disc = Discovery::new(cfg)?;
+        cx.spawn(DiscoveryHandler::to_owner(disc, cx.id()));
+        Ok(())
+    }
+    fn on_message(
+        &mut self,
+        _cx: &mut Context<'_>,
+        msg: Box<dyn std::any::Any + Send>,
+    ) -> HandlerResult {
+        let ev = msg
+            .downcast::<PeerEvent>()
+            .map_err(|_| "unexpected message")?;
+        let _ = self.events.send(*ev);
+        Ok(())
+    }
+}
+
+/// Closes another handler after a delay (its `on_close` must say goodbye).
+struct CloseLater(reactor::HandlerId);
+impl Handler for CloseLater {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        cx.timer_once(Duration::from_millis(400));
+        Ok(())
+    }
+    fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+        cx.close_handler(self.0);
+        cx.close();
+        Ok(())
+    }
+}
+
+#[test]
+fn owner_handler_receives_events_as_messages() {
+    let (tx, rx) = mpsc::channel();
+    let (_, lp) = run_loop(Config::default(), move |r| {
+        let mut cfg = DiscoveryConfig::new("seeder-1");
+        cfg.port = 0;
+        cfg.interval = Duration::from_millis(200);
+        cfg.service = "bittorrent".into();
+        cfg.tcp_port = 6881;
+        cfg.metadata = vec![("ih".into(), "00ff".repeat(10))];
+        let disc = Discovery::new(cfg).unwrap();
+        let port = disc.local_addr().port();
+        let other = r.spawn(DiscoveryHandler::with_callback(disc, |_, _| {}));
+        r.spawn(Owner { port, events: tx });
+        r.spawn(CloseLater(other));
+    });
+    let first = rx.recv_timeout(Duration::from_secs(5)).expect("joined");
+    assert_eq!(
+        first,
+        PeerEvent::Joined {
+            id: "seeder-1".into(),
+            instance: match &first {
+                PeerEvent::Joined { instance, .. } => *instance,
+                _ => 0,
+            },
+            addr: "127.0.0.1:6881".parse().unwrap(),
+            service: "bittorrent".into(),
+            metadata: vec![("ih".into(), "00ff".repeat(10))],
+        }
+    );
+    // Closed by CloseLater at 400 ms, long before the 600 ms TTL could expire it
+    // after its last announcement; the goodbye makes it immediate.
+    let t = Instant::now();
+    let second = rx.recv_timeout(Duration::from_secs(5)).expect("left");
+    assert_eq!(
+        second,
+        PeerEvent::Left {
+            id: "seeder-1".into()
+        }
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(550),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(lp);
 }
