@@ -423,17 +423,22 @@ impl Discovery {
                 Ok(None) => {}
                 Err(e) => {
                     if rejects.allow(now, every) {
-                        log::warn!(
-                            "discovery {id}: rejected a datagram of {}{} bytes from {from}: {e} \
-                             ({} more rejected since the last report)",
-                            data.len(),
-                            if data.len() > proto::MAX_DATAGRAM_LEN {
-                                "+"
-                            } else {
-                                ""
-                            },
-                            rejects.take_suppressed()
-                        );
+                        let more = rejects.take_suppressed();
+                        let kind = if data.len() > proto::MAX_DATAGRAM_LEN {
+                            "oversized"
+                        } else {
+                            "malformed"
+                        };
+                        if more == 0 {
+                            log::warn!(
+                                "discovery {id}: rejected a {kind} datagram from {from}: {e}"
+                            );
+                        } else {
+                            log::warn!(
+                                "discovery {id}: rejected a {kind} datagram from {from}: {e} \
+                                 ({more} more rejected since the last report)"
+                            );
+                        }
                     }
                 }
             }
