@@ -53,7 +53,7 @@
 //! Module map: [`reactor`](mod@reactor) (the loop), [`handler`] (the trait),
 //! [`timer`], [`pool`] (offloaded jobs), [`conn`] and [`framing`] (buffered
 //! connections), [`listener`] (accepting), [`stats`], [`buf`] (buffer recycling),
-//! [`echo`] (the reference protocol).
+//! [`udp`] (datagram sockets), [`echo`] (the reference protocol).
 
 #![deny(missing_docs)]
 
@@ -71,6 +71,7 @@ pub mod reactor;
 pub mod relay;
 pub mod stats;
 pub mod timer;
+pub mod udp;
 
 pub use conn::{Conn, ConnConfig, IdleTimeout, ReadStatus};
 pub use handler::{Error, Event, Handler, HandlerId, HandlerResult, SourceId};
@@ -79,3 +80,4 @@ pub use pool::{JobId, JobPanicked, JobResult, PoolFull};
 pub use reactor::{Config, Context, Reactor, ReactorHandle};
 pub use stats::{Stats, StatsLogger};
 pub use timer::TimerId;
+pub use udp::{SendOutcome, UdpConfig, UdpConn, UdpOptions};
