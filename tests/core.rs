@@ -810,3 +810,41 @@ fn readme_example_is_examples_upper() {
     srv.signal(libc::SIGTERM);
     assert_eq!(srv.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// A repeating timer with a zero period fires once per loop iteration; it must not
+/// hang the loop (it once spun forever inside the timer expiry).
+#[test]
+fn zero_period_repeating_timer_does_not_hang_the_loop() {
+    struct Spin {
+        fired: Arc<AtomicUsize>,
+    }
+    impl Handler for Spin {
+        fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+            cx.timer_repeat(Duration::ZERO);
+            Ok(())
+        }
+        fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+            if self.fired.fetch_add(1, Ordering::SeqCst) + 1 == 1000 {
+                cx.stop();
+            }
+            Ok(())
+        }
+    }
+    let fired = Arc::new(AtomicUsize::new(0));
+    let f = fired.clone();
+    let (_, running) = run_loop(Config::default(), move |r| {
+        r.spawn(Spin { fired: f });
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while fired.load(Ordering::SeqCst) < 1000 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if fired.load(Ordering::SeqCst) < 1000 {
+        // The loop thread is stuck: joining it would hang the test too.
+        std::mem::forget(running);
+        panic!("zero-period timer stalled the loop");
+    }
+    let stats = running.join();
+    // Once per iteration, not a burst inside one expiry pass.
+    assert!(stats.iterations >= 1000, "{stats:?}");
+}
