@@ -53,6 +53,8 @@ const MAX_DURATION: f64 = 600.0;
 const WRITE_LIMIT: usize = 64 * 1024;
 /// A connect must finish within this time.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// At the end, connections get this long to receive their last echoes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Length of the pattern table (a prime, so streams of different connections do not
 /// line up on buffer-sized boundaries). A slice of up to `PATTERN_LEN` bytes starting
 /// anywhere in the first copy is contiguous, because the table is stored twice.
@@ -232,6 +234,8 @@ struct Shared {
     errors: Cell<u64>,
     corrupt: Cell<u64>,
     live: Cell<usize>,
+    /// Live connections, so the controller can tell them to drain at the end.
+    clients: RefCell<Vec<reactor::HandlerId>>,
     next_conn: Cell<u64>,
     hist: RefCell<Histogram>,
     window: Cell<Option<(Instant, Instant)>>,
@@ -422,9 +426,17 @@ impl Client {
             }
         } else {
             if st.eof {
+                if self.half_closed && self.recvd == self.sent {
+                    // Drained at the end of the run: every echo came back.
+                    self.finished = true;
+                    cx.close();
+                    return Ok(());
+                }
                 return Err("server closed the connection".into());
             }
-            self.top_up(cx, now);
+            if !self.half_closed {
+                self.top_up(cx, now);
+            }
         }
         self.conn.flush(cx)?;
         Ok(())
@@ -438,6 +450,7 @@ impl Handler for Client {
 
     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
         self.shared.live.set(self.shared.live.get() + 1);
+        self.shared.clients.borrow_mut().push(cx.id());
         self.conn.register(cx)?;
         self.connect_timer = Some(cx.timer_once(CONNECT_TIMEOUT));
         self.top_up(cx, Instant::now());
@@ -450,7 +463,7 @@ impl Handler for Client {
 
     fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
         self.conn.flush(cx)?;
-        if !self.conn.is_connecting() && self.shared.cfg.mode != Mode::Churn {
+        if !self.conn.is_connecting() && self.shared.cfg.mode != Mode::Churn && !self.half_closed {
             self.top_up(cx, Instant::now());
             self.conn.flush(cx)?;
         }
@@ -467,8 +480,29 @@ impl Handler for Client {
         Ok(())
     }
 
+    /// The run is over: stop sending and half-close, so the server echoes what is in
+    /// flight, sees end of file and closes cleanly (dropping a connection with
+    /// unread echoes would reset it, which the server logs as an error).
+    fn on_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        _msg: Box<dyn std::any::Any + Send>,
+    ) -> HandlerResult {
+        if !self.half_closed && !self.conn.is_connecting() {
+            self.half_closed = true;
+            self.conn.shutdown_write(cx)?;
+        }
+        Ok(())
+    }
+
     fn on_close(&mut self, cx: &mut Context<'_>) {
         self.shared.live.set(self.shared.live.get() - 1);
+        let id = cx.id();
+        let mut clients = self.shared.clients.borrow_mut();
+        if let Some(i) = clients.iter().position(|c| *c == id) {
+            clients.swap_remove(i);
+        }
+        drop(clients);
         if !self.finished && !self.shared.stopping.get() {
             self.shared.error();
         }
@@ -484,6 +518,10 @@ struct Controller {
     check: Option<TimerId>,
     start_job: Option<JobId>,
     end_job: Option<JobId>,
+    /// Waiting for the end-of-window sample.
+    sampling: bool,
+    drain: Option<TimerId>,
+    drain_over: bool,
 }
 
 impl Controller {
@@ -509,14 +547,25 @@ impl Controller {
         if let Some((t0, _)) = s.window.get() {
             s.window.set(Some((t0, Instant::now())));
         }
-        match s.cfg.server_pid {
-            Some(pid) => {
-                self.end_job = self.sample(cx, pid);
-                if self.end_job.is_none() {
-                    cx.stop();
-                }
-            }
-            None => cx.stop(),
+        if let Some(pid) = s.cfg.server_pid {
+            self.end_job = self.sample(cx, pid);
+            self.sampling = self.end_job.is_some();
+        }
+        let ids: Vec<_> = s.clients.borrow().clone();
+        for id in ids {
+            cx.send(id, Box::new(()));
+        }
+        self.drain = Some(cx.timer_once(DRAIN_TIMEOUT));
+        self.maybe_stop(cx);
+    }
+
+    /// Stops once the end sample is in and every connection has drained.
+    fn maybe_stop(&mut self, cx: &mut Context<'_>) {
+        if self.shared.stopping.get()
+            && !self.sampling
+            && (self.shared.live.get() == 0 || self.drain_over)
+        {
+            cx.stop();
         }
     }
 
@@ -559,13 +608,21 @@ impl Handler for Controller {
             self.begin(cx);
         } else if Some(t) == self.end {
             self.finish(cx);
-        } else if Some(t) == self.check
-            && self.shared.live.get() == 0
-            && !self.shared.stopping.get()
-        {
-            log::error!("every connection has closed; stopping early");
-            self.shared.stopping.set(true);
-            cx.stop();
+        } else if Some(t) == self.drain {
+            log::debug!(
+                "{} connections still draining; stopping",
+                self.shared.live.get()
+            );
+            self.drain_over = true;
+            self.maybe_stop(cx);
+        } else if Some(t) == self.check {
+            if self.shared.live.get() == 0 && !self.shared.stopping.get() {
+                log::error!("every connection has closed; stopping early");
+                self.shared.stopping.set(true);
+                cx.stop();
+            } else {
+                self.maybe_stop(cx);
+            }
         }
         Ok(())
     }
@@ -591,7 +648,8 @@ impl Handler for Controller {
             self.shared.server_start.set(sample);
         } else if Some(job) == self.end_job {
             self.shared.server_end.set(sample);
-            cx.stop();
+            self.sampling = false;
+            self.maybe_stop(cx);
         }
         Ok(())
     }
@@ -641,6 +699,7 @@ fn run(cfg: Settings) -> Result<bool, String> {
         errors: Cell::new(0),
         corrupt: Cell::new(0),
         live: Cell::new(0),
+        clients: RefCell::new(Vec::new()),
         next_conn: Cell::new(0),
         hist: RefCell::new(Histogram::default()),
         window: Cell::new(None),
@@ -657,6 +716,9 @@ fn run(cfg: Settings) -> Result<bool, String> {
         check: None,
         start_job: None,
         end_job: None,
+        sampling: false,
+        drain: None,
+        drain_over: false,
     });
     r.run().map_err(|e| format!("event loop failed: {e}"))?;
     let failed_handlers = r.stats().handlers_failed;
