@@ -848,3 +848,34 @@ fn zero_period_repeating_timer_does_not_hang_the_loop() {
     // Once per iteration, not a burst inside one expiry pass.
     assert!(stats.iterations >= 1000, "{stats:?}");
 }
+
+/// Dispatch timing reuses the previous clock reading as the next dispatch's start;
+/// time spent between dispatches that is not a callback (here a slow `on_close`)
+/// must not be blamed on the next handler as a slow dispatch.
+#[test]
+fn slow_close_is_not_blamed_on_the_next_handler() {
+    struct SlowClose;
+    impl Handler for SlowClose {
+        fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+            cx.close();
+            Ok(())
+        }
+        fn on_close(&mut self, _cx: &mut Context<'_>) {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    struct Quick;
+    impl Handler for Quick {
+        fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+            cx.stop();
+            Ok(())
+        }
+    }
+    let (_, running) = run_loop(Config::default(), |r| {
+        r.spawn(SlowClose);
+        r.spawn(Quick);
+    });
+    let stats = running.join();
+    assert_eq!(stats.dispatches, 2, "{stats:?}");
+    assert_eq!(stats.slow_dispatches, 0, "{stats:?}");
+}
