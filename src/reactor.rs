@@ -190,6 +190,12 @@ pub(crate) struct Core {
     pending: Vec<Pending>,
     next_generation: u32,
     now: Instant,
+    /// The last clock reading: where the next dispatch's timing starts. Reusing the
+    /// end of one dispatch as the start of the next halves the clock reads per
+    /// event; it is refreshed after anything between dispatches that may take time
+    /// (the poll, timer expiry, closing a handler), so that time is never blamed on
+    /// the next handler.
+    clock: Instant,
     state: RunState,
     config: Config,
     cmd_tx: Sender<Command>,
@@ -483,7 +489,7 @@ impl Core {
         let Some(mut handler) = slot.handler.take() else {
             return false;
         };
-        let start = Instant::now();
+        let start = self.clock;
         let mut cx = Context {
             core: self,
             id,
@@ -492,7 +498,9 @@ impl Core {
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut *handler, &mut cx)));
         let mut closing = cx.closing;
-        let elapsed = start.elapsed();
+        let end = Instant::now();
+        self.clock = end;
+        let elapsed = end.saturating_duration_since(start);
         self.stats.dispatches += 1;
         let ns = elapsed.as_nanos().min(u64::MAX as u128) as u64;
         self.stats.dispatch_time.record(ns);
@@ -570,6 +578,8 @@ impl Core {
                 panic_message(&*p)
             );
         }
+        // on_close and drop are not timed: do not count them in the next dispatch.
+        self.clock = Instant::now();
     }
 
     fn close_now(&mut self, id: HandlerId) {
@@ -611,6 +621,9 @@ impl Core {
 
     fn fire_timers(&mut self, scratch: &mut Vec<(TimerId, HandlerId)>) {
         self.timers.expire(self.now, scratch);
+        if !scratch.is_empty() {
+            self.clock = Instant::now();
+        }
         for (t, owner) in scratch.drain(..) {
             self.stats.timers_fired += 1;
             // One-shot timers are gone from the timer set now; forget them in their
@@ -703,6 +716,7 @@ impl Reactor {
                 pending: Vec::new(),
                 next_generation: 0,
                 now: Instant::now(),
+                clock: Instant::now(),
                 state: RunState::Running,
                 config,
                 cmd_tx,
@@ -757,6 +771,7 @@ impl Reactor {
     /// or [`Config::drain_timeout`] passes, when the rest are closed.
     pub fn shutdown(&mut self) {
         self.core.now = Instant::now();
+        self.core.clock = self.core.now;
         self.core.begin_shutdown();
     }
 
@@ -804,6 +819,7 @@ impl Reactor {
             }
             let core = &mut self.core;
             core.now = Instant::now();
+            core.clock = core.now;
             core.stats.iterations += 1;
             for ev in self.events.iter() {
                 match ev.token() {

@@ -186,7 +186,9 @@ impl Timers {
                     // from the later of the missed deadline and now.
                     let mut next = e.deadline + p;
                     if next <= now {
-                        next = now + p;
+                        // At least 1 ns ahead: a zero period must not be due again
+                        // within this call, or this loop would never end.
+                        next = now + p.max(Duration::from_nanos(1));
                     }
                     e.deadline = next;
                     e.heap_deadline = next;

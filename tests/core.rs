@@ -1116,4 +1116,71 @@ fn conn_moves_between_handlers_with_its_buffered_bytes() {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     roundtrip(&mut c, b"read by the giver, echoed by the taker");
     roundtrip(&mut c, b"read by the taker under its new source");
+/// A repeating timer with a zero period fires once per loop iteration; it must not
+/// hang the loop (it once spun forever inside the timer expiry).
+#[test]
+fn zero_period_repeating_timer_does_not_hang_the_loop() {
+    struct Spin {
+        fired: Arc<AtomicUsize>,
+    }
+    impl Handler for Spin {
+        fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+            cx.timer_repeat(Duration::ZERO);
+            Ok(())
+        }
+        fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+            if self.fired.fetch_add(1, Ordering::SeqCst) + 1 == 1000 {
+                cx.stop();
+            }
+            Ok(())
+        }
+    }
+    let fired = Arc::new(AtomicUsize::new(0));
+    let f = fired.clone();
+    let (_, running) = run_loop(Config::default(), move |r| {
+        r.spawn(Spin { fired: f });
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while fired.load(Ordering::SeqCst) < 1000 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if fired.load(Ordering::SeqCst) < 1000 {
+        // The loop thread is stuck: joining it would hang the test too.
+        std::mem::forget(running);
+        panic!("zero-period timer stalled the loop");
+    }
+    let stats = running.join();
+    // Once per iteration, not a burst inside one expiry pass.
+    assert!(stats.iterations >= 1000, "{stats:?}");
+}
+
+/// Dispatch timing reuses the previous clock reading as the next dispatch's start;
+/// time spent between dispatches that is not a callback (here a slow `on_close`)
+/// must not be blamed on the next handler as a slow dispatch.
+#[test]
+fn slow_close_is_not_blamed_on_the_next_handler() {
+    struct SlowClose;
+    impl Handler for SlowClose {
+        fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+            cx.close();
+            Ok(())
+        }
+        fn on_close(&mut self, _cx: &mut Context<'_>) {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    struct Quick;
+    impl Handler for Quick {
+        fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+            cx.stop();
+            Ok(())
+        }
+    }
+    let (_, running) = run_loop(Config::default(), |r| {
+        r.spawn(SlowClose);
+        r.spawn(Quick);
+    });
+    let stats = running.join();
+    assert_eq!(stats.dispatches, 2, "{stats:?}");
+    assert_eq!(stats.slow_dispatches, 0, "{stats:?}");
 }
