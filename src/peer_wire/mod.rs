@@ -8,8 +8,12 @@
 //! bytes and `now` in, and disk and hashing work runs on the worker pool.
 
 pub mod bencode;
+pub mod create;
 pub mod metainfo;
 pub mod peers;
 pub mod picker;
+pub mod session;
+pub mod storage;
+pub mod torrent;
 pub mod tracker;
 pub mod wire;

@@ -1,0 +1,870 @@
+//! One peer connection: the handler that moves bytes between a socket and the
+//! torrent's shared state.
+//!
+//! It frames and parses with [`super::wire`], asks the [`super::picker`] what to
+//! request, copies received blocks into the piece being assembled in
+//! [`Shared`], and serves requests from the chunk cache (asking the engine to read
+//! missing chunks on the worker pool). It must not touch the disk, hash, or block:
+//! everything slow is the engine's, through the pool.
+//!
+//! Hostile input (wrong protocol or info-hash, oversized or malformed messages,
+//! out-of-range requests or blocks, bitfields of the wrong length, peers that stall
+//! or trickle) closes this connection with a log line; nothing else is affected.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use super::peers::ConnStats;
+use super::picker::{BlockRef, PeerKey, Received};
+use super::torrent::{Assembly, SessionSlot, Shared, key_of};
+use super::wire::{self, Bitfield, ExtHandshake, Message};
+use crate::conn::{Conn, ConnConfig};
+use crate::handler::{Handler, HandlerResult, SourceId};
+use crate::reactor::Context;
+use crate::timer::TimerId;
+
+/// Largest block a peer may request from us; larger requests are rejected.
+pub const MAX_REQUEST_LEN: u32 = 16 * 1024;
+
+/// Stop filling the write queue with piece data above this many bytes; the rest
+/// is served as the socket drains (bounded memory per peer).
+const SERVE_HIGH: usize = 512 * 1024;
+
+/// Why a session closes (a hostile or broken peer, or a plain goodbye).
+type Close = Cow<'static, str>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Dialling; our handshake is queued.
+    Connecting,
+    /// Waiting for the peer's handshake (ours sent, for outgoing sessions).
+    Handshake,
+    /// Incoming: info-hash accepted and our handshake sent; the peer id is due.
+    PeerId,
+    /// Exchanging messages.
+    Open,
+}
+
+/// Everything a session knows except its socket (split so that a message borrowed
+/// from the socket's read buffer can be handled while the state is mutated).
+struct Peer {
+    sh: Rc<RefCell<Shared>>,
+    addr: SocketAddr,
+    key: PeerKey,
+    outgoing: bool,
+    phase: Phase,
+    fast: bool,
+    ext: bool,
+    peer_has: Bitfield,
+    got_bitfield: bool,
+    am_choking: bool,
+    am_interested: bool,
+    peer_choking: bool,
+    peer_interested: bool,
+    waiting_slot: bool,
+    /// Our requests to the peer, oldest first.
+    inflight: VecDeque<BlockRef>,
+    max_inflight: usize,
+    /// The peer's requests to us, oldest first.
+    serve_q: VecDeque<BlockRef>,
+    /// How much of the torrent's verified-piece log we have announced.
+    have_idx: usize,
+    stats: ConnStats,
+    rejects: u32,
+    started: Instant,
+    last_msg: Instant,
+    last_block: Instant,
+    last_send: Instant,
+    /// Control messages to send, encoded; moved to the socket after each batch.
+    out: Vec<u8>,
+    picks: Vec<BlockRef>,
+    cancels: Vec<PeerKey>,
+    registered: bool,
+}
+
+/// One peer connection. See the module docs.
+pub struct Session {
+    conn: Conn,
+    p: Peer,
+    tick: Option<TimerId>,
+}
+
+fn conn_config(max_msg: u32) -> ConnConfig {
+    ConnConfig {
+        max_read_buffer: (max_msg as usize + 4).max(1024 * 1024),
+        ..ConnConfig::default()
+    }
+}
+
+impl Session {
+    /// A session for an accepted connection.
+    pub fn incoming(sh: Rc<RefCell<Shared>>, stream: TcpStream, addr: SocketAddr) -> Session {
+        let max = sh.borrow().max_msg_len;
+        Session {
+            conn: Conn::new(stream, 0, conn_config(max)),
+            p: Peer::new(sh, addr, false),
+            tick: None,
+        }
+    }
+
+    /// A session dialling `addr` (the connect runs in the background).
+    pub fn outgoing(sh: Rc<RefCell<Shared>>, addr: SocketAddr) -> std::io::Result<Session> {
+        let max = sh.borrow().max_msg_len;
+        let conn = Conn::connect(addr, 0, conn_config(max))?;
+        Ok(Session {
+            conn,
+            p: Peer::new(sh, addr, true),
+            tick: None,
+        })
+    }
+
+    fn close(&mut self, cx: &mut Context<'_>, why: &str, hostile: bool) {
+        if hostile {
+            log::warn!("peer {}: {why}; closing", self.p.addr);
+        } else {
+            log::debug!("peer {}: {why}; closing", self.p.addr);
+        }
+        cx.close();
+    }
+
+    /// Reads, handles every complete message, then writes.
+    fn pump(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        if self.p.phase == Phase::Connecting {
+            match self.conn.poll_connect() {
+                Ok(true) => {
+                    self.p.phase = Phase::Handshake;
+                    let now = cx.now();
+                    self.p.sh.borrow_mut().peers.connected(self.p.addr, now);
+                }
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    let now = cx.now();
+                    self.p
+                        .sh
+                        .borrow_mut()
+                        .peers
+                        .connect_failed(self.p.addr, now);
+                    self.p.registered = false;
+                    self.close(cx, &format!("connect failed: {e}"), false);
+                    return Ok(());
+                }
+            }
+        }
+        let st = match self.conn.fill(cx) {
+            Ok(st) => st,
+            Err(e) => {
+                self.close(cx, &format!("read error: {e}"), false);
+                return Ok(());
+            }
+        };
+        if let Err(why) = self.handle_input(cx) {
+            self.close(cx, &why, true);
+            return Ok(());
+        }
+        if st.eof {
+            self.close(cx, "peer closed the connection", false);
+            return Ok(());
+        }
+        self.after_input(cx)
+    }
+
+    fn handle_input(&mut self, cx: &mut Context<'_>) -> Result<(), Close> {
+        loop {
+            match self.p.phase {
+                Phase::Connecting => return Ok(()),
+                Phase::Handshake => {
+                    let buf = self.conn.read_buf();
+                    let need = if self.p.outgoing { 68 } else { 48 };
+                    let prefix = wire::parse_handshake_info_hash(buf)
+                        .map_err(|e| Close::from(format!("bad handshake: {e}")))?;
+                    let Some((reserved, info_hash)) = prefix else {
+                        return Ok(());
+                    };
+                    if buf.len() < need {
+                        return Ok(());
+                    }
+                    let peer_id = if self.p.outgoing {
+                        let mut id = [0u8; 20];
+                        id.copy_from_slice(&buf[48..68]);
+                        Some(id)
+                    } else {
+                        None
+                    };
+                    self.conn.consume(need);
+                    self.p.on_handshake(cx, reserved, info_hash, peer_id)?;
+                }
+                Phase::PeerId => {
+                    let buf = self.conn.read_buf();
+                    if buf.len() < 20 {
+                        return Ok(());
+                    }
+                    let mut id = [0u8; 20];
+                    id.copy_from_slice(&buf[..20]);
+                    self.conn.consume(20);
+                    self.p.on_peer_id(cx, id)?;
+                }
+                Phase::Open => {
+                    let max = self.p.sh.borrow().max_msg_len;
+                    let decoded = wire::decode(self.conn.read_buf(), max)
+                        .map_err(|e| Close::from(format!("protocol error: {e}")))?;
+                    let Some((msg, used)) = decoded else {
+                        return Ok(());
+                    };
+                    self.p.on_message(cx, msg)?;
+                    self.conn.consume(used);
+                }
+            }
+        }
+    }
+
+    /// Sends what the messages produced, requests more, serves uploads, flushes.
+    fn after_input(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        if self.p.phase == Phase::Open {
+            self.p.sync(cx);
+            self.p.fill_requests(cx);
+        }
+        self.write_out(cx);
+        self.serve(cx);
+        if let Err(e) = self.conn.flush(cx) {
+            self.close(cx, &format!("write error: {e}"), false);
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self, cx: &mut Context<'_>) {
+        if !self.p.out.is_empty() {
+            self.conn.queue(cx, &self.p.out);
+            self.p.out.clear();
+            self.p.last_send = cx.now();
+        }
+    }
+
+    /// Writes requested blocks from the chunk cache while the write queue has
+    /// room; a missing chunk is asked of the engine and serving resumes on wake-up.
+    fn serve(&mut self, cx: &mut Context<'_>) {
+        if self.p.serve_q.is_empty() || self.p.am_choking {
+            return;
+        }
+        let mut sh = self.p.sh.borrow_mut();
+        let cs = sh.chunk_size;
+        let mut sent = 0u64;
+        while self.conn.write_pending() < SERVE_HIGH {
+            let Some(&r) = self.p.serve_q.front() else {
+                break;
+            };
+            let k0 = r.begin / cs;
+            let k1 = (r.begin + r.len - 1) / cs;
+            let Some(a) = sh.cached(r.piece, k0) else {
+                sh.want_chunk(cx, r.piece, k0, self.p.key);
+                break;
+            };
+            let b = if k1 != k0 {
+                match sh.cached(r.piece, k1) {
+                    Some(b) => Some(b),
+                    None => {
+                        sh.want_chunk(cx, r.piece, k1, self.p.key);
+                        break;
+                    }
+                }
+            } else {
+                None
+            };
+            self.p.serve_q.pop_front();
+            let Ok(header) = wire::encode_piece_header(r.piece, r.begin, r.len) else {
+                continue;
+            };
+            self.conn.queue(cx, &header);
+            let off = (r.begin - k0 * cs) as usize;
+            match b {
+                None => self.conn.queue(cx, &a[off..off + r.len as usize]),
+                Some(b) => {
+                    self.conn.queue(cx, &a[off..]);
+                    let rest = r.len as usize - (a.len() - off);
+                    self.conn.queue(cx, &b[..rest]);
+                }
+            }
+            sent += u64::from(r.len);
+        }
+        if sent > 0 {
+            sh.uploaded += sent;
+            self.p.stats.piece_bytes_up += sent;
+            self.p.last_send = cx.now();
+        }
+    }
+
+    fn on_tick(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now();
+        let cfg = self.p.sh.borrow().cfg.clone();
+        let p = &self.p;
+        let why: Option<String> = match p.phase {
+            Phase::Connecting if now - p.started > cfg.connect_timeout => {
+                let mut sh = p.sh.borrow_mut();
+                sh.peers.connect_failed(p.addr, now);
+                drop(sh);
+                self.p.registered = false;
+                self.close(cx, "connect timed out", false);
+                return;
+            }
+            Phase::Handshake | Phase::PeerId if now - p.started > cfg.handshake_timeout => Some(
+                format!("no complete handshake within {:?}", cfg.handshake_timeout),
+            ),
+            Phase::Open if now - p.last_msg > cfg.idle_timeout => {
+                Some(format!("no complete message for {:?}", cfg.idle_timeout))
+            }
+            Phase::Open if !p.inflight.is_empty() && now - p.last_block > cfg.request_timeout => {
+                Some(format!(
+                    "holds {} of our requests without sending a block for {:?}",
+                    p.inflight.len(),
+                    cfg.request_timeout
+                ))
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            self.close(cx, &why, true);
+            return;
+        }
+        if self.p.phase == Phase::Open && now - self.p.last_send > cfg.keepalive_interval {
+            self.p.send(Message::KeepAlive);
+            self.write_out(cx);
+            if let Err(e) = self.conn.flush(cx) {
+                self.close(cx, &format!("write error: {e}"), false);
+            }
+        }
+    }
+}
+
+impl Peer {
+    fn new(sh: Rc<RefCell<Shared>>, addr: SocketAddr, outgoing: bool) -> Peer {
+        let now = Instant::now();
+        let n = sh.borrow().meta.piece_count();
+        Peer {
+            sh,
+            addr,
+            key: PeerKey(u64::MAX),
+            outgoing,
+            phase: if outgoing {
+                Phase::Connecting
+            } else {
+                Phase::Handshake
+            },
+            fast: false,
+            ext: false,
+            peer_has: Bitfield::new(n),
+            got_bitfield: false,
+            am_choking: true,
+            am_interested: false,
+            peer_choking: true,
+            peer_interested: false,
+            waiting_slot: false,
+            inflight: VecDeque::new(),
+            max_inflight: 64,
+            serve_q: VecDeque::new(),
+            have_idx: 0,
+            stats: ConnStats::default(),
+            rejects: 0,
+            started: now,
+            last_msg: now,
+            last_block: now,
+            last_send: now,
+            out: Vec::new(),
+            picks: Vec::new(),
+            cancels: Vec::new(),
+            registered: true,
+        }
+    }
+
+    fn send(&mut self, m: Message<'_>) {
+        // Only fails for payloads beyond 4 GiB, which we never build.
+        let _ = m.encode(&mut self.out);
+    }
+
+    fn our_handshake(&mut self) {
+        let sh = self.sh.borrow();
+        let hs = wire::encode_handshake(
+            &sh.meta.info_hash,
+            &sh.peer_id,
+            wire::RESERVED_FAST_AND_EXTENSIONS,
+        );
+        drop(sh);
+        self.out.extend_from_slice(&hs);
+    }
+
+    fn on_handshake(
+        &mut self,
+        cx: &mut Context<'_>,
+        reserved: [u8; 8],
+        info_hash: [u8; 20],
+        peer_id: Option<[u8; 20]>,
+    ) -> Result<(), Close> {
+        if info_hash != self.sh.borrow().meta.info_hash {
+            return Err("handshake for another torrent (wrong info-hash)".into());
+        }
+        self.fast = wire::supports_fast(&reserved);
+        self.ext = wire::supports_extensions(&reserved);
+        match peer_id {
+            Some(id) => self.on_peer_id(cx, id),
+            None => {
+                self.our_handshake();
+                self.phase = Phase::PeerId;
+                Ok(())
+            }
+        }
+    }
+
+    fn on_peer_id(&mut self, cx: &mut Context<'_>, id: [u8; 20]) -> Result<(), Close> {
+        if id == self.sh.borrow().peer_id {
+            return Err("connected to ourselves".into());
+        }
+        self.phase = Phase::Open;
+        self.stats.handshake_done = true;
+        self.last_msg = cx.now();
+        if self.ext {
+            let mut sh = self.sh.borrow_mut();
+            let hs = ExtHandshake {
+                extensions: Vec::new(),
+                client: Some(b"reactor 0.1"),
+                reqq: Some(sh.cfg.max_peer_requests as u32),
+            };
+            let _ = wire::encode_ext_handshake(&hs, &mut self.out);
+            let _ = &mut sh;
+        }
+        let sh = self.sh.borrow();
+        let have = sh.picker.have();
+        if self.fast && have.all() {
+            self.out.extend_from_slice(&[0, 0, 0, 1, 14]);
+        } else if self.fast && have.none() {
+            self.out.extend_from_slice(&[0, 0, 0, 1, 15]);
+        } else if !have.none() {
+            let _ = Message::Bitfield(have.as_bytes()).encode(&mut self.out);
+        }
+        self.have_idx = sh.have_log.len();
+        self.max_inflight = sh.cfg.max_requests.min(64);
+        drop(sh);
+        log::debug!(
+            "peer {}: handshake done (fast: {}, extensions: {})",
+            self.addr,
+            self.fast,
+            self.ext
+        );
+        Ok(())
+    }
+
+    fn on_message(&mut self, cx: &mut Context<'_>, msg: Message<'_>) -> Result<(), Close> {
+        let now = cx.now();
+        self.last_msg = now;
+        let n = self.peer_has.len();
+        match msg {
+            Message::KeepAlive => {}
+            Message::Choke => {
+                self.peer_choking = true;
+                if !self.inflight.is_empty() {
+                    self.inflight.clear();
+                    self.sh.borrow_mut().picker.requests_dropped(self.key);
+                }
+            }
+            Message::Unchoke => {
+                self.peer_choking = false;
+                self.last_block = now;
+            }
+            Message::Interested => self.peer_interested = true,
+            Message::NotInterested => {
+                self.peer_interested = false;
+                if !self.am_choking {
+                    self.am_choking = true;
+                    self.send(Message::Choke);
+                    self.serve_q.clear();
+                    self.sh.borrow_mut().release_slot(cx);
+                }
+            }
+            Message::Have { piece } => {
+                if piece >= n {
+                    return Err(format!("have for piece {piece} of {n}").into());
+                }
+                self.got_bitfield = true;
+                if self.peer_has.set(piece) {
+                    self.sh.borrow_mut().picker.peer_have(piece);
+                }
+            }
+            Message::Bitfield(bytes) => {
+                if self.got_bitfield {
+                    return Err("bitfield after other piece announcements".into());
+                }
+                let bf = Bitfield::from_bytes(bytes, n)
+                    .map_err(|e| Close::from(format!("bad bitfield: {e}")))?;
+                self.got_bitfield = true;
+                self.sh.borrow_mut().picker.peer_bitfield(&bf);
+                self.peer_has = bf;
+            }
+            Message::HaveAll | Message::HaveNone => {
+                if !self.fast {
+                    return Err("fast-extension message without negotiating BEP 6".into());
+                }
+                if self.got_bitfield {
+                    return Err("have_all/have_none after other piece announcements".into());
+                }
+                self.got_bitfield = true;
+                if msg == Message::HaveAll {
+                    self.peer_has = Bitfield::full(n);
+                    self.sh.borrow_mut().picker.peer_have_all();
+                }
+            }
+            Message::Request {
+                index,
+                begin,
+                length,
+            } => self.on_request(BlockRef {
+                piece: index,
+                begin,
+                len: length,
+            })?,
+            Message::Cancel {
+                index,
+                begin,
+                length,
+            } => {
+                let r = BlockRef {
+                    piece: index,
+                    begin,
+                    len: length,
+                };
+                if let Some(i) = self.serve_q.iter().position(|q| *q == r) {
+                    self.serve_q.remove(i);
+                }
+            }
+            Message::Piece {
+                index,
+                begin,
+                block,
+            } => self.on_block(cx, index, begin, block)?,
+            Message::RejectRequest {
+                index,
+                begin,
+                length,
+            } => {
+                if !self.fast {
+                    return Err("reject_request without negotiating BEP 6".into());
+                }
+                let r = BlockRef {
+                    piece: index,
+                    begin,
+                    len: length,
+                };
+                if let Some(i) = self.inflight.iter().position(|q| *q == r) {
+                    self.inflight.remove(i);
+                    self.sh.borrow_mut().picker.abort_block(self.key, r);
+                    self.rejects += 1;
+                    if self.rejects > 10_000 {
+                        return Err("rejects every request".into());
+                    }
+                }
+            }
+            Message::Extended { id: 0, payload } => {
+                if !self.ext {
+                    return Err("extension message without negotiating BEP 10".into());
+                }
+                let hs = wire::decode_ext_handshake(payload)
+                    .map_err(|e| Close::from(format!("bad extension handshake: {e}")))?;
+                if let Some(q) = hs.reqq {
+                    let cap = self.sh.borrow().cfg.max_requests;
+                    self.max_inflight = (q as usize).clamp(1, cap);
+                }
+            }
+            // Extensions we did not advertise, DHT port, suggestions, allowed-fast
+            // sets and unknown ids are legal to ignore.
+            Message::Extended { .. }
+            | Message::Port(_)
+            | Message::SuggestPiece(_)
+            | Message::AllowedFast(_)
+            | Message::Unknown { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, r: BlockRef) {
+        if self.fast {
+            self.send(Message::RejectRequest {
+                index: r.piece,
+                begin: r.begin,
+                length: r.len,
+            });
+        }
+    }
+
+    fn on_request(&mut self, r: BlockRef) -> Result<(), Close> {
+        let sh = self.sh.borrow();
+        let plen = sh.picker.piece_len(r.piece);
+        if r.piece >= sh.picker.piece_count()
+            || r.len == 0
+            || u64::from(r.begin) + u64::from(r.len) > u64::from(plen)
+        {
+            return Err(format!(
+                "request outside the torrent (piece {}, begin {}, length {})",
+                r.piece, r.begin, r.len
+            )
+            .into());
+        }
+        let have = sh.picker.have().has(r.piece) && sh.ready;
+        let limit = sh.cfg.max_peer_requests;
+        drop(sh);
+        if r.len > MAX_REQUEST_LEN {
+            if !self.fast {
+                return Err(format!("oversized request of {} bytes", r.len).into());
+            }
+            log::info!(
+                "peer {}: rejecting oversized request of {} bytes",
+                self.addr,
+                r.len
+            );
+            self.reject(r);
+            return Ok(());
+        }
+        if self.am_choking || !have {
+            self.reject(r);
+            return Ok(());
+        }
+        if self.serve_q.len() >= limit {
+            if !self.fast {
+                return Err(format!("more than {limit} requests queued").into());
+            }
+            self.reject(r);
+            return Ok(());
+        }
+        self.serve_q.push_back(r);
+        Ok(())
+    }
+
+    fn on_block(
+        &mut self,
+        cx: &mut Context<'_>,
+        piece: u32,
+        begin: u32,
+        block: &[u8],
+    ) -> Result<(), Close> {
+        let r = BlockRef {
+            piece,
+            begin,
+            len: block.len() as u32,
+        };
+        if let Some(i) = self.inflight.iter().position(|q| *q == r) {
+            self.inflight.remove(i);
+        }
+        let now = cx.now();
+        self.last_block = now;
+        let mut sh = self.sh.borrow_mut();
+        self.cancels.clear();
+        match sh.picker.block_received(self.key, r, &mut self.cancels) {
+            Received::Invalid => {
+                return Err(format!(
+                    "block outside the torrent (piece {piece}, begin {begin}, length {})",
+                    block.len()
+                )
+                .into());
+            }
+            Received::Duplicate => {}
+            Received::Accepted { piece_complete } => {
+                let plen = sh.picker.piece_len(piece) as usize;
+                let a = sh.assembling.entry(piece).or_insert_with(|| Assembly {
+                    buf: bytes::BytesMut::zeroed(plen),
+                    from: Vec::new(),
+                });
+                a.buf[begin as usize..begin as usize + block.len()].copy_from_slice(block);
+                if !a.from.contains(&self.key) {
+                    a.from.push(self.key);
+                }
+                sh.downloaded += block.len() as u64;
+                sh.last_progress = now;
+                self.stats.piece_bytes_down += block.len() as u64;
+                for &k in &self.cancels {
+                    if let Some(s) = sh.sessions.get_mut(&k) {
+                        s.cancels.push(r);
+                    }
+                    sh.wake(cx, k);
+                }
+                if piece_complete {
+                    sh.piece_complete(cx, piece);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Catches up with the torrent: cancels from end-game, new pieces to
+    /// announce, interest, the upload slot.
+    fn sync(&mut self, cx: &mut Context<'_>) {
+        let mut sh = self.sh.borrow_mut();
+        let mut cancels = Vec::new();
+        if let Some(slot) = sh.sessions.get_mut(&self.key) {
+            slot.woken = false;
+            if !slot.cancels.is_empty() {
+                cancels = std::mem::take(&mut slot.cancels);
+            }
+        }
+        for r in cancels {
+            if let Some(i) = self.inflight.iter().position(|q| *q == r) {
+                self.inflight.remove(i);
+                let _ = Message::Cancel {
+                    index: r.piece,
+                    begin: r.begin,
+                    length: r.len,
+                }
+                .encode(&mut self.out);
+            }
+        }
+        while self.have_idx < sh.have_log.len() {
+            let p = sh.have_log[self.have_idx];
+            self.have_idx += 1;
+            let _ = Message::Have { piece: p }.encode(&mut self.out);
+        }
+        let interesting = !sh.picker.is_finished() && sh.picker.interesting(&self.peer_has);
+        if interesting != self.am_interested && (interesting || self.inflight.is_empty()) {
+            self.am_interested = interesting;
+            let m = if interesting {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            };
+            let _ = m.encode(&mut self.out);
+        }
+        if self.peer_interested && self.am_choking {
+            if sh.unchoked < sh.cfg.upload_slots && sh.ready {
+                sh.unchoked += 1;
+                self.am_choking = false;
+                self.waiting_slot = false;
+                let _ = Message::Unchoke.encode(&mut self.out);
+            } else if !self.waiting_slot {
+                self.waiting_slot = true;
+                sh.choke_waiters.push_back(self.key);
+            }
+        }
+        let _ = cx;
+    }
+
+    /// Keeps the request pipeline full.
+    fn fill_requests(&mut self, _cx: &mut Context<'_>) {
+        if self.peer_choking || !self.am_interested {
+            return;
+        }
+        let want = self.max_inflight.saturating_sub(self.inflight.len());
+        // Top up in batches: fewer, larger writes.
+        if want < (self.max_inflight / 4).max(1) {
+            return;
+        }
+        let mut sh = self.sh.borrow_mut();
+        self.picks.clear();
+        sh.picker
+            .next_requests(self.key, &self.peer_has, want, &mut self.picks);
+        drop(sh);
+        for i in 0..self.picks.len() {
+            let b = self.picks[i];
+            self.inflight.push_back(b);
+            let _ = Message::Request {
+                index: b.piece,
+                begin: b.begin,
+                length: b.len,
+            }
+            .encode(&mut self.out);
+        }
+    }
+}
+
+impl Handler for Session {
+    fn name(&self) -> &str {
+        "PeerSession"
+    }
+
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        self.p.key = key_of(cx.id());
+        self.p.sh.borrow_mut().sessions.insert(
+            self.p.key,
+            SessionSlot {
+                id: cx.id(),
+                cancels: Vec::new(),
+                woken: false,
+                penalised: false,
+            },
+        );
+        let now = cx.now();
+        self.p.started = now;
+        self.p.last_msg = now;
+        self.p.last_send = now;
+        self.conn.register(cx)?;
+        if self.p.outgoing {
+            self.p.our_handshake();
+            self.write_out(cx);
+        }
+        self.tick = Some(cx.timer_repeat(std::time::Duration::from_millis(500)));
+        Ok(())
+    }
+
+    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        self.pump(cx)
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        if self.p.phase == Phase::Connecting {
+            return self.pump(cx);
+        }
+        self.serve(cx);
+        if let Err(e) = self.conn.flush(cx) {
+            self.close(cx, &format!("write error: {e}"), false);
+        }
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        _msg: Box<dyn std::any::Any + Send>,
+    ) -> HandlerResult {
+        if self.p.phase != Phase::Open {
+            if let Some(s) = self.p.sh.borrow_mut().sessions.get_mut(&self.p.key) {
+                s.woken = false;
+            }
+            return Ok(());
+        }
+        self.after_input(cx)
+    }
+
+    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+        if Some(t) == self.tick {
+            self.on_tick(cx);
+        }
+        Ok(())
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        cx.close();
+        Ok(())
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        self.conn.release(cx);
+        let now = cx.now();
+        let mut sh = self.p.sh.borrow_mut();
+        let penalised = sh.sessions.remove(&self.p.key).is_some_and(|s| s.penalised);
+        sh.picker.peer_left(self.p.key, &self.p.peer_has);
+        if !self.p.am_choking {
+            sh.release_slot(cx);
+        }
+        if self.p.registered {
+            let mut stats = self.p.stats;
+            if penalised {
+                // Bad data counts as no data: the peer backs off like a useless one.
+                stats.piece_bytes_down = 0;
+                stats.piece_bytes_up = 0;
+            }
+            sh.peers.disconnected(self.p.addr, now, stats);
+        }
+        // Requests this peer held are requestable again by the others.
+        if !self.p.inflight.is_empty() {
+            sh.wake_all(cx);
+        }
+    }
+}
