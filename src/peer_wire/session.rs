@@ -846,6 +846,14 @@ impl Handler for Session {
 
     fn on_close(&mut self, cx: &mut Context<'_>) {
         self.conn.release(cx);
+        if self.p.stats.handshake_done {
+            log::info!(
+                "peer {}: disconnected ({} piece bytes up, {} down)",
+                self.p.addr,
+                self.p.stats.piece_bytes_up,
+                self.p.stats.piece_bytes_down
+            );
+        }
         let now = cx.now();
         let mut sh = self.p.sh.borrow_mut();
         let penalised = sh.sessions.remove(&self.p.key).is_some_and(|s| s.penalised);
