@@ -3,7 +3,7 @@
 
     lt_peer.py seed  --torrent T --save-dir DIR [--timeout SECS]
         prints "listening on 127.0.0.1:PORT" once the data is checked, then seeds
-        until stdin closes or the timeout passes.
+        until it is killed or the timeout passes.
     lt_peer.py leech --torrent T --save-dir DIR --peer IP:PORT [--timeout SECS]
         downloads from that peer; exits 0 when complete, 1 on timeout.
 
@@ -13,7 +13,6 @@ plaintext accepted (see /work/shared/notes/libtorrent-on-loopback.md).
 import argparse
 import os
 import sys
-import threading
 import time
 
 try:
@@ -80,17 +79,22 @@ def main():
     deadline = time.time() + args.timeout
     ses = session(args.fast)
     ti = lt.torrent_info(args.torrent)
-    h = ses.add_torrent({"ti": ti, "save_path": args.save_dir})
+    p = lt.add_torrent_params()
+    p.ti = ti
+    p.save_path = args.save_dir
+    h = ses.add_torrent(p)
     if args.mode == "seed":
         ok = wait_state(ses, h, lambda st: st.is_seeding, deadline, "lt-seed")
         if not ok:
             print("lt-seed: data check did not finish", file=sys.stderr)
             return 1
         print(f"listening on 127.0.0.1:{ses.listen_port()}", flush=True)
-        # Seed until the test closes our stdin (or the timeout passes).
-        t = threading.Thread(target=sys.stdin.read, daemon=True)
-        t.start()
-        t.join(max(0.0, deadline - time.time()))
+        # Seed until killed (or the timeout passes), reporting errors.
+        while time.time() < deadline:
+            for a in ses.pop_alerts():
+                if a.category() & lt.alert.category_t.error_notification:
+                    print(f"lt-seed: {a.message()}", file=sys.stderr)
+            time.sleep(0.1)
         return 0
     host, port = args.peer.rsplit(":", 1)
     start = time.time()
