@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! peer make-torrent --data FILE|DIR --piece-length BYTES --out T.torrent [--tracker URL]
-//! peer seed  --torrent T.torrent --data FILE|DIR [--listen ADDR]
-//! peer leech --torrent T.torrent --out FILE|DIR [--peer IP:PORT]... [--listen ADDR]
-//!            [--timeout SECS]
+//! peer seed  --torrent T.torrent --data FILE|DIR [--listen ADDR] [--tracker URL]
+//! peer leech --torrent T.torrent --out FILE|DIR [--peer IP:PORT]... [--tracker URL]
+//!            [--listen ADDR] [--timeout SECS]
 //! ```
 //! `seed` verifies the data on the worker pool, prints `listening on IP:PORT` once
 //! bound and serves until SIGINT/SIGTERM. `leech` exits 0 once every piece is
@@ -84,6 +84,9 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct Common {
+    /// HTTP tracker to announce to (default: the torrent's `announce`, if http://).
+    #[arg(long)]
+    tracker: Option<String>,
     /// A peer must complete its handshake within SECS seconds.
     #[arg(long, default_value_t = 10.0)]
     handshake_timeout: f64,
@@ -131,7 +134,7 @@ fn load_torrent(path: &PathBuf) -> Result<Metainfo, String> {
     Metainfo::parse(&bytes).map_err(|e| format!("{}: invalid torrent: {e}", path.display()))
 }
 
-fn config(common: &Common) -> Result<TorrentConfig, String> {
+fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
     if common.upload_slots == 0 {
         return Err("--upload-slots must be at least 1".into());
     }
@@ -139,6 +142,10 @@ fn config(common: &Common) -> Result<TorrentConfig, String> {
         handshake_timeout: secs("handshake-timeout", common.handshake_timeout)?,
         idle_timeout: secs("idle-timeout", common.idle_timeout)?,
         upload_slots: common.upload_slots,
+        tracker: common
+            .tracker
+            .clone()
+            .or_else(|| meta.announce.clone().filter(|a| a.starts_with("http://"))),
         ..TorrentConfig::default()
     })
 }
@@ -183,7 +190,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             common,
         } => {
             let meta = load_torrent(&torrent)?;
-            let mut cfg = config(&common)?;
+            let mut cfg = config(&common, &meta)?;
             cfg.listen = Some(listen);
             let mut reactor = reactor_with(common.workers)?;
             reactor
@@ -209,13 +216,18 @@ fn run(cmd: Cmd) -> Result<(), String> {
             common,
         } => {
             let meta = load_torrent(&torrent)?;
-            let mut cfg = config(&common)?;
-            cfg.listen = listen;
+            let mut cfg = config(&common, &meta)?;
+            // With a tracker, be reachable: peers learn our port from it.
+            cfg.listen = listen.or_else(|| {
+                cfg.tracker
+                    .as_ref()
+                    .map(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+            });
             cfg.peers = peers;
             cfg.no_progress_timeout = secs("timeout", timeout)?;
             cfg.progress = true;
-            if cfg.peers.is_empty() && cfg.listen.is_none() {
-                return Err("nothing to download from: give --peer or --listen".into());
+            if cfg.peers.is_empty() && cfg.listen.is_none() && cfg.tracker.is_none() {
+                return Err("nothing to download from: give --peer, --tracker or --listen".into());
             }
             let mut reactor = reactor_with(common.workers)?;
             reactor

@@ -16,4 +16,5 @@ pub mod session;
 pub mod storage;
 pub mod torrent;
 pub mod tracker;
+pub mod tracker_client;
 pub mod wire;

@@ -32,6 +32,7 @@ use super::peers::PeerManager;
 use super::picker::{BlockRef, PeerKey, Picker};
 use super::session::Session;
 use super::storage::{OpenMode, Storage};
+use super::tracker_client::{Announcer, Completed};
 use crate::handler::{Handler, HandlerId, HandlerResult};
 use crate::listener::{ListenOptions, Listener};
 use crate::pool::{JobId, JobResult, take};
@@ -50,6 +51,8 @@ pub struct TorrentConfig {
     pub listen: Option<SocketAddr>,
     /// Peers to connect to.
     pub peers: Vec<SocketAddr>,
+    /// HTTP tracker to announce to (started, periodic, completed, stopped).
+    pub tracker: Option<String>,
     /// A peer must complete its handshake within this time.
     pub handshake_timeout: Duration,
     /// A connection with no complete message for this long is closed.
@@ -83,6 +86,7 @@ impl Default for TorrentConfig {
         TorrentConfig {
             listen: None,
             peers: Vec::new(),
+            tracker: None,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(180),
             request_timeout: Duration::from_secs(30),
@@ -390,6 +394,8 @@ pub fn start(
         outcome: outcome.clone(),
         verify_jobs: 0,
         tick: None,
+        announcer: None,
+        local_port: local_addr.map(|a: SocketAddr| a.port()),
         dial_buf: Vec::new(),
         last_report: None,
         report_bytes: 0,
@@ -432,6 +438,8 @@ pub struct Engine {
     outcome: Rc<RefCell<Option<Result<(), String>>>>,
     verify_jobs: usize,
     tick: Option<TimerId>,
+    announcer: Option<HandlerId>,
+    local_port: Option<u16>,
     dial_buf: Vec<SocketAddr>,
     last_report: Option<Instant>,
     report_bytes: u64,
@@ -493,6 +501,14 @@ impl Engine {
             cx.spawn_boxed(l);
         }
         self.tick = Some(cx.timer_repeat(Duration::from_millis(500)));
+        let tracker = self.sh.borrow().cfg.tracker.clone();
+        if let Some(url) = tracker {
+            // A tracker needs a port even when we do not listen; 6881 is the
+            // conventional one.
+            let port = self.local_port.unwrap_or(6881);
+            let a = Announcer::new(self.sh.clone(), url, port);
+            self.announcer = Some(cx.spawn(a));
+        }
         self.dial(cx);
     }
 
@@ -549,8 +565,14 @@ impl Engine {
             total as f64 / secs.max(1e-9) / (1024.0 * 1024.0)
         );
         *self.outcome.borrow_mut() = Some(Ok(()));
+        if let Some(a) = self.announcer {
+            cx.send(a, Box::new(Completed));
+        }
         if self.sh.borrow().cfg.exit_when_complete {
-            cx.stop();
+            // Graceful: sessions close at once, the announcer says `stopped`. The
+            // loop does not call our own on_shutdown (we are running), so close here.
+            cx.shutdown();
+            cx.close();
         }
     }
 
@@ -776,6 +798,7 @@ impl Engine {
             } else if !have_peers
                 && !sh.cfg.peers.is_empty()
                 && sh.cfg.listen.is_none()
+                && sh.cfg.tracker.is_none()
                 && wake.is_none_or(|w| w >= deadline)
             {
                 Some(format!(
@@ -834,6 +857,7 @@ impl Handler for Engine {
         _msg: Box<dyn std::any::Any + Send>,
     ) -> HandlerResult {
         self.pump(cx);
+        self.dial(cx);
         Ok(())
     }
 
