@@ -300,7 +300,7 @@ impl Session {
 
     fn on_tick(&mut self, cx: &mut Context<'_>) {
         let now = cx.now();
-        let cfg = self.p.sh.borrow().cfg.clone();
+        let cfg = self.p.sh.borrow().cfg.timeouts();
         let p = &self.p;
         let why: Option<String> = match p.phase {
             Phase::Connecting if now - p.started > cfg.connect_timeout => {

@@ -81,6 +81,34 @@ pub struct TorrentConfig {
     pub exit_when_complete: bool,
 }
 
+/// The per-connection deadlines of a [`TorrentConfig`], copied cheaply.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// See [`TorrentConfig::handshake_timeout`].
+    pub handshake_timeout: Duration,
+    /// See [`TorrentConfig::idle_timeout`].
+    pub idle_timeout: Duration,
+    /// See [`TorrentConfig::request_timeout`].
+    pub request_timeout: Duration,
+    /// See [`TorrentConfig::keepalive_interval`].
+    pub keepalive_interval: Duration,
+    /// See [`TorrentConfig::connect_timeout`].
+    pub connect_timeout: Duration,
+}
+
+impl TorrentConfig {
+    /// The per-connection deadlines.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            keepalive_interval: self.keepalive_interval,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
 impl Default for TorrentConfig {
     fn default() -> TorrentConfig {
         TorrentConfig {
@@ -174,6 +202,43 @@ pub(crate) fn key_of(id: HandlerId) -> PeerKey {
 }
 
 impl Shared {
+    /// Fresh state for `meta`: nothing verified, no sessions.
+    pub(crate) fn new(meta: Arc<Metainfo>, cfg: TorrentConfig) -> std::io::Result<Shared> {
+        let picker = Picker::new(meta.total_length, meta.piece_length)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let max_msg_len = super::wire::max_message_len(meta.piece_count(), 16 * 1024)
+            .max(super::wire::MAX_EXT_HANDSHAKE_LEN as u32 + 2);
+        Ok(Shared {
+            chunk_size: meta.piece_length.min(MAX_CHUNK),
+            meta: meta.clone(),
+            peer_id: random_peer_id(),
+            engine: HandlerId {
+                index: u32::MAX,
+                generation: 0,
+            },
+            engine_woken: false,
+            storage: None,
+            picker,
+            have_log: Vec::new(),
+            ready: false,
+            sessions: HashMap::new(),
+            assembling: HashMap::new(),
+            completed: VecDeque::new(),
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            loading: HashMap::new(),
+            load_queue: VecDeque::new(),
+            unchoked: 0,
+            choke_waiters: VecDeque::new(),
+            peers: PeerManager::new(cfg.max_connections, 4096),
+            downloaded: 0,
+            uploaded: 0,
+            last_progress: Instant::now(),
+            max_msg_len,
+            cfg: cfg.clone(),
+        })
+    }
+
     /// Wakes the engine (once until it runs).
     pub(crate) fn wake_engine(&mut self, cx: &mut Context<'_>) {
         if !self.engine_woken {
@@ -337,39 +402,7 @@ pub fn start(
     cfg: TorrentConfig,
 ) -> std::io::Result<TorrentHandle> {
     let meta = Arc::new(meta);
-    let picker = Picker::new(meta.total_length, meta.piece_length)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    let max_msg_len = super::wire::max_message_len(meta.piece_count(), 16 * 1024)
-        .max(super::wire::MAX_EXT_HANDSHAKE_LEN as u32 + 2);
-    let shared = Rc::new(RefCell::new(Shared {
-        chunk_size: meta.piece_length.min(MAX_CHUNK),
-        meta: meta.clone(),
-        peer_id: random_peer_id(),
-        engine: HandlerId {
-            index: u32::MAX,
-            generation: 0,
-        },
-        engine_woken: false,
-        storage: None,
-        picker,
-        have_log: Vec::new(),
-        ready: false,
-        sessions: HashMap::new(),
-        assembling: HashMap::new(),
-        completed: VecDeque::new(),
-        cache: VecDeque::new(),
-        cache_bytes: 0,
-        loading: HashMap::new(),
-        load_queue: VecDeque::new(),
-        unchoked: 0,
-        choke_waiters: VecDeque::new(),
-        peers: PeerManager::new(cfg.max_connections, 4096),
-        downloaded: 0,
-        uploaded: 0,
-        last_progress: Instant::now(),
-        max_msg_len,
-        cfg: cfg.clone(),
-    }));
+    let shared = Rc::new(RefCell::new(Shared::new(meta, cfg.clone())?));
     let mut listener = None;
     let mut local_addr = None;
     if let Some(addr) = cfg.listen {
@@ -880,5 +913,98 @@ impl Handler for Engine {
     fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
         cx.close();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer_wire::metainfo::build_torrent;
+
+    fn shared(total: u64, piece_length: u32, cfg: TorrentConfig) -> Shared {
+        let n = total.div_ceil(u64::from(piece_length)) as usize;
+        let t = build_torrent(
+            "x",
+            &[(vec![], total)],
+            piece_length,
+            &vec![[0u8; 20]; n],
+            None,
+        )
+        .unwrap();
+        Shared::new(Arc::new(Metainfo::parse(&t).unwrap()), cfg).unwrap()
+    }
+
+    #[test]
+    fn chunks_split_big_pieces_and_keep_small_ones_whole() {
+        let s = shared(
+            3 * 4 * 1024 * 1024 + 100,
+            4 * 1024 * 1024,
+            TorrentConfig::default(),
+        );
+        assert_eq!(s.chunk_size, MAX_CHUNK);
+        assert_eq!(s.chunk_len(0, 3), MAX_CHUNK);
+        assert_eq!(s.chunk_len(0, 4), 0);
+        assert_eq!(s.chunk_len(3, 0), 100, "short last piece");
+        let s = shared(1000, 256, TorrentConfig::default());
+        assert_eq!(s.chunk_size, 256);
+        assert_eq!(s.chunk_len(3, 0), 1000 - 3 * 256);
+        assert_eq!(s.left(), 1000);
+    }
+
+    #[test]
+    fn cache_is_bounded_and_evicts_oldest() {
+        let cfg = TorrentConfig {
+            cache_bytes: 3 * 256,
+            ..TorrentConfig::default()
+        };
+        let mut s = shared(10 * 256, 256, cfg);
+        for p in 0..10 {
+            s.cache_insert(p, 0, Bytes::from(vec![p as u8; 256]));
+            s.cache_insert(p, 0, Bytes::from(vec![0xff; 256])); // duplicate ignored
+            assert!(s.cache_bytes <= 3 * 256);
+        }
+        assert!(s.cached(6, 0).is_none());
+        assert_eq!(s.cached(9, 0).unwrap()[0], 9);
+        assert_eq!(s.cached(7, 0).unwrap().len(), 256);
+        // Even a tiny budget keeps two chunks, so a straddling block can be served.
+        let mut s = shared(
+            10 * 256,
+            256,
+            TorrentConfig {
+                cache_bytes: 1,
+                ..TorrentConfig::default()
+            },
+        );
+        s.cache_insert(0, 0, Bytes::from(vec![0; 256]));
+        s.cache_insert(1, 0, Bytes::from(vec![1; 256]));
+        s.cache_insert(2, 0, Bytes::from(vec![2; 256]));
+        assert!(s.cached(1, 0).is_some() && s.cached(2, 0).is_some());
+        assert!(s.cached(0, 0).is_none());
+    }
+
+    #[test]
+    fn session_keys_differ_by_slot_and_generation() {
+        let a = key_of(HandlerId {
+            index: 1,
+            generation: 1,
+        });
+        let b = key_of(HandlerId {
+            index: 1,
+            generation: 2,
+        });
+        let c = key_of(HandlerId {
+            index: 2,
+            generation: 1,
+        });
+        assert!(a != b && a != c && b != c);
+    }
+
+    #[test]
+    fn peer_ids_are_azureus_style_and_random() {
+        let a = random_peer_id();
+        let b = random_peer_id();
+        assert!(a.starts_with(b"-RE0100-"));
+        assert!(a[8..].iter().all(u8::is_ascii_alphanumeric));
+        assert_ne!(a, b);
     }
 }
