@@ -36,6 +36,9 @@ pub const MAX_REQUEST_LEN: u32 = 16 * 1024;
 /// is served as the socket drains (bounded memory per peer).
 const SERVE_HIGH: usize = 512 * 1024;
 
+/// Chunks asked of the engine at once when the next request misses the cache.
+const READ_AHEAD: usize = 4;
+
 /// Why a session closes (a hostile or broken peer, or a plain goodbye).
 type Close = Cow<'static, str>;
 
@@ -261,7 +264,24 @@ impl Session {
             let k0 = r.begin / cs;
             let k1 = (r.begin + r.len - 1) / cs;
             let Some(a) = sh.cached(r.piece, k0) else {
-                sh.want_chunk(cx, r.piece, k0, self.p.key);
+                // Ask for the next few missing chunks too, so the workers read in
+                // parallel while this one loads.
+                let mut asked = 0;
+                let mut last = None;
+                for q in self.p.serve_q.iter() {
+                    let k = q.begin / cs;
+                    if last == Some((q.piece, k)) {
+                        continue;
+                    }
+                    last = Some((q.piece, k));
+                    if sh.cached(q.piece, k).is_none() {
+                        sh.want_chunk(cx, q.piece, k, self.p.key);
+                        asked += 1;
+                        if asked == READ_AHEAD {
+                            break;
+                        }
+                    }
+                }
                 break;
             };
             let b = if k1 != k0 {
