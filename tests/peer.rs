@@ -664,3 +664,37 @@ fn tracker_announces_and_peers_from_the_tracker() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn seeds_that_meet_through_the_tracker_back_off() {
+    let d = tmpdir("seeds");
+    let src = d.join("data.bin");
+    std::fs::write(&src, pseudo_random_bytes(19, 200_000)).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 16 * 1024, &torrent);
+    // The tracker answers every 2 s with the other seed: the incident's setting.
+    let tracker = FakeTracker::start();
+    let mut a = seeder(&torrent, &src, &["--tracker", &tracker.url]);
+    let mut b = seeder(&torrent, &src, &["--tracker", &tracker.url]);
+    assert!(tracker.wait_for(a.addr.port(), "started", Duration::from_secs(20)));
+    assert!(tracker.wait_for(b.addr.port(), "started", Duration::from_secs(20)));
+    assert!(
+        a.wait_stderr(
+            "disconnected (0 piece bytes up, 0 down)",
+            Duration::from_secs(10)
+        ),
+        "the seeds never met: {}",
+        a.stderr_text()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    for s in [&mut a, &mut b] {
+        let log = s.stderr_text();
+        let n = log
+            .matches("disconnected (0 piece bytes up, 0 down)")
+            .count();
+        // Per direction: one connection, a redial after 0 s, then 10 s of backoff.
+        assert!((1..=4).contains(&n), "{n} useless connections: {log}");
+        assert!(log.contains("both sides are seeds"), "{log}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

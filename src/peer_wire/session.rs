@@ -228,6 +228,16 @@ impl Session {
 
     /// Sends what the messages produced, requests more, serves uploads, flushes.
     fn after_input(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        if self.p.phase == Phase::Open
+            && self.p.peer_has.all()
+            && self.p.sh.borrow().picker.is_finished()
+        {
+            // Two seeds have nothing to give each other. The peer manager counts
+            // this as a useless connection, so the redial backs off.
+            log::info!("peer {}: both sides are seeds; closing", self.p.addr);
+            cx.close();
+            return Ok(());
+        }
         if self.p.phase == Phase::Open {
             self.p.sync(cx);
             self.p.fill_requests(cx);
