@@ -13,8 +13,40 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, example_bin, pseudo_random_bytes};
+use common::{Server, example_bin, pseudo_random_bytes, run_loop};
 use reactor::peer_wire::metainfo::Metainfo;
+use reactor::peer_wire::torrent::{self, Mode, TorrentConfig};
+
+/// Counts heap allocations made on threads that opt in (the loop threads of the
+/// in-process transfer below), to check the per-message path does not allocate.
+struct CountingAlloc;
+
+static LOOP_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNT_ME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        if COUNT_ME.with(|c| c.get()) {
+            LOOP_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        if COUNT_ME.with(|c| c.get()) {
+            LOOP_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("reactor-peer-{}-{name}", std::process::id()));
@@ -696,5 +728,60 @@ fn seeds_that_meet_through_the_tracker_back_off() {
         assert!((1..=4).contains(&n), "{n} useless connections: {log}");
         assert!(log.contains("both sides are seeds"), "{log}");
     }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn loop_threads_do_not_allocate_per_message() {
+    let d = tmpdir("alloc");
+    let data = pseudo_random_bytes(23, 16 * 1024 * 1024);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    let meta = make_torrent(&src, 1024 * 1024, &torrent);
+    let blocks = data.len() / (16 * 1024);
+    let m1 = meta.clone();
+    let s1 = src.clone();
+    let (addr, seed_loop) = run_loop(reactor::Config::default(), move |r| {
+        COUNT_ME.with(|c| c.set(true));
+        let cfg = TorrentConfig {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..TorrentConfig::default()
+        };
+        let t = torrent::start(r, m1, Mode::Seed(s1), cfg).unwrap();
+        let a = t.local_addr.unwrap();
+        std::mem::forget(t); // lives as long as the loop (a few Rc cells)
+        a
+    });
+    let out = d.join("out.bin");
+    let (m2, o2) = (meta.clone(), out.clone());
+    let leech = std::thread::spawn(move || {
+        COUNT_ME.with(|c| c.set(true));
+        let mut r = reactor::Reactor::new().unwrap();
+        let cfg = TorrentConfig {
+            peers: vec![addr],
+            no_progress_timeout: Duration::from_secs(20),
+            ..TorrentConfig::default()
+        };
+        let t = torrent::start(&mut r, m2, Mode::Leech(o2), cfg).unwrap();
+        r.run().unwrap();
+        t.outcome()
+    });
+    let end = Instant::now() + Duration::from_secs(40);
+    while !leech.is_finished() {
+        assert!(Instant::now() < end, "in-process download did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    leech.join().unwrap().expect("download");
+    seed_loop.stop();
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    let allocs = LOOP_ALLOCS.load(Ordering::Relaxed);
+    // 1024 blocks mean 1024 requests and 1024 piece messages through the two loops;
+    // what allocates is per piece (16 of them) and per connection, not per message.
+    println!("{allocs} allocations on the loop threads for {blocks} blocks");
+    assert!(
+        allocs < blocks,
+        "{allocs} allocations on the loop threads for {blocks} blocks"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -25,7 +25,7 @@ use super::picker::{BlockRef, PeerKey, Received};
 use super::torrent::{Assembly, SessionSlot, Shared, key_of};
 use super::wire::{self, Bitfield, ExtHandshake, Message};
 use crate::conn::{Conn, ConnConfig};
-use crate::handler::{Handler, HandlerResult, SourceId};
+use crate::handler::{Event, Handler, HandlerResult, SourceId};
 use crate::reactor::Context;
 use crate::timer::TimerId;
 
@@ -33,8 +33,12 @@ use crate::timer::TimerId;
 pub const MAX_REQUEST_LEN: u32 = 16 * 1024;
 
 /// Stop filling the write queue with piece data above this many bytes; the rest
-/// is served as the socket drains (bounded memory per peer).
-const SERVE_HIGH: usize = 512 * 1024;
+/// is served as the socket drains (bounded memory per peer). Below four I/O
+/// buffers, so the queue's buffer goes back to the loop's pool for reuse.
+const SERVE_HIGH: usize = 224 * 1024;
+
+/// Serve-and-flush rounds per event before yielding to other connections.
+const SERVE_ROUNDS: usize = 4;
 
 /// Chunks asked of the engine at once when the next request misses the cache.
 const READ_AHEAD: usize = 4;
@@ -243,10 +247,7 @@ impl Session {
             self.p.fill_requests(cx);
         }
         self.write_out(cx);
-        self.serve(cx);
-        if let Err(e) = self.conn.flush(cx) {
-            self.close(cx, &format!("write error: {e}"), false);
-        }
+        self.serve_and_flush(cx);
         Ok(())
     }
 
@@ -260,9 +261,9 @@ impl Session {
 
     /// Writes requested blocks from the chunk cache while the write queue has
     /// room; a missing chunk is asked of the engine and serving resumes on wake-up.
-    fn serve(&mut self, cx: &mut Context<'_>) {
+    fn serve(&mut self, cx: &mut Context<'_>) -> bool {
         if self.p.serve_q.is_empty() || self.p.am_choking {
-            return;
+            return false;
         }
         let mut sh = self.p.sh.borrow_mut();
         let cs = sh.chunk_size;
@@ -325,6 +326,30 @@ impl Session {
             sh.uploaded += sent;
             self.p.stats.piece_bytes_up += sent;
             self.p.last_send = cx.now();
+        }
+        sent > 0
+    }
+
+    /// Serves and flushes until the socket is full (a writable edge will follow),
+    /// nothing more can be served now (a wake-up will follow), or this event's
+    /// share is spent (re-queued). Stopping after a flush that emptied the queue
+    /// without filling the socket would wait for an edge that never comes.
+    fn serve_and_flush(&mut self, cx: &mut Context<'_>) {
+        let mut rounds = 0;
+        loop {
+            let queued = self.serve(cx);
+            if let Err(e) = self.conn.flush(cx) {
+                self.close(cx, &format!("write error: {e}"), false);
+                return;
+            }
+            if !queued || self.conn.write_pending() > 0 {
+                return;
+            }
+            rounds += 1;
+            if rounds == SERVE_ROUNDS {
+                cx.requeue(Event::writable(self.conn.source()));
+                return;
+            }
         }
     }
 
@@ -841,10 +866,7 @@ impl Handler for Session {
         if self.p.phase == Phase::Connecting {
             return self.pump(cx);
         }
-        self.serve(cx);
-        if let Err(e) = self.conn.flush(cx) {
-            self.close(cx, &format!("write error: {e}"), false);
-        }
+        self.serve_and_flush(cx);
         Ok(())
     }
 
