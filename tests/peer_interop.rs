@@ -167,3 +167,62 @@ fn our_seeder_serves_a_libtorrent_leecher() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn multi_file_torrent_from_libtorrent_to_our_leecher() {
+    if !libtorrent_available() {
+        return;
+    }
+    let d = tmpdir("lt-multi");
+    let seed_dir = d.join("seed");
+    let src = seed_dir.join("set");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let files = [
+        ("one.bin", pseudo_random_bytes(1, 700_001)),
+        ("sub/two.bin", pseudo_random_bytes(2, 1_500_000)),
+        ("three.txt", b"three".to_vec()),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(src.join(name), bytes).unwrap();
+    }
+    let torrent = d.join("t.torrent");
+    let mut cmd = Command::new(example_bin("peer"));
+    cmd.arg("make-torrent")
+        .arg("--data")
+        .arg(&src)
+        .args(["--piece-length", "65536", "--out"])
+        .arg(&torrent);
+    let (code, err) = run_bounded(cmd, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "make-torrent: {err}");
+    let mut cmd = Command::new("python3");
+    cmd.arg(SCRIPT)
+        .args(["seed", "--timeout", "60", "--torrent"])
+        .arg(&torrent)
+        .arg("--save-dir")
+        .arg(&seed_dir);
+    let mut lt = Server::start(cmd);
+    let out = d.join("dl").join("set");
+    let mut leech = Command::new(example_bin("peer"));
+    leech
+        .arg("leech")
+        .arg("--torrent")
+        .arg(&torrent)
+        .arg("--out")
+        .arg(&out)
+        .args(["--timeout", "30", "--peer"])
+        .arg(lt.addr.to_string());
+    let (code, err) = run_bounded(leech, Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(0),
+        "our leecher failed: {err}\nlibtorrent: {}",
+        lt.stderr_text()
+    );
+    for (name, bytes) in &files {
+        assert!(
+            std::fs::read(out.join(name)).unwrap() == *bytes,
+            "{name} differs"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -40,8 +40,10 @@ const SERVE_HIGH: usize = 224 * 1024;
 /// Serve-and-flush rounds per event before yielding to other connections.
 const SERVE_ROUNDS: usize = 4;
 
-/// Chunks asked of the engine at once when the next request misses the cache.
-const READ_AHEAD: usize = 4;
+/// Bytes of chunks asked of the engine at once when the next request misses the
+/// cache (at least one chunk); small against the cache, so loads are not evicted
+/// before their waiters run.
+const READ_AHEAD_BYTES: usize = 1024 * 1024;
 
 /// Why a session closes (a hostile or broken peer, or a plain goodbye).
 type Close = Cow<'static, str>;
@@ -288,7 +290,7 @@ impl Session {
                     if sh.cached(q.piece, k).is_none() {
                         sh.want_chunk(cx, q.piece, k, self.p.key);
                         asked += 1;
-                        if asked == READ_AHEAD {
+                        if asked >= (READ_AHEAD_BYTES / cs as usize).max(1) {
                             break;
                         }
                     }
