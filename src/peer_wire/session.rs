@@ -95,6 +95,8 @@ struct Peer {
     picks: Vec<BlockRef>,
     cancels: Vec<PeerKey>,
     registered: bool,
+    /// Largest message accepted (the torrent's biggest legitimate one).
+    max_msg: u32,
 }
 
 /// One peer connection. See the module docs.
@@ -219,8 +221,7 @@ impl Session {
                     self.p.on_peer_id(cx, id)?;
                 }
                 Phase::Open => {
-                    let max = self.p.sh.borrow().max_msg_len;
-                    let decoded = wire::decode(self.conn.read_buf(), max)
+                    let decoded = wire::decode(self.conn.read_buf(), self.p.max_msg)
                         .map_err(|e| Close::from(format!("protocol error: {e}")))?;
                     let Some((msg, used)) = decoded else {
                         return Ok(());
@@ -401,7 +402,9 @@ impl Peer {
     fn new(sh: Rc<RefCell<Shared>>, addr: SocketAddr, outgoing: bool) -> Peer {
         let now = Instant::now();
         let n = sh.borrow().meta.piece_count();
+        let max_msg = sh.borrow().max_msg_len;
         Peer {
+            max_msg,
             sh,
             addr,
             key: PeerKey(u64::MAX),

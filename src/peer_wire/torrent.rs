@@ -410,7 +410,7 @@ pub fn start(
         let l = Listener::bind(addr, ListenOptions::default(), move |stream, peer| {
             let mut s = sh.borrow_mut();
             if !s.peers.accept_incoming(peer, Instant::now()) {
-                log::info!("refusing peer {peer}: connection limit reached");
+                log::info!("refusing peer {peer}: connection limit reached or already connected");
                 return None;
             }
             drop(s);
