@@ -933,3 +933,245 @@ impl Handler for Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The protocol rules of a session, without a socket: a `Peer` is fed messages
+    //! inside a real loop callback (for `cx.now()` and wake-ups) and its verdicts and
+    //! encoded replies are checked.
+    use super::*;
+    use crate::peer_wire::metainfo::{Metainfo, build_torrent};
+    use crate::peer_wire::torrent::TorrentConfig;
+    use std::sync::Arc;
+
+    /// 10 pieces of 32 KiB (the last one 1000 bytes shorter).
+    fn shared() -> Rc<RefCell<Shared>> {
+        let total = 10 * 32 * 1024 - 1000;
+        let t = build_torrent("x", &[(vec![], total)], 32 * 1024, &[[0u8; 20]; 10], None).unwrap();
+        let meta = Arc::new(Metainfo::parse(&t).unwrap());
+        Rc::new(RefCell::new(
+            Shared::new(meta, TorrentConfig::default()).unwrap(),
+        ))
+    }
+
+    type Panic = Rc<RefCell<Option<Box<dyn std::any::Any + Send>>>>;
+
+    struct Run(Option<Box<dyn FnOnce(&mut Context<'_>)>>, Panic);
+    impl Handler for Run {
+        fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+            if let Some(f) = self.0.take() {
+                // The loop would log a panic and carry on; the test must fail.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(cx)));
+                if let Err(p) = r {
+                    *self.1.borrow_mut() = Some(p);
+                }
+            }
+            cx.stop();
+            Ok(())
+        }
+    }
+
+    /// Runs `f` inside a loop callback; its assertion failures fail the test.
+    fn in_loop(f: impl FnOnce(&mut Context<'_>) + 'static) {
+        let panic: Panic = Rc::new(RefCell::new(None));
+        let mut r = crate::Reactor::new().unwrap();
+        r.spawn(Run(Some(Box::new(f)), panic.clone()));
+        r.run().unwrap();
+        if let Some(p) = panic.borrow_mut().take() {
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    #[test]
+    fn in_loop_propagates_failures() {
+        let r = std::panic::catch_unwind(|| in_loop(|_| panic!("expected")));
+        assert!(r.is_err());
+    }
+
+    /// An open peer; `seed` makes us have every piece (and be ready to serve).
+    fn open_peer(seed: bool, fast: bool) -> Peer {
+        let sh = shared();
+        if seed {
+            let mut s = sh.borrow_mut();
+            for p in 0..10 {
+                s.picker.mark_have(p);
+            }
+            s.ready = true;
+        }
+        let mut p = Peer::new(sh, "127.0.0.1:1".parse().unwrap(), false);
+        p.key = PeerKey(1);
+        p.phase = Phase::Open;
+        p.fast = fast;
+        p
+    }
+
+    fn decode_all(mut b: &[u8]) -> Vec<Message<'_>> {
+        let mut v = Vec::new();
+        while let Ok(Some((m, n))) = wire::decode(b, 1 << 20) {
+            v.push(m);
+            b = &b[n..];
+        }
+        v
+    }
+
+    #[test]
+    fn requests_are_checked_before_they_are_queued() {
+        in_loop(|cx| {
+            let mut p = open_peer(true, true);
+            p.am_choking = false;
+            let ok = BlockRef {
+                piece: 9,
+                begin: 16 * 1024,
+                len: 32 * 1024 - 1000 - 16 * 1024,
+            };
+            assert!(p.on_request(ok).is_ok());
+            assert_eq!(
+                p.serve_q.len(),
+                1,
+                "a valid request for the short last piece"
+            );
+            // Past the end of the short last piece: hostile.
+            let past = BlockRef {
+                piece: 9,
+                begin: 16 * 1024,
+                len: 16 * 1024,
+            };
+            assert!(p.on_request(past).is_err());
+            let beyond = BlockRef {
+                piece: 10,
+                begin: 0,
+                len: 1,
+            };
+            assert!(p.on_request(beyond).is_err());
+            let empty = BlockRef {
+                piece: 0,
+                begin: 0,
+                len: 0,
+            };
+            assert!(p.on_request(empty).is_err());
+            // Oversized but inside the piece: rejected (BEP 6), connection kept.
+            let big = BlockRef {
+                piece: 0,
+                begin: 0,
+                len: 32 * 1024,
+            };
+            assert!(p.on_request(big).is_ok());
+            assert_eq!(p.serve_q.len(), 1);
+            assert_eq!(
+                decode_all(&p.out),
+                vec![Message::RejectRequest {
+                    index: 0,
+                    begin: 0,
+                    length: 32 * 1024
+                }]
+            );
+            // Without BEP 6 there is no way to refuse politely: close.
+            let mut q = open_peer(true, false);
+            q.am_choking = false;
+            assert!(q.on_request(big).is_err());
+            // Choked: rejected, not queued.
+            let mut c = open_peer(true, true);
+            assert!(c.on_request(ok).is_ok());
+            assert!(c.serve_q.is_empty());
+            assert_eq!(decode_all(&c.out).len(), 1);
+            let _ = cx;
+        });
+    }
+
+    #[test]
+    fn announcements_are_validated() {
+        in_loop(|cx| {
+            let mut p = open_peer(false, false);
+            assert!(
+                p.on_message(cx, Message::Bitfield(&[0xff])).is_err(),
+                "1 byte for 10 pieces"
+            );
+            assert!(
+                p.on_message(cx, Message::Bitfield(&[0xff, 0xff])).is_err(),
+                "spare bits set"
+            );
+            assert!(p.on_message(cx, Message::Bitfield(&[0xff, 0xc0])).is_ok());
+            assert!(p.peer_has.all());
+            assert_eq!(p.sh.borrow().picker.availability(9), 1);
+            assert!(
+                p.on_message(cx, Message::Bitfield(&[0xff, 0xc0])).is_err(),
+                "second bitfield"
+            );
+            assert!(p.on_message(cx, Message::Have { piece: 10 }).is_err());
+            assert!(
+                p.on_message(cx, Message::HaveAll).is_err(),
+                "BEP 6 not negotiated"
+            );
+            let mut f = open_peer(false, true);
+            assert!(f.on_message(cx, Message::HaveAll).is_ok());
+            assert_eq!(f.sh.borrow().picker.availability(3), 1);
+            assert!(
+                f.on_message(cx, Message::HaveNone).is_err(),
+                "after have_all"
+            );
+        });
+    }
+
+    #[test]
+    fn blocks_fill_pieces_and_hostile_blocks_close() {
+        in_loop(|cx| {
+            let mut p = open_peer(false, true);
+            assert!(p.on_message(cx, Message::HaveAll).is_ok());
+            p.peer_choking = false;
+            p.am_interested = true;
+            p.fill_requests(cx);
+            assert!(!p.inflight.is_empty());
+            let first = p.inflight[0];
+            let data = vec![7u8; first.len as usize];
+            let block = Message::Piece {
+                index: first.piece,
+                begin: first.begin,
+                block: &data,
+            };
+            assert!(p.on_message(cx, block).is_ok());
+            assert_eq!(p.stats.piece_bytes_down, u64::from(first.len));
+            let sh = p.sh.borrow();
+            let a = sh
+                .assembling
+                .get(&first.piece)
+                .expect("piece being assembled");
+            let b = first.begin as usize;
+            assert_eq!(&a.buf[b..b + data.len()], &data[..]);
+            drop(sh);
+            let odd = Message::Piece {
+                index: 0,
+                begin: 100,
+                block: &[1, 2, 3],
+            };
+            assert!(p.on_message(cx, odd).is_err(), "not a block of the torrent");
+            let outside = Message::Piece {
+                index: 99,
+                begin: 0,
+                block: &[1],
+            };
+            assert!(p.on_message(cx, outside).is_err());
+            // A choke drops what we asked for; the picker may give it to others.
+            assert!(p.on_message(cx, Message::Choke).is_ok());
+            assert!(p.inflight.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_fast_peer_gets_have_all_and_a_plain_one_a_bitfield() {
+        in_loop(|cx| {
+            let mut p = open_peer(true, true);
+            p.ext = true;
+            p.on_peer_id(cx, *b"-XX0000-abcdefghijkl").unwrap();
+            let msgs = decode_all(&p.out);
+            assert!(matches!(msgs[0], Message::Extended { id: 0, .. }));
+            assert_eq!(msgs[1], Message::HaveAll);
+            let mut q = open_peer(true, false);
+            q.on_peer_id(cx, *b"-XX0000-abcdefghijkl").unwrap();
+            assert_eq!(decode_all(&q.out), vec![Message::Bitfield(&[0xff, 0xc0])]);
+            // Our own peer id: a connection to ourselves.
+            let mut me = open_peer(true, false);
+            let id = me.sh.borrow().peer_id;
+            assert!(me.on_peer_id(cx, id).is_err());
+        });
+    }
+}
