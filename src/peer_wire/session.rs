@@ -956,7 +956,9 @@ mod tests {
 
     type Panic = Rc<RefCell<Option<Box<dyn std::any::Any + Send>>>>;
 
-    struct Run(Option<Box<dyn FnOnce(&mut Context<'_>)>>, Panic);
+    type Step = Box<dyn FnOnce(&mut Context<'_>)>;
+
+    struct Run(Option<Step>, Panic);
     impl Handler for Run {
         fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
             if let Some(f) = self.0.take() {
