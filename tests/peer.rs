@@ -785,3 +785,41 @@ fn loop_threads_do_not_allocate_per_message() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_connected_peer_that_wants_nothing_is_closed() {
+    let d = tmpdir("useless");
+    let src = d.join("data.bin");
+    std::fs::write(&src, pseudo_random_bytes(29, 50_000)).unwrap();
+    let torrent = d.join("t.torrent");
+    let meta = make_torrent(&src, 16 * 1024, &torrent);
+    let mut seed = seeder(&torrent, &src, &["--idle-timeout", "2"]);
+    let mut s = connect(seed.addr);
+    s.write_all(&handshake(&meta.info_hash, true)).unwrap();
+    s.write_all(&msg(15, &[])).unwrap(); // have_none, never interested
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // Keep-alives keep the connection "active" but carry no data.
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        if start.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        if s.write_all(&[0, 0, 0, 0]).is_err() {
+            break true;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            _ => {}
+        }
+    };
+    assert!(closed, "a peer exchanging no data stayed connected");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "closed too early"
+    );
+    assert!(seed.wait_stderr("no piece data either way", Duration::from_secs(5)));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -90,6 +90,8 @@ struct Peer {
     last_msg: Instant,
     last_block: Instant,
     last_send: Instant,
+    /// Last piece data in either direction (or the handshake).
+    last_data: Instant,
     /// Control messages to send, encoded; moved to the socket after each batch.
     out: Vec<u8>,
     picks: Vec<BlockRef>,
@@ -329,6 +331,7 @@ impl Session {
             sh.uploaded += sent;
             self.p.stats.piece_bytes_up += sent;
             self.p.last_send = cx.now();
+            self.p.last_data = cx.now();
         }
         sent > 0
     }
@@ -374,6 +377,21 @@ impl Session {
             ),
             Phase::Open if now - p.last_msg > cfg.idle_timeout => {
                 Some(format!("no complete message for {:?}", cfg.idle_timeout))
+            }
+            // Connected but useless (neither side wants anything): free the slot; the
+            // peer manager backs off before dialling it again.
+            Phase::Open
+                if !p.am_interested
+                    && !p.peer_interested
+                    && now - p.last_data > cfg.idle_timeout =>
+            {
+                log::info!(
+                    "peer {}: no piece data either way for {:?}; closing",
+                    p.addr,
+                    cfg.idle_timeout
+                );
+                cx.close();
+                return;
             }
             Phase::Open if !p.inflight.is_empty() && now - p.last_block > cfg.request_timeout => {
                 Some(format!(
@@ -433,6 +451,7 @@ impl Peer {
             last_msg: now,
             last_block: now,
             last_send: now,
+            last_data: now,
             out: Vec::new(),
             picks: Vec::new(),
             cancels: Vec::new(),
@@ -485,6 +504,7 @@ impl Peer {
         self.phase = Phase::Open;
         self.stats.handshake_done = true;
         self.last_msg = cx.now();
+        self.last_data = cx.now();
         if self.ext {
             let mut sh = self.sh.borrow_mut();
             let hs = ExtHandshake {
@@ -717,6 +737,7 @@ impl Peer {
         }
         let now = cx.now();
         self.last_block = now;
+        self.last_data = now;
         let mut sh = self.sh.borrow_mut();
         self.cancels.clear();
         match sh.picker.block_received(self.key, r, &mut self.cancels) {
