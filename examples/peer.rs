@@ -96,6 +96,9 @@ struct Common {
     /// Peers uploaded to at the same time.
     #[arg(long, default_value_t = 16)]
     upload_slots: usize,
+    /// Connections (both directions) for the torrent at most.
+    #[arg(long, default_value_t = 64)]
+    max_connections: usize,
     /// Worker threads for disk I/O and hashing.
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -138,10 +141,14 @@ fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
     if common.upload_slots == 0 {
         return Err("--upload-slots must be at least 1".into());
     }
+    if common.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
     Ok(TorrentConfig {
         handshake_timeout: secs("handshake-timeout", common.handshake_timeout)?,
         idle_timeout: secs("idle-timeout", common.idle_timeout)?,
         upload_slots: common.upload_slots,
+        max_connections: common.max_connections,
         tracker: common
             .tracker
             .clone()
