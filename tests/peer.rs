@@ -823,3 +823,67 @@ fn a_connected_peer_that_wants_nothing_is_closed() {
     assert!(seed.wait_stderr("no piece data either way", Duration::from_secs(5)));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn one_upload_slot_serves_two_leechers_in_turn() {
+    let d = tmpdir("slots");
+    let data = pseudo_random_bytes(31, 2 * 1024 * 1024 + 3);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 64 * 1024, &torrent);
+    let mut seed = seeder(&torrent, &src, &["--upload-slots", "1"]);
+    assert!(seed.wait_stderr("seeding", Duration::from_secs(30)));
+    let outs: Vec<PathBuf> = (0..2).map(|i| d.join(format!("out{i}.bin"))).collect();
+    let runs: Vec<_> = outs
+        .iter()
+        .map(|o| {
+            let cmd = leech(&torrent, o, &[seed.addr], &["--timeout", "20"]);
+            std::thread::spawn(move || run_bounded(cmd, Duration::from_secs(40)))
+        })
+        .collect();
+    for r in runs {
+        let (code, err) = r.join().unwrap();
+        assert_eq!(code, Some(0), "leech failed: {err}");
+    }
+    for o in &outs {
+        assert!(std::fs::read(o).unwrap() == data, "file differs");
+    }
+    // Each leecher got the whole file from the single slot, one after the other.
+    let log = seed.stderr_text();
+    let full = format!("disconnected ({} piece bytes up", data.len());
+    assert_eq!(log.matches(&full).count(), 2, "{log}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_partial_download_is_resumed() {
+    let d = tmpdir("resume");
+    let data = pseudo_random_bytes(37, 1024 * 1024);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 64 * 1024, &torrent);
+    // The output already holds the right size: 12 good pieces, 4 damaged ones.
+    let out = d.join("out.bin");
+    let mut partial = data.clone();
+    for p in [0usize, 5, 6, 15] {
+        partial[p * 64 * 1024 + 100] ^= 0xff;
+    }
+    std::fs::write(&out, &partial).unwrap();
+    let mut seed = seeder(&torrent, &src, &[]);
+    let (code, err) = run_bounded(
+        leech(&torrent, &out, &[seed.addr], &["--timeout", "20"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(err.contains("12 of 16 pieces already present"), "{err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(seed.wait_stderr("disconnected (", Duration::from_secs(5)));
+    assert_eq!(
+        uploaded(&seed.stderr_text()),
+        4 * 64 * 1024,
+        "only the damaged pieces"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
