@@ -248,8 +248,8 @@ impl Session {
             return Ok(());
         }
         if self.p.phase == Phase::Open {
-            self.p.sync(cx);
-            self.p.fill_requests(cx);
+            self.p.sync();
+            self.p.fill_requests();
         }
         self.write_out(cx);
         self.serve_and_flush(cx);
@@ -506,14 +506,14 @@ impl Peer {
         self.last_msg = cx.now();
         self.last_data = cx.now();
         if self.ext {
-            let mut sh = self.sh.borrow_mut();
+            let sh = self.sh.borrow();
             let hs = ExtHandshake {
                 extensions: Vec::new(),
                 client: Some(b"reactor 0.1"),
                 reqq: Some(sh.cfg.max_peer_requests as u32),
             };
+            // Only fails for a dictionary beyond 4 GiB.
             let _ = wire::encode_ext_handshake(&hs, &mut self.out);
-            let _ = &mut sh;
         }
         let sh = self.sh.borrow();
         let have = sh.picker.have();
@@ -778,7 +778,7 @@ impl Peer {
 
     /// Catches up with the torrent: cancels from end-game, new pieces to
     /// announce, interest, the upload slot.
-    fn sync(&mut self, cx: &mut Context<'_>) {
+    fn sync(&mut self) {
         let mut sh = self.sh.borrow_mut();
         let mut cancels = Vec::new();
         if let Some(slot) = sh.sessions.get_mut(&self.key) {
@@ -817,18 +817,22 @@ impl Peer {
             if sh.unchoked < sh.cfg.upload_slots && sh.ready {
                 sh.unchoked += 1;
                 self.am_choking = false;
-                self.waiting_slot = false;
+                if self.waiting_slot {
+                    // Leave the queue, so a freed slot wakes someone still waiting.
+                    self.waiting_slot = false;
+                    let me = self.key;
+                    sh.choke_waiters.retain(|k| *k != me);
+                }
                 let _ = Message::Unchoke.encode(&mut self.out);
             } else if !self.waiting_slot {
                 self.waiting_slot = true;
                 sh.choke_waiters.push_back(self.key);
             }
         }
-        let _ = cx;
     }
 
     /// Keeps the request pipeline full.
-    fn fill_requests(&mut self, _cx: &mut Context<'_>) {
+    fn fill_requests(&mut self) {
         if self.peer_choking || !self.am_interested {
             return;
         }
@@ -1039,7 +1043,7 @@ mod tests {
 
     #[test]
     fn requests_are_checked_before_they_are_queued() {
-        in_loop(|cx| {
+        in_loop(|_cx| {
             let mut p = open_peer(true, true);
             p.am_choking = false;
             let ok = BlockRef {
@@ -1097,7 +1101,6 @@ mod tests {
             assert!(c.on_request(ok).is_ok());
             assert!(c.serve_q.is_empty());
             assert_eq!(decode_all(&c.out).len(), 1);
-            let _ = cx;
         });
     }
 
@@ -1142,7 +1145,7 @@ mod tests {
             assert!(p.on_message(cx, Message::HaveAll).is_ok());
             p.peer_choking = false;
             p.am_interested = true;
-            p.fill_requests(cx);
+            p.fill_requests();
             assert!(!p.inflight.is_empty());
             let first = p.inflight[0];
             let data = vec![7u8; first.len as usize];
