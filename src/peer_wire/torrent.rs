@@ -395,6 +395,27 @@ fn random_peer_id() -> [u8; 20] {
 /// Adds a torrent to `reactor`: binds the listener (if any) now, so the caller can
 /// print its address, and spawns the engine, which checks the data on the pool
 /// before accepting peers (connections wait in the kernel's backlog meanwhile).
+///
+/// A seeder in a few lines (this is what `peer seed` does):
+///
+/// ```no_run
+/// use reactor::Reactor;
+/// use reactor::peer_wire::metainfo::Metainfo;
+/// use reactor::peer_wire::torrent::{self, Mode, TorrentConfig};
+///
+/// let meta = Metainfo::parse(&std::fs::read("t.torrent")?).expect("a torrent");
+/// let mut reactor = Reactor::new()?;
+/// reactor.shutdown_on_signals()?;
+/// let cfg = TorrentConfig {
+///     listen: Some("127.0.0.1:0".parse().unwrap()),
+///     ..TorrentConfig::default()
+/// };
+/// let t = torrent::start(&mut reactor, meta, Mode::Seed("data.bin".into()), cfg)?;
+/// println!("listening on {}", t.local_addr.unwrap());
+/// reactor.run()?;
+/// t.outcome().map_err(std::io::Error::other)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn start(
     reactor: &mut Reactor,
     meta: Metainfo,
