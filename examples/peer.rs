@@ -93,6 +93,10 @@ struct Common {
     /// Close a peer that sends no complete message for SECS seconds.
     #[arg(long, default_value_t = 180.0)]
     idle_timeout: f64,
+    /// Close a peer that holds our requests this long without sending a block; choke
+    /// a peer that keeps an upload slot this long without requesting.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
     /// Peers uploaded to at the same time.
     #[arg(long, default_value_t = 16)]
     upload_slots: usize,
@@ -147,6 +151,7 @@ fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
     Ok(TorrentConfig {
         handshake_timeout: secs("handshake-timeout", common.handshake_timeout)?,
         idle_timeout: secs("idle-timeout", common.idle_timeout)?,
+        request_timeout: secs("request-timeout", common.request_timeout)?,
         upload_slots: common.upload_slots,
         max_connections: common.max_connections,
         tracker: common

@@ -887,3 +887,58 @@ fn a_partial_download_is_resumed() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn an_idle_peer_in_the_only_upload_slot_gives_it_up() {
+    let d = tmpdir("hog");
+    let data = pseudo_random_bytes(41, 1024 * 1024);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    let meta = make_torrent(&src, 64 * 1024, &torrent);
+    let mut seed = seeder(
+        &torrent,
+        &src,
+        &["--upload-slots", "1", "--request-timeout", "1"],
+    );
+    assert!(seed.wait_stderr("seeding", Duration::from_secs(30)));
+    // Takes the slot (interested) and never requests, keeping the connection alive.
+    let mut hog = connect(seed.addr);
+    hog.write_all(&handshake(&meta.info_hash, true)).unwrap();
+    hog.write_all(&msg(15, &[])).unwrap();
+    hog.write_all(&msg(2, &[])).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(5).any(|w| w == [0, 0, 0, 1, 1]) {
+        let n = hog.read(&mut buf).expect("unchoke for the hog");
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let keepalive = std::thread::spawn(move || {
+        let mut choked = false;
+        let mut seen = Vec::new();
+        hog.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end && !choked {
+            let _ = hog.write_all(&[0, 0, 0, 0]);
+            if let Ok(n) = hog.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                choked = seen.windows(5).any(|w| w == [0, 0, 0, 1, 0]);
+            }
+        }
+        choked
+    });
+    let out = d.join("out.bin");
+    let (code, err) = run_bounded(
+        leech(&torrent, &out, &[seed.addr], &["--timeout", "20"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(keepalive.join().unwrap(), "the idle peer was never choked");
+    let _ = std::fs::remove_dir_all(&d);
+}

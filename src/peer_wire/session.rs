@@ -92,6 +92,8 @@ struct Peer {
     last_send: Instant,
     /// Last piece data in either direction (or the handshake).
     last_data: Instant,
+    /// Last request the peer sent us (or when we unchoked it).
+    last_request: Instant,
     /// Control messages to send, encoded; moved to the socket after each batch.
     out: Vec<u8>,
     picks: Vec<BlockRef>,
@@ -248,7 +250,7 @@ impl Session {
             return Ok(());
         }
         if self.p.phase == Phase::Open {
-            self.p.sync();
+            self.p.sync(cx.now());
             self.p.fill_requests();
         }
         self.write_out(cx);
@@ -406,6 +408,30 @@ impl Session {
             self.close(cx, &why, true);
             return;
         }
+        if self.p.phase == Phase::Open
+            && !self.p.am_choking
+            && self.p.serve_q.is_empty()
+            && now - self.p.last_request > cfg.request_timeout
+        {
+            // Unchoked but asking for nothing: give the slot to a peer waiting for one.
+            let mut sh = self.p.sh.borrow_mut();
+            if !sh.choke_waiters.is_empty() {
+                log::debug!("peer {}: idle in an upload slot; choking", self.p.addr);
+                self.p.am_choking = true;
+                sh.release_slot(cx);
+                if self.p.peer_interested && !self.p.waiting_slot {
+                    self.p.waiting_slot = true;
+                    sh.choke_waiters.push_back(self.p.key);
+                }
+                drop(sh);
+                self.p.send(Message::Choke);
+                self.write_out(cx);
+                if let Err(e) = self.conn.flush(cx) {
+                    self.close(cx, &format!("write error: {e}"), false);
+                    return;
+                }
+            }
+        }
         if self.p.phase == Phase::Open && now - self.p.last_send > cfg.keepalive_interval {
             self.p.send(Message::KeepAlive);
             self.write_out(cx);
@@ -452,6 +478,7 @@ impl Peer {
             last_block: now,
             last_send: now,
             last_data: now,
+            last_request: now,
             out: Vec::new(),
             picks: Vec::new(),
             cancels: Vec::new(),
@@ -599,11 +626,14 @@ impl Peer {
                 index,
                 begin,
                 length,
-            } => self.on_request(BlockRef {
-                piece: index,
-                begin,
-                len: length,
-            })?,
+            } => {
+                self.last_request = now;
+                self.on_request(BlockRef {
+                    piece: index,
+                    begin,
+                    len: length,
+                })?
+            }
             Message::Cancel {
                 index,
                 begin,
@@ -778,7 +808,7 @@ impl Peer {
 
     /// Catches up with the torrent: cancels from end-game, new pieces to
     /// announce, interest, the upload slot.
-    fn sync(&mut self) {
+    fn sync(&mut self, now: Instant) {
         let mut sh = self.sh.borrow_mut();
         let mut cancels = Vec::new();
         if let Some(slot) = sh.sessions.get_mut(&self.key) {
@@ -817,6 +847,7 @@ impl Peer {
             if sh.unchoked < sh.cfg.upload_slots && sh.ready {
                 sh.unchoked += 1;
                 self.am_choking = false;
+                self.last_request = now;
                 if self.waiting_slot {
                     // Leave the queue, so a freed slot wakes someone still waiting.
                     self.waiting_slot = false;

@@ -57,7 +57,9 @@ pub struct TorrentConfig {
     pub handshake_timeout: Duration,
     /// A connection with no complete message for this long is closed.
     pub idle_timeout: Duration,
-    /// A peer holding our requests without sending a block for this long is closed.
+    /// A peer holding our requests without sending a block for this long is closed;
+    /// a peer keeping an upload slot this long without requesting is choked when
+    /// another peer waits for a slot.
     pub request_timeout: Duration,
     /// A keep-alive is sent after this long without sending anything.
     pub keepalive_interval: Duration,
