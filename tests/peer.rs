@@ -136,7 +136,7 @@ fn uploaded(log: &str) -> u64 {
 #[test]
 fn leech_from_three_seeders_at_once() {
     let d = tmpdir("three");
-    let data = pseudo_random_bytes(7, 12 * 1024 * 1024 + 12345);
+    let data = pseudo_random_bytes(7, 32 * 1024 * 1024 + 12345);
     let src = d.join("data.bin");
     std::fs::write(&src, &data).unwrap();
     let torrent = d.join("t.torrent");
