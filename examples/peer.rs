@@ -1,0 +1,264 @@
+//! `peer`: a BitTorrent (BEP 3) seeder and leecher on the reactor.
+//!
+//! ```text
+//! peer make-torrent --data FILE|DIR --piece-length BYTES --out T.torrent [--tracker URL]
+//! peer seed  --torrent T.torrent --data FILE|DIR [--listen ADDR] [--tracker URL]
+//! peer leech --torrent T.torrent --out FILE|DIR [--peer IP:PORT]... [--tracker URL]
+//!            [--listen ADDR] [--timeout SECS]
+//! ```
+//! `seed` verifies the data on the worker pool, prints `listening on IP:PORT` once
+//! bound and serves until SIGINT/SIGTERM. `leech` exits 0 once every piece is
+//! verified and written, non-zero with a one-line reason when it cannot finish.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use reactor::peer_wire::create::MakeTorrent;
+use reactor::peer_wire::metainfo::Metainfo;
+use reactor::peer_wire::torrent::{self, Mode, TorrentConfig};
+use reactor::{Config, Reactor};
+
+#[derive(Parser, Debug)]
+#[command(about = "BitTorrent seeder and leecher on the reactor")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write a v1 .torrent for a file (or a folder: multi-file torrent).
+    MakeTorrent {
+        /// The file or folder to describe.
+        #[arg(long)]
+        data: PathBuf,
+        /// Piece length in bytes (a power of two of at least 16 KiB is usual).
+        #[arg(long)]
+        piece_length: u32,
+        /// Where to write the torrent.
+        #[arg(long)]
+        out: PathBuf,
+        /// Tracker announce URL.
+        #[arg(long)]
+        tracker: Option<String>,
+    },
+    /// Serve a torrent's data to peers.
+    Seed {
+        /// The .torrent file.
+        #[arg(long)]
+        torrent: PathBuf,
+        /// The data: the file, or the torrent's folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to accept peers on (port 0: the OS picks; it is printed).
+        #[arg(long, default_value = "0.0.0.0:6881")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Download a torrent from peers.
+    Leech {
+        /// The .torrent file.
+        #[arg(long)]
+        torrent: PathBuf,
+        /// Where to write the data: the file, or the torrent's folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// A peer to download from (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<SocketAddr>,
+        /// Also accept peers on this address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Fail after this many seconds without receiving piece data.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// HTTP tracker to announce to (default: the torrent's `announce`, if http://).
+    #[arg(long)]
+    tracker: Option<String>,
+    /// A peer must complete its handshake within SECS seconds.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Close a peer that sends no complete message for SECS seconds.
+    #[arg(long, default_value_t = 180.0)]
+    idle_timeout: f64,
+    /// Close a peer that holds our requests this long without sending a block; choke
+    /// a peer that keeps an upload slot this long without requesting.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
+    /// Peers uploaded to at the same time.
+    #[arg(long, default_value_t = 16)]
+    upload_slots: usize,
+    /// Connections (both directions) for the torrent at most.
+    #[arg(long, default_value_t = 64)]
+    max_connections: usize,
+    /// Worker threads for disk I/O and hashing.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number"))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reactor_with(workers: usize) -> Result<Reactor, String> {
+    if workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    let config = Config {
+        workers,
+        ..Config::default()
+    };
+    Reactor::with_config(config).map_err(|e| format!("cannot start the event loop: {e}"))
+}
+
+fn load_torrent(path: &PathBuf) -> Result<Metainfo, String> {
+    // Read once, before the loop starts: nothing is blocked yet.
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Metainfo::parse(&bytes).map_err(|e| format!("{}: invalid torrent: {e}", path.display()))
+}
+
+fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
+    if common.upload_slots == 0 {
+        return Err("--upload-slots must be at least 1".into());
+    }
+    if common.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    Ok(TorrentConfig {
+        handshake_timeout: secs("handshake-timeout", common.handshake_timeout)?,
+        idle_timeout: secs("idle-timeout", common.idle_timeout)?,
+        request_timeout: secs("request-timeout", common.request_timeout)?,
+        upload_slots: common.upload_slots,
+        max_connections: common.max_connections,
+        tracker: common
+            .tracker
+            .clone()
+            .or_else(|| meta.announce.clone().filter(|a| a.starts_with("http://"))),
+        ..TorrentConfig::default()
+    })
+}
+
+fn run(cmd: Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::MakeTorrent {
+            data,
+            piece_length,
+            out,
+            tracker,
+        } => {
+            if piece_length == 0 {
+                return Err("--piece-length must be positive".into());
+            }
+            let mut reactor = reactor_with(4)?;
+            let (h, result) = MakeTorrent {
+                data,
+                piece_length,
+                out: out.clone(),
+                tracker,
+            }
+            .handler();
+            reactor.spawn(h);
+            reactor
+                .run()
+                .map_err(|e| format!("event loop failed: {e}"))?;
+            let r = result.borrow().clone();
+            match r {
+                Some(Ok(n)) => {
+                    log::info!("wrote {} ({n} pieces)", out.display());
+                    Ok(())
+                }
+                Some(Err(e)) => Err(e),
+                None => Err("interrupted".into()),
+            }
+        }
+        Cmd::Seed {
+            torrent,
+            data,
+            listen,
+            common,
+        } => {
+            let meta = load_torrent(&torrent)?;
+            let mut cfg = config(&common, &meta)?;
+            cfg.listen = Some(listen);
+            let mut reactor = reactor_with(common.workers)?;
+            reactor
+                .shutdown_on_signals()
+                .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+            let t = torrent::start(&mut reactor, meta, Mode::Seed(data), cfg)
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            if let Some(a) = t.local_addr {
+                println!("listening on {a}");
+                let _ = std::io::stdout().flush();
+            }
+            reactor
+                .run()
+                .map_err(|e| format!("event loop failed: {e}"))?;
+            t.outcome()
+        }
+        Cmd::Leech {
+            torrent,
+            out,
+            peers,
+            listen,
+            timeout,
+            common,
+        } => {
+            let meta = load_torrent(&torrent)?;
+            let mut cfg = config(&common, &meta)?;
+            // With a tracker, be reachable: peers learn our port from it.
+            cfg.listen = listen.or_else(|| {
+                cfg.tracker
+                    .as_ref()
+                    .map(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+            });
+            cfg.peers = peers;
+            cfg.no_progress_timeout = secs("timeout", timeout)?;
+            cfg.progress = true;
+            if cfg.peers.is_empty() && cfg.listen.is_none() && cfg.tracker.is_none() {
+                return Err("nothing to download from: give --peer, --tracker or --listen".into());
+            }
+            let mut reactor = reactor_with(common.workers)?;
+            reactor
+                .shutdown_on_signals()
+                .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+            let t = torrent::start(&mut reactor, meta, Mode::Leech(out), cfg)
+                .map_err(|e| format!("cannot start: {e}"))?;
+            if let Some(a) = t.local_addr {
+                println!("listening on {a}");
+                let _ = std::io::stdout().flush();
+            }
+            reactor
+                .run()
+                .map_err(|e| format!("event loop failed: {e}"))?;
+            match t.outcome() {
+                Ok(()) if t.is_complete() => Ok(()),
+                Ok(()) => Err("interrupted before the download completed".into()),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
