@@ -1116,6 +1116,8 @@ fn conn_moves_between_handlers_with_its_buffered_bytes() {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     roundtrip(&mut c, b"read by the giver, echoed by the taker");
     roundtrip(&mut c, b"read by the taker under its new source");
+}
+
 /// A repeating timer with a zero period fires once per loop iteration; it must not
 /// hang the loop (it once spun forever inside the timer expiry).
 #[test]
