@@ -208,7 +208,15 @@ impl Conn {
             self.paused = true;
             return Ok(st);
         }
-        let peer_closed = self.peer_closed;
+        // A short read means the socket is empty only when this is the poller's own
+        // event for this socket: then any later data or end of file makes a new
+        // edge. Called from anywhere else (a re-queued event, another source's
+        // event, a timer), read on to `WouldBlock` so an end of file reported in an
+        // event this connection never saw is not missed.
+        let short_read_drains = !self.peer_closed
+            && cx
+                .event()
+                .is_some_and(|e| e.source() == self.source && e.is_polled());
         let fd = self.stream.as_raw_fd();
         let result = loop {
             if self.rbuf.capacity() == 0 {
@@ -257,7 +265,7 @@ impl Conn {
             // SAFETY: the kernel initialised `n <= want` bytes of spare capacity.
             unsafe { self.rbuf.advance_mut(n) };
             st.bytes += n;
-            if n < want && !peer_closed {
+            if n < want && short_read_drains {
                 break Ok(()); // short read: the socket is empty; a new edge will come
             }
             if st.bytes >= self.cfg.read_budget {

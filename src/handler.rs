@@ -43,6 +43,8 @@ const WRITABLE: u8 = 2;
 const READ_CLOSED: u8 = 4;
 const WRITE_CLOSED: u8 = 8;
 const ERROR: u8 = 16;
+/// Set on events that came from the poller (not re-queued by a handler).
+const POLLED: u8 = 32;
 
 /// Readiness of one source, as reported by the poller (or re-queued by a handler).
 ///
@@ -72,7 +74,7 @@ impl Event {
     }
 
     pub(crate) fn from_mio(source: SourceId, ev: &mio::event::Event) -> Event {
-        let mut flags = 0;
+        let mut flags = POLLED;
         if ev.is_readable() {
             flags |= READABLE;
         }
@@ -89,6 +91,13 @@ impl Event {
             flags |= ERROR;
         }
         Event { source, flags }
+    }
+
+    /// True for an event reported by the poller, false for one re-queued with
+    /// [`Context::requeue`]. A poller event carries the socket's full current state
+    /// (including end of file); a re-queued one does not.
+    pub fn is_polled(&self) -> bool {
+        self.flags & POLLED != 0
     }
 
     /// The source this event is for.
