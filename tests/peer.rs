@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, example_bin, pseudo_random_bytes, run_loop};
+use common::{Server, example_bin, pseudo_random_bytes, run_bounded, run_loop};
 use reactor::peer_wire::metainfo::Metainfo;
 use reactor::peer_wire::torrent::{self, Mode, TorrentConfig};
 
@@ -49,38 +49,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("reactor-peer-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Runs `cmd` to completion, at most `timeout`; returns its exit code (None if it
-/// had to be killed) and its stderr.
-fn run_bounded(mut cmd: Command, timeout: Duration) -> (Option<i32>, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let end = Instant::now() + timeout;
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code();
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (code, reader.join().unwrap())
+    common::tmpdir("peer", name)
 }
 
 fn make_torrent(data: &Path, piece_length: u32, out: &Path) -> Metainfo {

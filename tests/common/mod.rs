@@ -213,3 +213,40 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// A fresh, empty scratch folder for one test: `reactor-KIND-PID-NAME` in the
+/// system's temporary directory.
+pub fn tmpdir(kind: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("reactor-{kind}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `cmd` to completion, at most `timeout`; returns its exit code (None if it
+/// had to be killed) and its stderr.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> (Option<i32>, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + timeout;
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, reader.join().unwrap())
+}
