@@ -80,9 +80,6 @@ pub struct Conn {
     paused: bool,
     shutdown_requested: bool,
     write_shut: bool,
-    /// The poller said the peer closed its side: read on to end of file even after a
-    /// short read, because no further event will announce it.
-    peer_closed: bool,
     /// A non-blocking connect is in progress.
     connecting: bool,
 }
@@ -101,7 +98,6 @@ impl Conn {
             paused: false,
             shutdown_requested: false,
             write_shut: false,
-            peer_closed: false,
             connecting: false,
         }
     }
@@ -186,21 +182,13 @@ impl Conn {
     /// Reads into the read buffer until the socket is empty, end of file, the
     /// per-event budget, or a full buffer. In the last two cases the handler is
     /// re-queued so the rest is read before the loop sleeps. Does nothing while
-    /// reading is paused by backpressure, but call it on every readable event for
-    /// this connection anyway: it remembers the event's end-of-file hint.
+    /// reading is paused by backpressure; resuming re-queues a read, which goes on
+    /// to end of file.
     pub fn fill(&mut self, cx: &mut Context<'_>) -> io::Result<ReadStatus> {
         let mut st = ReadStatus {
             bytes: 0,
             eof: self.eof,
         };
-        // Remember a read-closed hint even when not reading now (paused, or the
-        // budget stops us): a requeued read must still go on to end of file.
-        if cx
-            .event()
-            .is_some_and(|e| e.source() == self.source && (e.is_read_closed() || e.is_error()))
-        {
-            self.peer_closed = true;
-        }
         if self.eof || self.paused || !self.poll_connect()? {
             return Ok(st);
         }
@@ -208,15 +196,16 @@ impl Conn {
             self.paused = true;
             return Ok(st);
         }
-        // A short read means the socket is empty only when this is the poller's own
-        // event for this socket: then any later data or end of file makes a new
-        // edge. Called from anywhere else (a re-queued event, another source's
-        // event, a timer), read on to `WouldBlock` so an end of file reported in an
-        // event this connection never saw is not missed.
-        let short_read_drains = !self.peer_closed
-            && cx
-                .event()
-                .is_some_and(|e| e.source() == self.source && e.is_polled());
+        // A short read means the socket is empty only during the poller's own event
+        // for this socket, and only if that event did not report end of file or an
+        // error: then any later data or end of file makes a new edge (and the poller
+        // reports the socket's whole state, end of file included). Called from
+        // anywhere else (a re-queued event, another source's event, a timer), read
+        // on to `WouldBlock` so an end of file this connection never saw is not
+        // missed.
+        let short_read_drains = cx.event().is_some_and(|e| {
+            e.source() == self.source && e.is_polled() && !e.is_read_closed() && !e.is_error()
+        });
         let fd = self.stream.as_raw_fd();
         let result = loop {
             if self.rbuf.capacity() == 0 {
