@@ -208,8 +208,9 @@ fn run(cmd: Cmd) -> Result<(), String> {
             reactor
                 .shutdown_on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+            // The error names what failed and its address.
             let t = torrent::start(&mut reactor, meta, Mode::Seed(data), cfg)
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+                .map_err(|e| e.to_string())?;
             if let Some(a) = t.local_addr {
                 println!("listening on {a}");
                 let _ = std::io::stdout().flush();
@@ -246,7 +247,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 .shutdown_on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
             let t = torrent::start(&mut reactor, meta, Mode::Leech(out), cfg)
-                .map_err(|e| format!("cannot start: {e}"))?;
+                .map_err(|e| e.to_string())?;
             if let Some(a) = t.local_addr {
                 println!("listening on {a}");
                 let _ = std::io::stdout().flush();
