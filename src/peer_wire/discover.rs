@@ -8,9 +8,9 @@
 //! One announcement per torrent, so a node id is per torrent and per process
 //! ([`DiscoverySettings::config`] builds it from the random part of the peer id).
 //!
-//! [`Candidates`] is sans-io: fed the [`PeerEvent`]s of the discovery service, it
-//! tells the engine which addresses to add to the peer manager and which to
-//! withdraw, so the matching rules are tested without sockets. The engine in
+//! The crate-internal `Candidates` is sans-io: fed the [`PeerEvent`]s of the
+//! discovery service, it tells the engine which addresses to add to the peer
+//! manager and which to withdraw, so the matching rules are tested without sockets. The engine in
 //! [`super::torrent`] owns the socket (a [`crate::discovery::DiscoveryHandler`]
 //! child) and applies the changes; dedup, connection limits and the back-off for
 //! useless peers are the peer manager's, exactly as for `--peer` and tracker peers.
