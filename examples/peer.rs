@@ -3,21 +3,32 @@
 //! ```text
 //! peer make-torrent --data FILE|DIR --piece-length BYTES --out T.torrent [--tracker URL]
 //! peer seed  --torrent T.torrent --data FILE|DIR [--listen ADDR] [--tracker URL]
+//!            [--discover [--discover-port 7979] [--broadcast 127.255.255.255]
+//!                        [--discover-interval SECS]]
 //! peer leech --torrent T.torrent --out FILE|DIR [--peer IP:PORT]... [--tracker URL]
-//!            [--listen ADDR] [--timeout SECS]
+//!            [--listen ADDR] [--timeout SECS] [--discover ...same as seed...]
 //! ```
 //! `seed` verifies the data on the worker pool, prints `listening on IP:PORT` once
 //! bound and serves until SIGINT/SIGTERM. `leech` exits 0 once every piece is
 //! verified and written, non-zero with a one-line reason when it cannot finish.
+//!
+//! `--discover` (both) announces the torrent's info-hash and our listen port by UDP
+//! broadcast (`docs/discovery.md`); a leecher also downloads from every node that
+//! announces the same info-hash, in addition to `--peer` and `--tracker`, so
+//! `leech --discover` alone is enough. A leecher with `--discover` and no
+//! `--listen` listens on a port the OS picks (on 127.0.0.1 when the broadcast
+//! address is loopback), so other leechers can find it too. Bad values are a
+//! one-line error, exit 1 (clap's usage errors exit 2).
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use reactor::peer_wire::create::MakeTorrent;
+use reactor::peer_wire::discover::DiscoverySettings;
 use reactor::peer_wire::metainfo::Metainfo;
 use reactor::peer_wire::torrent::{self, Mode, TorrentConfig};
 use reactor::{Config, Reactor};
@@ -106,10 +117,63 @@ struct Common {
     /// Worker threads for disk I/O and hashing.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Announce the torrent by UDP broadcast; a leecher also downloads from the
+    /// peers that announce it (in addition to --peer and --tracker).
+    #[arg(long)]
+    discover: bool,
+    /// UDP port the discovery nodes share (0: the OS picks one; it is logged).
+    #[arg(long, value_name = "PORT", default_value_t = reactor::discovery::DEFAULT_PORT, requires = "discover")]
+    discover_port: u16,
+    /// Broadcast address for discovery announcements (IPv4).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.255.255.255",
+        requires = "discover"
+    )]
+    broadcast: IpAddr,
+    /// Seconds between discovery announcements (fractional allowed, at least 0.01).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 1.0,
+        requires = "discover",
+        allow_negative_numbers = true
+    )]
+    discover_interval: f64,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number"))
+}
+
+/// The discovery settings of `--discover`, or `None` without it.
+fn discovery(common: &Common) -> Result<Option<DiscoverySettings>, String> {
+    if !common.discover {
+        return Ok(None);
+    }
+    let v = common.discover_interval;
+    // Below 10 ms a typo would flood the LAN with announcements.
+    let interval = match Duration::try_from_secs_f64(v) {
+        Ok(d) if d >= Duration::from_millis(10) => d,
+        _ => {
+            return Err(format!(
+                "--discover-interval must be a number of seconds of at least 0.01, got {v}"
+            ));
+        }
+    };
+    if !common.broadcast.is_ipv4() {
+        return Err(format!(
+            "--broadcast {} is not an IPv4 address (IPv6 has no broadcast)",
+            common.broadcast
+        ));
+    }
+    Ok(Some(DiscoverySettings {
+        port: common.discover_port,
+        broadcast: common.broadcast,
+        interval,
+        ..DiscoverySettings::default()
+    }))
 }
 
 fn main() -> ExitCode {
@@ -158,6 +222,7 @@ fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
             .tracker
             .clone()
             .or_else(|| meta.announce.clone().filter(|a| a.starts_with("http://"))),
+        discovery: discovery(common)?,
         ..TorrentConfig::default()
     })
 }
@@ -208,8 +273,9 @@ fn run(cmd: Cmd) -> Result<(), String> {
             reactor
                 .shutdown_on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+            // The error names what failed (listener or discovery) and its address.
             let t = torrent::start(&mut reactor, meta, Mode::Seed(data), cfg)
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+                .map_err(|e| e.to_string())?;
             if let Some(a) = t.local_addr {
                 println!("listening on {a}");
                 let _ = std::io::stdout().flush();
@@ -229,24 +295,34 @@ fn run(cmd: Cmd) -> Result<(), String> {
         } => {
             let meta = load_torrent(&torrent)?;
             let mut cfg = config(&common, &meta)?;
-            // With a tracker, be reachable: peers learn our port from it.
-            cfg.listen = listen.or_else(|| {
-                cfg.tracker
-                    .as_ref()
-                    .map(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+            // With a tracker or discovery, be reachable: peers learn our port from
+            // them. Discovery on loopback only needs a loopback listener.
+            cfg.listen = listen.or_else(|| match (&cfg.tracker, &cfg.discovery) {
+                (None, Some(d)) if d.broadcast.is_loopback() => {
+                    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+                }
+                (None, None) => None,
+                _ => Some(SocketAddr::from(([0, 0, 0, 0], 0))),
             });
             cfg.peers = peers;
             cfg.no_progress_timeout = secs("timeout", timeout)?;
             cfg.progress = true;
-            if cfg.peers.is_empty() && cfg.listen.is_none() && cfg.tracker.is_none() {
-                return Err("nothing to download from: give --peer, --tracker or --listen".into());
+            if cfg.peers.is_empty()
+                && cfg.listen.is_none()
+                && cfg.tracker.is_none()
+                && cfg.discovery.is_none()
+            {
+                return Err(
+                    "nothing to download from: give --peer, --tracker, --listen or --discover"
+                        .into(),
+                );
             }
             let mut reactor = reactor_with(common.workers)?;
             reactor
                 .shutdown_on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
             let t = torrent::start(&mut reactor, meta, Mode::Leech(out), cfg)
-                .map_err(|e| format!("cannot start: {e}"))?;
+                .map_err(|e| e.to_string())?;
             if let Some(a) = t.local_addr {
                 println!("listening on {a}");
                 let _ = std::io::stdout().flush();

@@ -911,3 +911,225 @@ fn an_idle_peer_in_the_only_upload_slot_gives_it_up() {
     assert!(keepalive.join().unwrap(), "the idle peer was never choked");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+// ------------------------------------------------------------------ discovery
+
+/// Discovery flags for `port` (0: the OS picks; read it back with
+/// [`discovery_port`]) with a short interval, so tests find peers in well under a
+/// second and never share a port with another test or a real node.
+fn discover_args(port: u16) -> Vec<String> {
+    ["--discover", "--discover-port", &port.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--discover-interval".into(), "0.2".into()])
+        .collect()
+}
+
+/// The discovery port a node logged in its "announcing this torrent ... to
+/// 127.255.255.255:PORT" line.
+fn discovery_port(node: &mut Server) -> u16 {
+    assert!(
+        node.wait_stderr("announcing this torrent", Duration::from_secs(30)),
+        "no discovery announcement line: {}",
+        node.stderr_text()
+    );
+    let log = node.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("announcing this torrent"))
+        .unwrap();
+    let tail = line
+        .split("127.255.255.255:")
+        .nth(1)
+        .expect("broadcast address");
+    tail.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Seconds from announcing to finding `peer`, from the leecher's log line.
+fn time_to_find(log: &str, peer: SocketAddr) -> Option<f64> {
+    let needle = format!("discovery: found peer {peer} for this torrent ");
+    let line = log.lines().find(|l| l.contains(&needle))?;
+    let rest = &line[line.find(&needle)? + needle.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_leecher_finds_a_seeder_by_discovery_alone() {
+    let d = tmpdir("discover");
+    let data = pseudo_random_bytes(43, 2 * 1024 * 1024 + 4321);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 64 * 1024, &torrent);
+    let mut seed = seeder(&torrent, &src, &args(&discover_args(0)));
+    let port = discovery_port(&mut seed);
+    // No --peer, no tracker, no --listen: only discovery.
+    let mut extra = discover_args(port);
+    extra.extend(["--timeout".into(), "20".into()]);
+    let out = d.join("out.bin");
+    let (code, err) = run_bounded(
+        leech(&torrent, &out, &[], &args(&extra)),
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(err.contains("download complete"), "{err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    let found = time_to_find(&err, seed.addr)
+        .unwrap_or_else(|| panic!("the leecher did not log finding {}: {err}", seed.addr));
+    println!("leecher found the seeder {found:.3} s after it started announcing");
+    // The seeder is who served it.
+    assert!(seed.wait_stderr("disconnected (", Duration::from_secs(5)));
+    assert_eq!(uploaded(&seed.stderr_text()), data.len() as u64);
+    seed.signal(libc::SIGTERM);
+    assert_eq!(seed.wait_exit(Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_seeder_of_another_torrent_on_the_discovery_port_is_ignored() {
+    let d = tmpdir("discover-other");
+    let data = pseudo_random_bytes(47, 1024 * 1024 + 17);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 32 * 1024, &torrent);
+    let other_src = d.join("other.bin");
+    std::fs::write(&other_src, pseudo_random_bytes(53, 300_000)).unwrap();
+    let other_torrent = d.join("other.torrent");
+    make_torrent(&other_src, 32 * 1024, &other_torrent);
+
+    // First only the other torrent's seeder announces on the port.
+    let mut other = seeder(&other_torrent, &other_src, &args(&discover_args(0)));
+    let port = discovery_port(&mut other);
+    let out = d.join("out.bin");
+    let mut extra = discover_args(port);
+    extra.extend(["--timeout".into(), "20".into()]);
+    let mut cmd = leech(&torrent, &out, &[], &args(&extra));
+    // The engine's debug lines: every dial ("connecting to") and every ignored node.
+    cmd.env("RUST_LOG", "info,reactor::peer_wire::torrent=debug");
+    let mut leecher = Server::start(cmd);
+    assert!(
+        leecher.wait_stderr("discovery: ignoring node bt-seed-", Duration::from_secs(10)),
+        "the leecher never heard the other seeder: {}",
+        leecher.stderr_text()
+    );
+    // Five more announcements from it: a leecher that took it for a peer would
+    // have dialled it by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let dialled = format!("connecting to {}", other.addr);
+    assert!(
+        !leecher.stderr_text().contains(&dialled),
+        "{}",
+        leecher.stderr_text()
+    );
+    assert_eq!(leecher.child.try_wait().unwrap(), None, "leecher gave up");
+
+    // Now the right seeder joins, and the leecher finishes from it.
+    let mut seed = seeder(&torrent, &src, &args(&discover_args(port)));
+    assert_eq!(
+        leecher.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "leech failed: {}",
+        leecher.stderr_text()
+    );
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    let log = leecher.stderr_text();
+    assert!(time_to_find(&log, seed.addr).is_some(), "{log}");
+    assert!(time_to_find(&log, other.addr).is_none(), "{log}");
+    assert!(!log.contains(&dialled), "{log}");
+    // The other seeder never saw a connection: a dial would have been refused
+    // with "wrong info-hash" (a WARN line), any handshake logs a disconnect.
+    other.signal(libc::SIGTERM);
+    assert_eq!(other.wait_exit(Duration::from_secs(10)), Some(0));
+    let other_log = other.stderr_text();
+    assert!(!other_log.contains("wrong info-hash"), "{other_log}");
+    assert!(!other_log.contains("disconnected ("), "{other_log}");
+    assert!(seed.wait_stderr("disconnected (", Duration::from_secs(5)));
+    assert_eq!(uploaded(&seed.stderr_text()), data.len() as u64);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_discovery_flags_fail_with_a_message() {
+    let d = tmpdir("discover-bad");
+    let src = d.join("data.bin");
+    std::fs::write(&src, pseudo_random_bytes(59, 50_000)).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 16 * 1024, &torrent);
+    let run = |sub: &str, extra: &[&str]| {
+        let mut cmd = Command::new(example_bin("peer"));
+        cmd.arg(sub).arg("--torrent").arg(&torrent);
+        if sub == "seed" {
+            cmd.arg("--data")
+                .arg(&src)
+                .args(["--listen", "127.0.0.1:0"]);
+        } else {
+            cmd.arg("--out").arg(d.join("out.bin"));
+        }
+        cmd.args(extra);
+        let (code, err) = run_bounded(cmd, Duration::from_secs(20));
+        assert!(!err.contains("panicked"), "{err}");
+        (code, err)
+    };
+    for (sub, extra, code, needle) in [
+        (
+            "leech",
+            &["--discover", "--discover-interval", "0"][..],
+            1,
+            "--discover-interval must be a number of seconds of at least 0.01, got 0",
+        ),
+        (
+            "seed",
+            &["--discover", "--discover-interval", "-0.5"],
+            1,
+            "--discover-interval must be a number of seconds of at least 0.01, got -0.5",
+        ),
+        (
+            "seed",
+            &["--discover", "--discover-interval", "inf"],
+            1,
+            "--discover-interval must be",
+        ),
+        (
+            "leech",
+            &["--discover", "--broadcast", "::1"],
+            1,
+            "--broadcast ::1 is not an IPv4 address",
+        ),
+        // Discovery settings without --discover are a usage error (clap: 2).
+        ("leech", &["--discover-port", "7000"], 2, "--discover"),
+        (
+            "leech",
+            &[],
+            1,
+            "nothing to download from: give --peer, --tracker, --listen or --discover",
+        ),
+    ] {
+        let (c, err) = run(sub, extra);
+        assert_eq!(c, Some(code), "{sub} {extra:?}: {err}");
+        assert!(err.contains(needle), "{sub} {extra:?}: {err}");
+        if code == 1 {
+            // Our own errors: one line, last, and nothing was started before it.
+            let last = err.trim().lines().last().unwrap_or("");
+            assert!(last.starts_with("peer: ") && last.contains(needle), "{err}");
+            assert!(!err.contains("announcing"), "{err}");
+        }
+    }
+    // A port held by a socket that does not allow sharing: the bind error, once.
+    let holder = std::net::UdpSocket::bind("127.255.255.255:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    for sub in ["seed", "leech"] {
+        let (c, err) = run(sub, &["--discover", "--discover-port", &port]);
+        assert_eq!(c, Some(1), "{sub}: {err}");
+        let needle = format!("peer: discovery: bind 127.255.255.255:{port}: ");
+        assert!(err.contains(&needle), "{sub}: {err}");
+        assert!(err.contains("in use"), "{sub}: {err}");
+        assert!(!err.contains("listening on"), "{err}");
+    }
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -232,6 +232,21 @@ impl PeerManager {
         }
     }
 
+    /// A source (LAN discovery) no longer offers `addr`: stop dialling it. An
+    /// idle peer becomes undialable but keeps its history, so a peer that leaves
+    /// and comes back does not escape its backoff (undialable idle peers are the
+    /// first evicted when the table is full). A connecting or connected peer is
+    /// left alone: its connection decides. Returns true if it was withdrawn.
+    pub fn withdraw(&mut self, addr: &SocketAddr) -> bool {
+        match self.peers.get_mut(addr) {
+            Some(p) if p.state == ConnState::Idle => {
+                p.dialable = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// An inbound connection arrived. Returns false if it should be refused
     /// (limit reached, already connected to that address, or table full).
     pub fn accept_incoming(&mut self, addr: SocketAddr, now: Instant) -> bool {
@@ -675,5 +690,32 @@ mod tests {
                 assert!(w >= now);
             }
         }
+    }
+
+    #[test]
+    fn withdrawn_peers_are_not_dialled_and_keep_their_backoff() {
+        let mut m = PeerManager::new(10, 100);
+        let t0 = Instant::now();
+        let a = addr(1);
+        m.add_peer(a, t0);
+        // A connecting peer is not withdrawn: its dial decides.
+        assert_eq!(cands(&mut m, t0, 1), vec![a]);
+        assert!(!m.withdraw(&a));
+        m.connected(a, t0);
+        assert!(!m.withdraw(&a), "connected");
+        m.disconnected(a, t0, USELESS);
+        assert_eq!(cands(&mut m, t0, 1), vec![a], "first backoff is 0 s");
+        m.connected(a, t0);
+        m.disconnected(a, t0, USELESS);
+        assert!(m.withdraw(&a));
+        let later = t0 + Duration::from_secs(3600);
+        assert!(cands(&mut m, later, 5).is_empty());
+        assert_eq!(m.next_wake(later), None);
+        // Announced again: dialable, with its two useless connections remembered.
+        m.add_peer(a, later);
+        let st = m.peer(&a).unwrap();
+        assert!(st.dialable);
+        assert_eq!(st.consecutive_useless, 2);
+        assert!(!m.withdraw(&addr(99)), "unknown peer");
     }
 }

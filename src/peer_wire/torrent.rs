@@ -12,6 +12,10 @@
 //!   the sessions waiting for the result. Jobs belong to the engine, so a session
 //!   closing mid-job loses nothing.
 //! - [`super::session::Session`] is one handler per peer connection.
+//! - With [`TorrentConfig::discovery`], a [`DiscoveryHandler`] child of the engine
+//!   announces the torrent on the LAN and reports other nodes to the engine's
+//!   `on_message`; a leecher adds those serving the same torrent to the peer
+//!   manager ([`super::discover`] has the rules).
 //!
 //! This module must not parse wire bytes (that is [`super::wire`]) nor block: every
 //! file access and every hash goes through `cx.offload`.
@@ -27,12 +31,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::discover::{Candidates, Change, DiscoverySettings};
 use super::metainfo::{Metainfo, sha1};
 use super::peers::PeerManager;
 use super::picker::{BlockRef, PeerKey, Picker};
 use super::session::Session;
 use super::storage::{OpenMode, Storage};
 use super::tracker_client::{Announcer, Completed};
+use crate::discovery::{Discovery, DiscoveryHandler, PeerEvent};
 use crate::handler::{Handler, HandlerId, HandlerResult};
 use crate::listener::{ListenOptions, Listener};
 use crate::pool::{JobId, JobResult, take};
@@ -53,6 +59,13 @@ pub struct TorrentConfig {
     pub peers: Vec<SocketAddr>,
     /// HTTP tracker to announce to (started, periodic, completed, stopped).
     pub tracker: Option<String>,
+    /// Announce the torrent by UDP broadcast and, when downloading, dial the nodes
+    /// that announce the same info-hash (`None`: no discovery). The announced TCP
+    /// port is the [`listen`](TorrentConfig::listen) port, or 0 without a listener
+    /// (others then ignore the announcement: such a leecher finds seeders but
+    /// cannot be found). A seeder announces and ignores what it hears: it only
+    /// needs to be found. See `docs/discovery.md`.
+    pub discovery: Option<DiscoverySettings>,
     /// A peer must complete its handshake within this time.
     pub handshake_timeout: Duration,
     /// A connection with no complete message for this long is closed.
@@ -117,6 +130,7 @@ impl Default for TorrentConfig {
             listen: None,
             peers: Vec::new(),
             tracker: None,
+            discovery: None,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(180),
             request_timeout: Duration::from_secs(30),
@@ -394,9 +408,11 @@ fn random_peer_id() -> [u8; 20] {
     id
 }
 
-/// Adds a torrent to `reactor`: binds the listener (if any) now, so the caller can
-/// print its address, and spawns the engine, which checks the data on the pool
-/// before accepting peers (connections wait in the kernel's backlog meanwhile).
+/// Adds a torrent to `reactor`: binds the listener and the discovery socket (if
+/// any) now, so the caller can print the address and bind errors come back here
+/// (with the address in the message), and spawns the engine, which checks the data
+/// on the pool before accepting peers (connections wait in the kernel's backlog
+/// meanwhile) and before announcing itself by discovery.
 ///
 /// A seeder in a few lines (this is what `peer seed` does):
 ///
@@ -438,10 +454,26 @@ pub fn start(
             }
             drop(s);
             Some(Session::incoming(sh.clone(), stream, peer))
-        })?;
+        })
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         local_addr = Some(l.local_addr());
         listener = Some(Box::new(l) as Box<dyn Handler>);
     }
+    // After the listener, so the announced port is the one the OS chose.
+    let discovery = match &cfg.discovery {
+        None => None,
+        Some(settings) => {
+            let sh = shared.borrow();
+            let role = match mode {
+                Mode::Seed(_) => "seed",
+                Mode::Leech(_) => "leech",
+            };
+            let port = local_addr.map_or(0, |a: SocketAddr| a.port());
+            let dcfg = settings.config(role, &sh.peer_id, &sh.meta.info_hash, port);
+            Some(Discovery::new(dcfg)?)
+        }
+    };
+    let candidates = Candidates::new(&shared.borrow().meta.info_hash);
     let outcome = Rc::new(RefCell::new(None));
     let engine = Engine {
         sh: shared.clone(),
@@ -458,6 +490,11 @@ pub fn start(
         progress_tty: std::io::stderr().is_terminal(),
         finishing: false,
         started: Instant::now(),
+        discovery,
+        discovery_id: None,
+        discovery_started: None,
+        candidates,
+        changes: Vec::new(),
     };
     let id = reactor.spawn(engine);
     shared.borrow_mut().engine = id;
@@ -502,6 +539,14 @@ pub struct Engine {
     progress_tty: bool,
     finishing: bool,
     started: Instant,
+    /// The discovery service, bound in `start`, spawned as our child once live.
+    discovery: Option<Discovery>,
+    discovery_id: Option<HandlerId>,
+    /// When we started announcing (time-to-find is logged from it).
+    discovery_started: Option<Instant>,
+    /// Nodes announcing our torrent (leech only; a seeder ignores them).
+    candidates: Candidates,
+    changes: Vec<Change>,
 }
 
 impl Engine {
@@ -556,6 +601,19 @@ impl Engine {
         if let Some(l) = self.listener.take() {
             cx.spawn_boxed(l);
         }
+        // Announce only now: a peer that found us while the data was being checked
+        // would wait in the backlog and could time out.
+        if let Some(d) = self.discovery.take() {
+            log::info!(
+                "discovery {}: announcing this torrent (TCP port {}) to {} every {:?}",
+                d.id(),
+                self.local_port.unwrap_or(0),
+                d.broadcast_addr(),
+                d.interval()
+            );
+            self.discovery_started = Some(cx.now());
+            self.discovery_id = Some(cx.spawn(DiscoveryHandler::to_owner(d, cx.id())));
+        }
         self.tick = Some(cx.timer_repeat(Duration::from_millis(500)));
         let tracker = self.sh.borrow().cfg.tracker.clone();
         if let Some(url) = tracker {
@@ -588,6 +646,52 @@ impl Engine {
                 Err(e) => {
                     log::info!("cannot connect to {addr}: {e}");
                     self.sh.borrow_mut().peers.connect_failed(addr, now);
+                }
+            }
+        }
+    }
+
+    /// A discovery event: a leecher adds the nodes announcing our torrent to the
+    /// peer manager like tracker peers, and stops dialling those that left.
+    fn on_discovery(&mut self, cx: &mut Context<'_>, ev: &PeerEvent) {
+        if !self.is_leech() {
+            return; // a seeder only needs to be found
+        }
+        self.changes.clear();
+        self.candidates.on_event(ev, &mut self.changes);
+        if let PeerEvent::Joined {
+            id,
+            addr,
+            service,
+            metadata,
+            ..
+        } = ev
+            && !self.candidates.matches(service, metadata)
+        {
+            log::debug!("discovery: ignoring node {id} at {addr}: not this torrent");
+        }
+        let now = cx.now();
+        let mut sh = self.sh.borrow_mut();
+        for c in self.changes.drain(..) {
+            match c {
+                Change::Add(addr) => {
+                    let known = sh.peers.peer(&addr).is_some_and(|p| p.dialable);
+                    if !sh.peers.add_peer(addr, now) {
+                        log::info!("discovery: peer {addr} not added: the peer table is full");
+                    } else if !known {
+                        let after = self
+                            .discovery_started
+                            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+                        log::info!(
+                            "discovery: found peer {addr} for this torrent {after:.3} s after announcing"
+                        );
+                    }
+                }
+                Change::Withdraw(addr) => {
+                    // An address given by hand stays, whatever discovery says.
+                    if !sh.cfg.peers.contains(&addr) && sh.peers.withdraw(&addr) {
+                        log::info!("discovery: peer {addr} left; not dialling it any more");
+                    }
                 }
             }
         }
@@ -855,6 +959,7 @@ impl Engine {
                 && !sh.cfg.peers.is_empty()
                 && sh.cfg.listen.is_none()
                 && sh.cfg.tracker.is_none()
+                && sh.cfg.discovery.is_none()
                 && wake.is_none_or(|w| w >= deadline)
             {
                 Some(format!(
@@ -910,8 +1015,12 @@ impl Handler for Engine {
     fn on_message(
         &mut self,
         cx: &mut Context<'_>,
-        _msg: Box<dyn std::any::Any + Send>,
+        msg: Box<dyn std::any::Any + Send>,
     ) -> HandlerResult {
+        // Either a discovery event or a wake-up (`Wake`) from a session.
+        if let Ok(ev) = msg.downcast::<PeerEvent>() {
+            self.on_discovery(cx, &ev);
+        }
         self.pump(cx);
         self.dial(cx);
         Ok(())
@@ -927,7 +1036,13 @@ impl Handler for Engine {
         Ok(())
     }
 
-    fn on_child_closed(&mut self, cx: &mut Context<'_>, _child: HandlerId) -> HandlerResult {
+    fn on_child_closed(&mut self, cx: &mut Context<'_>, child: HandlerId) -> HandlerResult {
+        if self.discovery_id == Some(child) {
+            self.discovery_id = None;
+            if !cx.is_shutting_down() {
+                log::warn!("discovery stopped; peers already found are kept");
+            }
+        }
         // A dialled peer went away: another candidate may be due now.
         self.dial(cx);
         Ok(())
@@ -936,6 +1051,14 @@ impl Handler for Engine {
     fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
         cx.close();
         Ok(())
+    }
+
+    fn on_close(&mut self, cx: &mut Context<'_>) {
+        // Children are not closed with their parent; discovery without the engine
+        // would announce a torrent nobody serves. (It says goodbye as it closes.)
+        if let Some(d) = self.discovery_id.take() {
+            cx.close_handler(d);
+        }
     }
 }
 
