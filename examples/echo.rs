@@ -74,33 +74,23 @@ fn run(args: Args) -> Result<(), String> {
         addr = l.local_addr();
         listeners.push(l);
     }
-    // Handlers are not `Send`, so each loop is built on its own thread; each reports
-    // back once it is ready to run.
+    // Handlers are not `Send`, so each loop is built on the thread that runs it.
+    // Loop 0 runs on the main thread: with one loop the process has one thread,
+    // and glibc then skips the thread-cancellation bookkeeping around `epoll_wait`.
+    let mut listeners = listeners.into_iter();
+    let first = listeners.next().expect("--threads is at least 1");
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
-    for (i, l) in listeners.into_iter().enumerate() {
+    for (i, l) in listeners.enumerate() {
+        let i = i + 1;
         let ready = ready_tx.clone();
-        let label = if args.threads > 1 {
-            format!("loop {i}: ")
-        } else {
-            String::new()
-        };
+        let label = format!("loop {i}: ");
         let t = std::thread::Builder::new()
             .name(format!("loop-{i}"))
             .spawn(move || -> Result<(), String> {
-                let setup = || -> std::io::Result<Reactor> {
-                    let mut r = Reactor::new()?;
-                    r.shutdown_on_signals()?;
-                    r.spawn(l);
-                    if !stats.is_zero() {
-                        r.spawn(StatsLogger::new(stats, label));
-                    }
-                    Ok(r)
-                };
-                let mut r = match setup() {
+                let mut r = match event_loop(i, l, stats, label) {
                     Ok(r) => r,
-                    Err(e) => {
-                        let msg = format!("cannot set up event loop {i}: {e}");
+                    Err(msg) => {
                         let _ = ready.send(Err(msg.clone()));
                         return Err(msg);
                     }
@@ -112,7 +102,9 @@ fn run(args: Args) -> Result<(), String> {
         threads.push(t);
     }
     drop(ready_tx);
-    for _ in 0..args.threads {
+    let label = if args.threads > 1 { "loop 0: " } else { "" };
+    let mut main_loop = event_loop(0, first, stats, label.to_string())?;
+    for _ in 1..args.threads {
         ready_rx
             .recv()
             .map_err(|_| "a loop thread died during set-up".to_string())??;
@@ -120,7 +112,9 @@ fn run(args: Args) -> Result<(), String> {
     println!("listening on {addr}");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
 
-    let mut result = Ok(());
+    let mut result = main_loop
+        .run()
+        .map_err(|e| format!("event loop 0 failed: {e}"));
     for t in threads {
         match t.join() {
             Ok(Ok(())) => {}
@@ -129,4 +123,23 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     result
+}
+
+/// One event loop with its listener (and a stats logger when asked), ready to run.
+fn event_loop(
+    i: usize,
+    listener: impl reactor::Handler,
+    stats: Duration,
+    label: String,
+) -> Result<Reactor, String> {
+    let setup = || -> std::io::Result<Reactor> {
+        let mut r = Reactor::new()?;
+        r.shutdown_on_signals()?;
+        r.spawn(listener);
+        if !stats.is_zero() {
+            r.spawn(StatsLogger::new(stats, label));
+        }
+        Ok(r)
+    };
+    setup().map_err(|e| format!("cannot set up event loop {i}: {e}"))
 }

@@ -51,10 +51,18 @@ impl BufPool {
             return;
         }
         buf.clear();
-        // A drained buffer reports only the capacity after its consumed offset
-        // (often 0), but still owns its whole allocation: reclaim it, without
-        // allocating. An empty `BytesMut::new()` has nothing to reclaim and is
-        // dropped (freeing nothing).
+        let cap = buf.capacity();
+        if cap >= self.size {
+            // The hot path: a buffer that was cleared, never advanced to its end.
+            if cap <= 4 * self.size {
+                self.free.push(buf);
+            }
+            return;
+        }
+        // A buffer advanced part-way reports only the capacity after its consumed
+        // offset (0 when advanced to its end) but still owns its whole allocation:
+        // reclaim it, without allocating. An empty `BytesMut::new()` has nothing to
+        // reclaim and is dropped (freeing nothing).
         if buf.try_reclaim(self.size) && buf.capacity() <= 4 * self.size {
             self.free.push(buf);
         }

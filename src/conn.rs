@@ -17,10 +17,10 @@
 //! It must not decide protocol matters (when to close, what to answer): the handler
 //! does. [`IdleTimeout`] is the idle-connection helper built on the loop's timers.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use mio::Interest;
@@ -29,6 +29,7 @@ use mio::net::TcpStream;
 use crate::framing::{Decoder, Frame, FrameError};
 use crate::handler::{Event, SourceId};
 use crate::reactor::Context;
+use crate::sys;
 use crate::timer::TimerId;
 
 /// Limits of one connection.
@@ -40,7 +41,8 @@ pub struct ConnConfig {
     pub low_watermark: usize,
     /// Bytes read per readiness event before yielding to other connections.
     pub read_budget: usize,
-    /// Bytes written per event before yielding.
+    /// Bytes one [`Conn::flush`] hands to the socket at most before yielding (the
+    /// rest is re-queued to run before the next poll).
     pub write_budget: usize,
     /// The read buffer may grow to this size to hold one incomplete frame; a full
     /// buffer the handler does not consume is an error.
@@ -209,11 +211,9 @@ impl Conn {
         let fd = self.stream.as_raw_fd();
         let result = loop {
             if self.rbuf.capacity() == 0 {
-                // Empty; give back a drained allocation before taking one.
-                let old = std::mem::take(&mut self.rbuf);
-                let pool = &mut cx.core().bufs;
-                pool.put(old);
-                self.rbuf = pool.get();
+                // No allocation (a buffer is never advanced to empty, it is cleared,
+                // so zero capacity means none): take one from the pool.
+                self.rbuf = cx.core().bufs.get();
             }
             if self.rbuf.len() == self.rbuf.capacity() {
                 if st.bytes > 0 {
@@ -236,16 +236,14 @@ impl Conn {
             let want = spare.len();
             // SAFETY: `read` writes at most `want` bytes into the spare capacity, which
             // is valid for writes; no reference to uninitialised memory is formed.
-            let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
+            let n = match unsafe { sys::read(fd, spare.as_mut_ptr(), want) } {
+                Ok(n) => n,
+                Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => break Ok(()),
                     io::ErrorKind::Interrupted => continue,
                     _ => break Err(e),
-                }
-            }
-            let n = n as usize;
+                },
+            };
             if n == 0 {
                 self.eof = true;
                 st.eof = true;
@@ -282,8 +280,13 @@ impl Conn {
 
     /// Drops `n` bytes from the front of the read buffer.
     pub fn consume(&mut self, n: usize) {
-        let n = n.min(self.rbuf.len());
-        self.rbuf.advance(n);
+        if n >= self.rbuf.len() {
+            // `clear` keeps the whole capacity; advancing to the end would leave a
+            // buffer that reports none while still owning its allocation.
+            self.rbuf.clear();
+        } else {
+            self.rbuf.advance(n);
+        }
     }
 
     /// The next complete frame in the read buffer, as offsets into
@@ -357,56 +360,76 @@ impl Conn {
         if !self.poll_connect()? {
             return Ok(false);
         }
+        if self.wbuf.is_empty() {
+            // Nothing queued (a writable edge after everything went out, or a flush
+            // after a read that produced no reply): no syscall, no buffer traffic.
+            self.finish_drained(cx)?;
+            return Ok(false);
+        }
         let was_congested = self.wbuf.len() >= self.cfg.high_watermark;
-        let mut written = 0usize;
-        while !self.wbuf.is_empty() {
-            match self.stream.write(&self.wbuf) {
+        let fd = self.stream.as_raw_fd();
+        let mut written = 0;
+        let result = loop {
+            let queued = self.wbuf.len();
+            // One send per call, of at most the budget: a peer that drains fast
+            // cannot keep the loop writing to it alone.
+            let want = queued.min(self.cfg.write_budget.max(1));
+            match sys::send(fd, &self.wbuf[..want]) {
                 Ok(0) => {
-                    return Err(io::Error::new(
+                    break Err(io::Error::new(
                         io::ErrorKind::WriteZero,
                         "socket accepted no bytes",
                     ));
                 }
+                Ok(n) if n == queued => {
+                    // All of it: `clear` keeps the whole capacity for the pool.
+                    self.wbuf.clear();
+                    written = n;
+                    break Ok(());
+                }
                 Ok(n) => {
-                    let asked = self.wbuf.len();
                     self.wbuf.advance(n);
-                    written += n;
-                    if n < asked {
-                        break; // the socket buffer is full; a writable edge will come
+                    written = n;
+                    if n == want {
+                        // Stopped by the budget, not by a full socket: no writable
+                        // edge will come for the room that is left.
+                        cx.requeue(Event::writable(self.source));
                     }
+                    break Ok(());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    cx.core().stats.bytes_out += written as u64;
-                    return Err(e);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
             }
-            if written >= self.cfg.write_budget && !self.wbuf.is_empty() {
-                cx.requeue(Event::writable(self.source));
-                break;
-            }
-        }
+        };
         cx.core().stats.bytes_out += written as u64;
+        result?;
         if self.wbuf.is_empty() {
-            // Written out completely: its capacity() reads 0, the allocation is
-            // still there for the pool.
+            // Written out completely: the buffer goes back to the pool.
             let b = std::mem::take(&mut self.wbuf);
             cx.core().bufs.put(b);
-            if self.shutdown_requested && !self.write_shut {
-                self.write_shut = true;
-                match self.stream.shutdown(Shutdown::Write) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        let resumed = was_congested && self.wbuf.len() <= self.cfg.low_watermark;
-        if self.paused && self.wbuf.len() <= self.cfg.low_watermark {
+            self.finish_drained(cx)?;
+        } else if self.paused && self.wbuf.len() <= self.cfg.low_watermark {
             self.resume_reading(cx);
         }
-        Ok(resumed)
+        Ok(was_congested && self.wbuf.len() <= self.cfg.low_watermark)
+    }
+
+    /// The write queue is empty: perform a requested write shutdown, and resume
+    /// reading paused by our own backpressure.
+    fn finish_drained(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.paused {
+            self.resume_reading(cx);
+        }
+        if self.shutdown_requested && !self.write_shut {
+            self.write_shut = true;
+            match self.stream.shutdown(Shutdown::Write) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Stops reading (backpressure from elsewhere, e.g. the other side of a proxy).
@@ -455,7 +478,14 @@ impl Conn {
     }
 }
 
-/// An idle timeout for a connection, pushed back cheaply on every read.
+/// An idle timeout for a connection, pushed back for (almost) nothing on every read.
+///
+/// [`touch`](IdleTimeout::touch) only records the loop's time; no timer moves. The
+/// timer is set for the full idle time and, when it fires,
+/// [`expired`](IdleTimeout::expired) checks the last activity: if there was some,
+/// it re-arms for the rest of the idle time and says no. So an active connection
+/// costs one store per read and one timer event per idle period, and 100k live
+/// timeouts never churn the timer heap.
 ///
 /// ```
 /// # use reactor::{Context, HandlerResult, IdleTimeout, TimerId};
@@ -471,7 +501,7 @@ impl Conn {
 ///         Ok(())
 ///     }
 ///     fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
-///         if self.idle.is(t) { cx.close(); }
+///         if self.idle.expired(cx, t) { cx.close(); }
 ///         Ok(())
 ///     }
 /// }
@@ -481,34 +511,56 @@ impl Conn {
 pub struct IdleTimeout {
     after: Duration,
     timer: Option<TimerId>,
+    last: Option<Instant>,
 }
 
 impl IdleTimeout {
     /// A timeout that fires after `after` without activity.
     pub fn new(after: Duration) -> IdleTimeout {
-        IdleTimeout { after, timer: None }
+        IdleTimeout {
+            after,
+            timer: None,
+            last: None,
+        }
     }
 
-    /// Arms the timeout.
+    /// Arms the timeout: it expires `after` from now unless touched.
     pub fn start(&mut self, cx: &mut Context<'_>) {
         if let Some(t) = self.timer.take() {
             cx.cancel_timer(t);
         }
+        self.last = Some(cx.now());
         self.timer = Some(cx.timer_once(self.after));
     }
 
-    /// Records activity: the timeout fires `after` from now.
+    /// Records activity: the timeout now expires `after` from now. Arms it if it is
+    /// not armed (never started, expired or stopped).
     #[inline]
     pub fn touch(&mut self, cx: &mut Context<'_>) {
-        match self.timer {
-            Some(t) if cx.reset_timer(t, self.after) => {}
-            _ => self.timer = Some(cx.timer_once(self.after)),
+        self.last = Some(cx.now());
+        if self.timer.is_none() {
+            self.timer = Some(cx.timer_once(self.after));
         }
     }
 
-    /// True if `timer` is this timeout's timer (it fired: the connection was idle).
-    pub fn is(&self, timer: TimerId) -> bool {
-        self.timer == Some(timer)
+    /// Call from `on_timer`: true if `timer` is this timeout's and the connection
+    /// really has been idle for the whole time (close it then). If there was
+    /// activity since the timer was set, the timer is re-armed for the rest of the
+    /// idle time and the answer is false; for other timers it is false too.
+    pub fn expired(&mut self, cx: &mut Context<'_>, timer: TimerId) -> bool {
+        if self.timer != Some(timer) {
+            return false;
+        }
+        self.timer = None; // one-shot: it has fired
+        let now = cx.now();
+        let idle_for = self
+            .last
+            .map_or(self.after, |l| now.saturating_duration_since(l));
+        if idle_for >= self.after {
+            return true;
+        }
+        self.timer = Some(cx.timer_once(self.after - idle_for));
+        false
     }
 
     /// Disarms the timeout.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mio::net::TcpStream;
 
 use crate::conn::{Conn, ConnConfig, IdleTimeout};
-use crate::handler::{Handler, HandlerResult, SourceId};
+use crate::handler::{Event, Handler, HandlerResult};
 use crate::listener::{ListenOptions, Listener};
 use crate::reactor::Context;
 use crate::timer::TimerId;
@@ -32,17 +32,23 @@ impl EchoConn {
         }
     }
 
-    fn pump(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let st = self.conn.fill(cx)?;
-        if st.bytes > 0 {
-            self.idle.touch(cx);
-            self.conn.echo_read_buf();
+    /// One pass for any event: read if the event says there may be something to
+    /// read (or an error to collect), echo it, write what is queued. Handling
+    /// readable and writable in one place means one flush per event, not two.
+    fn pump(&mut self, cx: &mut Context<'_>, ev: Event) -> io::Result<()> {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            let st = self.conn.fill(cx)?;
+            if st.bytes > 0 {
+                self.idle.touch(cx);
+                self.conn.echo_read_buf();
+            }
+            if st.eof && !self.conn.is_write_shut() {
+                // Half-close: the client finished sending; finish our replies, then
+                // FIN (once the queue drains).
+                self.conn.shutdown_write(cx)?;
+            }
         }
         self.conn.flush(cx)?;
-        if st.eof && !self.conn.is_write_shut() {
-            // Half-close: the client finished sending; finish our replies, then FIN.
-            self.conn.shutdown_write(cx)?;
-        }
         if self.conn.is_done() {
             cx.close();
         }
@@ -61,20 +67,12 @@ impl Handler for EchoConn {
         Ok(())
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
-        Ok(self.pump(cx)?)
-    }
-
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
-        self.conn.flush(cx)?;
-        if self.conn.is_done() {
-            cx.close();
-        }
-        Ok(())
+    fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+        Ok(self.pump(cx, ev)?)
     }
 
     fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
-        if self.idle.is(t) {
+        if self.idle.expired(cx, t) {
             log::debug!(
                 "echo connection idle for {:?}; closing",
                 self.idle.duration()

@@ -70,6 +70,7 @@ pub mod proxy;
 pub mod reactor;
 pub mod relay;
 pub mod stats;
+mod sys;
 pub mod timer;
 pub mod udp;
 

@@ -27,6 +27,7 @@ use crate::buf::BufPool;
 use crate::handler::{Event, Handler, HandlerId, HandlerResult, SourceId};
 use crate::pool::{JobId, JobResult, Pool, PoolFull, panic_message};
 use crate::stats::Stats;
+use crate::sys;
 use crate::timer::{TimerId, Timers};
 
 const _: () = assert!(usize::BITS == 64, "token layout needs a 64-bit usize");
@@ -190,12 +191,18 @@ pub(crate) struct Core {
     pending: Vec<Pending>,
     next_generation: u32,
     now: Instant,
-    /// The last clock reading: where the next dispatch's timing starts. Reusing the
-    /// end of one dispatch as the start of the next halves the clock reads per
-    /// event; it is refreshed after anything between dispatches that may take time
-    /// (the poll, timer expiry, closing a handler), so that time is never blamed on
-    /// the next handler.
-    clock: Instant,
+    /// The last clock reading, in nanoseconds of [`sys::mono_ns`]: where the next
+    /// dispatch's timing starts. Reusing the end of one dispatch as the start of the
+    /// next means one clock read per dispatch; it is refreshed after anything
+    /// between dispatches that may take time (the poll, timer expiry, closing a
+    /// handler), so that time is never blamed on the next handler. The loop's `now`
+    /// is derived from it rather than read again.
+    clock: u64,
+    /// An `Instant` and the `mono_ns` reading taken together at start: turns a
+    /// reading into an `Instant` with an add instead of another clock read.
+    epoch: (Instant, u64),
+    /// `Config::slow_threshold` in nanoseconds.
+    slow_ns: u64,
     state: RunState,
     config: Config,
     cmd_tx: Sender<Command>,
@@ -399,6 +406,16 @@ impl<'a> Context<'a> {
 }
 
 impl Core {
+    /// Reads the clock: both the dispatch clock and the loop's `now`.
+    fn tick(&mut self) {
+        self.clock = sys::mono_ns();
+        self.now = self.instant_at(self.clock);
+    }
+
+    fn instant_at(&self, ns: u64) -> Instant {
+        self.epoch.0 + Duration::from_nanos(ns.saturating_sub(self.epoch.1))
+    }
+
     fn handle(&self) -> ReactorHandle {
         ReactorHandle {
             tx: self.cmd_tx.clone(),
@@ -498,19 +515,18 @@ impl Core {
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut *handler, &mut cx)));
         let mut closing = cx.closing;
-        let end = Instant::now();
+        let end = sys::mono_ns();
         self.clock = end;
-        let elapsed = end.saturating_duration_since(start);
+        let ns = end.saturating_sub(start);
         self.stats.dispatches += 1;
-        let ns = elapsed.as_nanos().min(u64::MAX as u128) as u64;
         self.stats.dispatch_time.record(ns);
-        if elapsed >= self.config.slow_threshold {
+        if ns >= self.slow_ns {
             self.stats.slow_dispatches += 1;
             log::warn!(
                 "slow handler: {} {} blocked the loop for {:.1} ms (threshold {} ms)",
                 handler.name(),
                 id,
-                elapsed.as_secs_f64() * 1000.0,
+                ns as f64 / 1e6,
                 self.config.slow_threshold.as_millis()
             );
         }
@@ -579,7 +595,7 @@ impl Core {
             );
         }
         // on_close and drop are not timed: do not count them in the next dispatch.
-        self.clock = Instant::now();
+        self.clock = sys::mono_ns();
     }
 
     fn close_now(&mut self, id: HandlerId) {
@@ -622,7 +638,7 @@ impl Core {
     fn fire_timers(&mut self, scratch: &mut Vec<(TimerId, HandlerId)>) {
         self.timers.expire(self.now, scratch);
         if !scratch.is_empty() {
-            self.clock = Instant::now();
+            self.clock = sys::mono_ns();
         }
         for (t, owner) in scratch.drain(..) {
             self.stats.timers_fired += 1;
@@ -703,6 +719,7 @@ impl Reactor {
         let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let bufs = BufPool::new(config.buffer_size, config.max_spare_buffers);
+        let epoch = (Instant::now(), sys::mono_ns());
         Ok(Reactor {
             events: Events::with_capacity(config.events_capacity.max(16)),
             poll,
@@ -715,8 +732,10 @@ impl Reactor {
                 stats: Stats::default(),
                 pending: Vec::new(),
                 next_generation: 0,
-                now: Instant::now(),
-                clock: Instant::now(),
+                now: epoch.0,
+                clock: epoch.1,
+                epoch,
+                slow_ns: config.slow_threshold.as_nanos().min(u64::MAX as u128) as u64,
                 state: RunState::Running,
                 config,
                 cmd_tx,
@@ -770,8 +789,7 @@ impl Reactor {
     /// (listeners stop accepting), then the loop runs until every handler has closed
     /// or [`Config::drain_timeout`] passes, when the rest are closed.
     pub fn shutdown(&mut self) {
-        self.core.now = Instant::now();
-        self.core.clock = self.core.now;
+        self.core.tick();
         self.core.begin_shutdown();
     }
 
@@ -782,7 +800,8 @@ impl Reactor {
         let mut timer_scratch = Vec::new();
         let result = loop {
             let core = &mut self.core;
-            core.now = Instant::now();
+            // The end of the last dispatch is recent enough to compute the timeout.
+            core.now = core.instant_at(core.clock);
             match core.state {
                 RunState::Stopping => break Ok(()),
                 RunState::Draining { deadline } => {
@@ -818,8 +837,7 @@ impl Reactor {
                 break Err(e);
             }
             let core = &mut self.core;
-            core.now = Instant::now();
-            core.clock = core.now;
+            core.tick();
             core.stats.iterations += 1;
             for ev in self.events.iter() {
                 match ev.token() {

@@ -1186,3 +1186,39 @@ fn slow_close_is_not_blamed_on_the_next_handler() {
     assert_eq!(stats.dispatches, 2, "{stats:?}");
     assert_eq!(stats.slow_dispatches, 0, "{stats:?}");
 }
+
+/// A write budget far smaller than the reply: every flush hands the socket only
+/// `write_budget` bytes although it has room for more, so no writable edge will
+/// come for the rest; the connection must re-queue itself. The client sends
+/// everything and half-closes first, so no later readable event can rescue a
+/// connection that forgot to.
+#[test]
+fn small_write_budget_requeues_until_everything_is_written() {
+    let (addr, server) = run_loop(Config::default(), |r| {
+        let opts = EchoOptions {
+            conn: ConnConfig {
+                write_budget: 1000,
+                ..ConnConfig::default()
+            },
+            ..EchoOptions::default()
+        };
+        let l = echo_listener("127.0.0.1:0".parse().unwrap(), opts).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let payload = pseudo_random_bytes(11, 200 * 1024);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(&payload).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("echo stalled with bytes queued: a budget-limited flush was not re-queued");
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload, "echoed bytes differ");
+    let stats = server.stop();
+    assert_eq!(stats.bytes_out, payload.len() as u64);
+    // 200 KiB in 1000-byte sends: the budget really limited each flush.
+    assert!(stats.dispatches > 200, "{} dispatches", stats.dispatches);
+}

@@ -531,7 +531,7 @@ impl Handler for Session {
                 }
                 Phase::Relaying => Ok(()),
             }
-        } else if self.idle.is(t) {
+        } else if self.idle.expired(cx, t) {
             log::debug!(
                 "session {}: idle for {:?}; closing",
                 self.peer,

@@ -733,7 +733,7 @@ impl Handler for RelayConn {
     }
 
     fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
-        if self.idle.is(t) {
+        if self.idle.expired(cx, t) {
             if let State::Control(_) = self.state {
                 log::info!(
                     "relay connection {} from {}: no complete request for {:?}; closing it",
