@@ -822,6 +822,9 @@ fn socks5_every_reply_code() {
     assert_eq!(read_n(&mut s, 2), [5, 0]);
     assert_eq!(read_reply(&mut s), Some(Reply::GeneralFailure.code()));
     assert!(read_to_close(&mut s, T).is_empty());
+    // Close it: a refused session waits (up to the handshake timeout) for the
+    // client to close, and a stream kept open would outlive `wait_idle` below.
+    drop(s);
 
     // 0x02: a denied port, a denied range, and a name resolving into it.
     expect_reply(proxy, connect_cmd, &v4(local(25)), Reply::NotAllowed);
@@ -888,6 +891,7 @@ fn socks5_every_reply_code() {
     assert_eq!(read_n(&mut s, 2), [5, 0]);
     assert_eq!(read_reply(&mut s), Some(Reply::CommandNotSupported.code()));
     assert!(read_to_close(&mut s, T).is_empty());
+    drop(s);
 
     // 0x08: an unknown address type.
     let mut s = connect(proxy);
