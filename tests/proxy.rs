@@ -9,6 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use reactor::proxy::socks5::{
     self, ATYP_DOMAIN, Command as SocksCommand, METHOD_NO_AUTH, METHOD_USERPASS, Reply,
 };
 use reactor::proxy::{Mode, ProxyCounters, ProxyOptions, Target, proxy_listener};
-use reactor::{Config, ConnConfig};
+use reactor::{Config, ConnConfig, Context, Handler, HandlerResult, TimerId};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -719,6 +720,202 @@ fn backpressure_bounds_buffering_and_resumes() {
     wait_idle(&counters);
     assert_eq!(counters.snapshot().bytes_up, sent as u64);
     server.stop();
+}
+
+/// A handler on the proxy's loop that samples, every millisecond, how many bytes the
+/// loop holds in user space (read and not yet written: its `bytes_in - bytes_out`,
+/// exact for a forwarder, whose every byte read is a byte to write) and keeps the
+/// peak.
+struct HeldBytesProbe(Arc<AtomicU64>);
+
+impl Handler for HeldBytesProbe {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        cx.timer_repeat(Duration::from_millis(1));
+        Ok(())
+    }
+    fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+        let s = cx.stats();
+        self.0
+            .fetch_max(s.bytes_in.saturating_sub(s.bytes_out), Ordering::Relaxed);
+        Ok(())
+    }
+    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        cx.close();
+        Ok(())
+    }
+}
+
+/// A proxy on its own loop thread, with a [`HeldBytesProbe`] beside it.
+fn start_probed_proxy(
+    opts: ProxyOptions,
+) -> (SocketAddr, Arc<ProxyCounters>, Arc<AtomicU64>, Running) {
+    let peak = Arc::new(AtomicU64::new(0));
+    let p = peak.clone();
+    let ((addr, counters), running) = run_loop(Config::default(), move |r| {
+        let (l, c) = proxy_listener(local(0), opts).expect("proxy listener");
+        let a = l.local_addr();
+        r.spawn(l);
+        r.spawn(HeldBytesProbe(p));
+        (a, c)
+    });
+    (addr, counters, peak, running)
+}
+
+/// Small kernel buffers on the test's own ends, so that its writers get stuck after a
+/// few hundred KiB in flight instead of many MiB.
+const SMALL_SOCKET_BUFFER: usize = 64 * 1024;
+
+fn small_buffer_listener() -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.set_send_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.bind(&local(0).into()).unwrap();
+    s.listen(16).unwrap();
+    s.into()
+}
+
+fn small_buffer_connect(to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.set_send_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.connect_timeout(&to.into(), T).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.set_write_timeout(Some(T)).unwrap();
+    s
+}
+
+/// Writes `total` bytes of stream `seed`, counting progress in `sent`, then
+/// half-closes. A write stuck for longer than the socket's write timeout fails with
+/// a message saying how far it got.
+fn send_counted(w: &mut TcpStream, seed: u64, total: usize, sent: &AtomicUsize, who: &str) {
+    let mut g = Stream(seed);
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        g.fill(&mut buf[..n]);
+        if let Err(e) = w.write_all(&buf[..n]) {
+            panic!(
+                "{who}: stuck after {} of {total} bytes ({e})",
+                sent.load(Ordering::Relaxed)
+            );
+        }
+        sent.fetch_add(n, Ordering::Relaxed);
+        left -= n;
+    }
+    w.shutdown(Shutdown::Write).unwrap();
+}
+
+/// Full-duplex bulk where neither end reads at first, through `via` (the proxy, or
+/// the upstream itself for the direct-TCP baseline): the client sends `n` bytes and
+/// only then reads; the upstream sends `m` bytes and starts reading only once both
+/// writers are stuck. Checks both streams byte by byte.
+fn both_ways_before_reading(upstream: TcpListener, via: Option<SocketAddr>, n: usize, m: usize) {
+    let to = via.unwrap_or_else(|| upstream.local_addr().unwrap());
+    let client_sent = Arc::new(AtomicUsize::new(0));
+    let upstream_sent = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<(&str, Result<usize, String>)>();
+    let panic_text = |e: Box<dyn std::any::Any + Send>| -> String {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    };
+
+    let up_sent = upstream_sent.clone();
+    let done = done_tx.clone();
+    thread::spawn(move || {
+        let r = std::panic::catch_unwind(move || {
+            let (s, _) = upstream.accept().unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            s.set_write_timeout(Some(T)).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let writer = thread::spawn(move || send_counted(&mut w, 22, m, &up_sent, "upstream"));
+            go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            let got = check_stream(s, 21);
+            writer.join().map_err(panic_text).map(|()| got)
+        });
+        let _ = done.send(("upstream", r.map_err(panic_text).and_then(|r| r)));
+    });
+    let c_sent = client_sent.clone();
+    thread::spawn(move || {
+        let r = std::panic::catch_unwind(move || {
+            let mut s = small_buffer_connect(to);
+            send_counted(&mut s, 21, n, &c_sent, "client");
+            check_stream(s, 22)
+        });
+        let _ = done_tx.send(("client", r.map_err(panic_text)));
+    });
+
+    // Wait until neither writer has moved for 400 ms.
+    let (mut last, mut still_since) = ((0, 0), Instant::now());
+    let t0 = Instant::now();
+    loop {
+        thread::sleep(Duration::from_millis(20));
+        let now = (
+            client_sent.load(Ordering::Relaxed),
+            upstream_sent.load(Ordering::Relaxed),
+        );
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        } else if still_since.elapsed() >= Duration::from_millis(400) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "never stalled");
+    }
+    // Otherwise the scenario proves nothing: both must be waiting for a reader.
+    assert!(
+        last.0 < n && last.1 < m,
+        "both writers must be stuck before anyone reads (client sent {} of {n}, upstream {} of {m})",
+        last.0,
+        last.1
+    );
+    go_tx.send(()).unwrap();
+    for _ in 0..2 {
+        let (who, r) = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a side neither finished nor failed");
+        let got = r.unwrap_or_else(|e| panic!("{who} failed: {e}"));
+        let want = if who == "client" { m } else { n };
+        assert_eq!(got, want, "{who} received");
+    }
+}
+
+/// A client that uploads while not yet reading its download must not be held up by
+/// its own download queue: over direct TCP this exchange completes, so through the
+/// proxy it must too, with the proxy holding at most about a high watermark (plus a
+/// read budget and a buffer) per direction.
+#[test]
+fn upload_is_not_stalled_by_its_own_download_queue() {
+    const N: usize = 24 << 20;
+    const M: usize = 24 << 20;
+    // The same exchange over direct TCP completes: the baseline.
+    both_ways_before_reading(small_buffer_listener(), None, N, M);
+
+    let up = small_buffer_listener();
+    let mut opts = forward_opts(up.local_addr().unwrap());
+    opts.conn = ConnConfig {
+        high_watermark: 256 * 1024,
+        low_watermark: 64 * 1024,
+        read_budget: 64 * 1024,
+        ..ConnConfig::default()
+    };
+    let per_direction =
+        opts.conn.high_watermark + opts.conn.read_budget + Config::default().buffer_size;
+    let (proxy, counters, peak, server) = start_probed_proxy(opts);
+    both_ways_before_reading(up, Some(proxy), N, M);
+    wait_idle(&counters);
+    let c = counters.snapshot();
+    assert_eq!((c.bytes_up, c.bytes_down), (N as u64, M as u64));
+    let peak = peak.load(Ordering::Relaxed) as usize;
+    assert!(
+        peak <= 2 * per_direction,
+        "the proxy held {peak} bytes at once (bound {})",
+        2 * per_direction
+    );
+    assert_eq!(server.stop().handlers_failed, 0);
 }
 
 #[test]

@@ -6,7 +6,11 @@
 //! carries a half-close across (end of file from one side becomes a write shutdown of
 //! the other, after the queued bytes), and applies backpressure: while one side's
 //! write queue is above its high watermark, the other side is not read, and reading
-//! resumes when that queue drains to the low watermark.
+//! resumes when that queue drains to the low watermark. The two directions are
+//! independent, as over a direct TCP connection: a side is never paused for its
+//! *own* queue, so a client that uploads while not yet reading its download keeps
+//! uploading. That is why a pipe's connections are made with
+//! [`Pipe::conn_config`], which turns [`ConnConfig::pause_on_own_queue`] off.
 //!
 //! It must not decide anything else: connecting, timeouts, limits, logging and
 //! closing the session belong to the handler that owns the two [`Conn`]s.
@@ -32,10 +36,8 @@
 //!     }
 //!     fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
 //!         if self.upstream.is_connecting() {
-//!             if ev.source() == 0 {
-//!                 self.client.pause_reading();
-//!                 self.client.fill(cx)?; // remembers an end-of-file hint
-//!             } else if self.upstream.poll_connect()? {
+//!             // The client stays paused until then; resuming re-queues its read.
+//!             if ev.source() == 1 && self.upstream.poll_connect()? {
 //!                 self.client.resume_reading(cx);
 //!                 cx.requeue(Event::readable(1));
 //!             }
@@ -51,7 +53,7 @@
 //!
 //! fn main() -> std::io::Result<()> {
 //!     let to: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-//!     let cfg = ConnConfig::default();
+//!     let cfg = Pipe::conn_config(ConnConfig::default());
 //!     let mut r = Reactor::new()?;
 //!     let l = Listener::bind("127.0.0.1:0".parse().unwrap(), ListenOptions::default(),
 //!         move |stream, _peer| Some(Forward {
@@ -67,7 +69,7 @@
 
 use std::io;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, ConnConfig};
 use crate::handler::Event;
 use crate::reactor::Context;
 
@@ -93,6 +95,16 @@ impl Pipe {
             low_watermark,
             shut: [false; 2],
             bytes: [0; 2],
+        }
+    }
+
+    /// `cfg` for the two connections of a pipe: the same limits, with
+    /// [`ConnConfig::pause_on_own_queue`] off, because a pipe pauses each side for
+    /// the other side's queue and never for its own (see the module docs).
+    pub fn conn_config(cfg: ConnConfig) -> ConnConfig {
+        ConnConfig {
+            pause_on_own_queue: false,
+            ..cfg
         }
     }
 
@@ -136,9 +148,7 @@ impl Pipe {
         to: &mut Conn,
         dir: usize,
     ) -> io::Result<usize> {
-        // Re-assert the pause before every read: `Conn::flush` on `from` lifts its
-        // own pause when *its* queue is short, which says nothing about `to`. With
-        // the flag set, `fill` still records an end-of-file hint but reads nothing.
+        // Paused, `fill` reads nothing; a flush of `to` lifts the pause.
         if to.is_congested() {
             from.pause_reading();
         }
@@ -148,10 +158,7 @@ impl Pipe {
             from.move_read_buf_to(to);
             self.bytes[dir] += n as u64;
         }
-        to.flush(cx)?;
-        if to.is_congested() {
-            from.pause_reading();
-        }
+        self.drain(cx, to, from)?;
         if st.eof && !self.shut[dir] && from.read_buf().is_empty() {
             // Half-close travels through: `to` sees end of file after the last byte,
             // and can still answer in the other direction.
@@ -161,8 +168,11 @@ impl Pipe {
         Ok(n)
     }
 
-    /// Writes `conn`'s queue; once it is short enough, resumes reading `feeder`
-    /// (the side whose bytes fill that queue) if backpressure had paused it.
+    /// Writes `conn`'s queue, then sets `feeder` (the side whose bytes fill that
+    /// queue) by it: paused while the queue is congested, reading again once it is
+    /// down to the low watermark. Every flush of a pipe's connection goes through
+    /// here: a queue that drains during some other flush makes no writable edge
+    /// later, so a pause not lifted now would never be.
     pub fn drain(
         &mut self,
         cx: &mut Context<'_>,
@@ -170,7 +180,12 @@ impl Pipe {
         feeder: &mut Conn,
     ) -> io::Result<()> {
         conn.flush(cx)?;
-        if feeder.is_paused() && conn.write_pending() <= self.low_watermark && !feeder.is_eof() {
+        if conn.is_congested() {
+            feeder.pause_reading();
+        } else if feeder.is_paused()
+            && conn.write_pending() <= self.low_watermark
+            && !feeder.is_eof()
+        {
             feeder.resume_reading(cx);
         }
         Ok(())

@@ -72,6 +72,9 @@ pub struct ProxyOptions {
     /// Destinations SOCKS5 clients may not reach (answered with 0x02).
     pub rules: Rules,
     /// Buffer limits of each of the two connections (watermarks for backpressure).
+    /// Its `pause_on_own_queue` is ignored: a proxy pauses a side only while the
+    /// *other* side's queue is congested, never for its own (see
+    /// [`forward::Pipe::conn_config`]).
     pub conn: ConnConfig,
     /// Listener settings. Its `max_connections` is a hard accept pause; the session
     /// limits below refuse (close) connections instead, and count them.

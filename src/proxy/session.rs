@@ -83,7 +83,8 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(shared: Rc<Shared>, stream: TcpStream, peer: SocketAddr) -> Session {
-        let cfg = shared.opts.conn;
+        // Never paused for its own queue: the pipe pauses a side for the other's.
+        let cfg = Pipe::conn_config(shared.opts.conn);
         let idle = IdleTimeout::new(shared.opts.idle_timeout);
         Session {
             client: Conn::new(stream, CLIENT, cfg),
@@ -144,11 +145,10 @@ impl Session {
             }
             Phase::Resolving | Phase::Connecting => {
                 if ev.source() == CLIENT {
-                    // Not reading yet: paused (again: a flush of the client lifts
-                    // the pause), `fill` only records an end-of-file hint that no
-                    // later event would repeat.
-                    self.client.pause_reading();
-                    self.client.fill(cx)?;
+                    // Not read until the upstream is connected: the client stays
+                    // paused, and the read re-queued on connecting picks up what
+                    // came meanwhile (end of file included: a re-queued read goes
+                    // on to `WouldBlock`).
                 } else if self.phase == Phase::Connecting {
                     self.poll_upstream(cx)?;
                 }
@@ -343,7 +343,7 @@ impl Session {
         self.upstream = None; // a failed attempt's socket (closing it deregisters it)
         while let Some(&addr) = self.addrs.get(self.next_addr) {
             self.next_addr += 1;
-            let attempt = Conn::connect(addr, UPSTREAM, self.shared.opts.conn)
+            let attempt = Conn::connect(addr, UPSTREAM, Pipe::conn_config(self.shared.opts.conn))
                 .and_then(|mut c| c.register(cx).map(|()| c));
             match attempt {
                 Ok(c) => {
