@@ -357,6 +357,19 @@ impl Conn {
         }
     }
 
+    /// Drops every byte waiting in the write queue and gives its buffer back: the
+    /// peer is gone, so they can never be delivered.
+    pub fn clear_write_queue(&mut self, cx: &mut Context<'_>) {
+        let b = std::mem::take(&mut self.wbuf);
+        cx.core().bufs.put(b);
+        if self.self_paused {
+            self.self_paused = false;
+            if !self.paused {
+                cx.requeue(Event::readable(self.source));
+            }
+        }
+    }
+
     /// Bytes waiting in the write queue.
     pub fn write_pending(&self) -> usize {
         self.wbuf.len()

@@ -364,6 +364,13 @@ fn example_forward_mode_and_bad_arguments() {
             "--listen",
             "127.0.0.1:0",
         ],
+        &[
+            "--socks5",
+            "--linger-timeout",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
     ] {
         let out = Command::new(example_bin("proxy"))
             .args(args)
@@ -648,6 +655,232 @@ fn upstream_dying_mid_transfer_closes_client() {
     assert_ne!(kind, ErrorKind::TimedOut, "client writes never failed");
     wait_idle(&counters);
     assert_eq!(counters.snapshot().active, 0);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// Bytes written on `s` that the peer's kernel has not acknowledged yet
+/// (`SIOCOUTQ`): a reset from us destroys those, and only those.
+fn unacked(s: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int through the pointer.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(r, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    n as usize
+}
+
+/// Writes stream `seed` on `s` until nothing moves for 300 ms (every buffer between
+/// us and a reader that does not read is full, the proxy's queues included); returns
+/// the bytes written.
+fn push_until_stuck(s: &mut TcpStream, seed: u64) -> usize {
+    s.set_nonblocking(true).unwrap();
+    let mut g = Stream(seed);
+    let mut buf = vec![0u8; CHUNK];
+    let mut carry = 0;
+    let mut sent = 0;
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed() < Duration::from_millis(300) {
+        if carry == 0 {
+            g.fill(&mut buf);
+            carry = CHUNK;
+        }
+        match s.write(&buf[CHUNK - carry..]) {
+            Ok(n) => {
+                sent += n;
+                carry -= n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 256 << 20, "the proxy buffered without bound");
+    }
+    s.set_nonblocking(false).unwrap();
+    sent
+}
+
+/// Closes `s` with a reset (`SO_LINGER` 0), as a crashing or aborting peer does.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// The upstream sends its answer and closes; the client, not reading yet, uploads
+/// afterwards, so the proxy's write to the upstream fails (the upstream's kernel
+/// answers with a reset). The answer the proxy holds for the client must still reach
+/// it, followed by a clean end of file.
+#[test]
+fn upstream_write_failure_keeps_the_download() {
+    const D: usize = 768 << 10;
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let (s, _) = up.accept().unwrap();
+        // All of it, a FIN, and a close with nothing unread: no reset yet.
+        drop(send_stream(s, 41, D));
+        closed_tx.send(()).unwrap();
+    });
+    let (proxy, counters, server) = start_proxy(forward_opts(up_addr));
+    let mut c = small_buffer_connect(proxy);
+    closed_rx.recv_timeout(T).unwrap();
+    thread::sleep(Duration::from_millis(200)); // the proxy reads the rest and the FIN
+    for _ in 0..10 {
+        if c.write_all(&[1u8; 16 * 1024]).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        check_stream(c, 41),
+        D,
+        "the client's download was cut short"
+    );
+    wait_idle(&counters);
+    assert_eq!(counters.snapshot().bytes_down, D as u64);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// The upstream sends until everything is stuck (the client does not read yet, so
+/// the proxy holds a full queue for it and stops reading the upstream), then resets.
+/// Every byte the proxy's side acknowledged (its queue, and what waits unread in its
+/// socket) reaches the client, then a clean end of file; only what the upstream's
+/// kernel still held is lost, as over direct TCP.
+#[test]
+fn upstream_reset_after_its_last_bytes_keeps_them() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (reset_tx, reset_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let (mut s, _) = up.accept().unwrap();
+        let sent = push_until_stuck(&mut s, 42);
+        let acked = sent - unacked(&s);
+        reset(s);
+        reset_tx.send(acked).unwrap();
+    });
+    let mut opts = forward_opts(up_addr);
+    opts.conn = ConnConfig {
+        high_watermark: 256 * 1024,
+        low_watermark: 64 * 1024,
+        ..ConnConfig::default()
+    };
+    let (proxy, counters, server) = start_proxy(opts);
+    let c = small_buffer_connect(proxy);
+    let acked = reset_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        check_stream(c, 42),
+        acked,
+        "the client's download was cut short"
+    );
+    wait_idle(&counters);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// The client uploads until everything is stuck (the upstream does not read yet),
+/// then resets. Every byte the proxy's side acknowledged is still delivered to the
+/// upstream, then a clean end of file.
+#[test]
+fn client_reset_after_its_last_bytes_keeps_the_upload() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let upstream = thread::spawn(move || {
+        let (s, _) = up.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        check_stream(s, 43)
+    });
+    let mut opts = forward_opts(up_addr);
+    opts.conn = ConnConfig {
+        high_watermark: 256 * 1024,
+        low_watermark: 64 * 1024,
+        ..ConnConfig::default()
+    };
+    let (proxy, counters, server) = start_proxy(opts);
+    let mut c = connect(proxy);
+    let sent = push_until_stuck(&mut c, 43);
+    let acked = sent - unacked(&c);
+    reset(c);
+    thread::sleep(Duration::from_millis(200));
+    go_tx.send(()).unwrap();
+    assert_eq!(upstream.join().unwrap(), acked, "the upload was cut short");
+    wait_idle(&counters);
+    assert_eq!(counters.snapshot().bytes_up, acked as u64);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// The client uploads, then closes its socket entirely while the upstream is not
+/// reading; the upstream's answer makes the proxy's writes to the client fail. The
+/// upload the proxy holds still reaches the upstream, then a clean end of file.
+#[test]
+fn client_write_failure_keeps_the_upload() {
+    const U: usize = 512 << 10;
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let upstream = thread::spawn(move || {
+        let (mut s, _) = up.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        closed_rx.recv_timeout(T).unwrap();
+        // Answer a client that is gone: its kernel resets, the proxy's writes fail.
+        for _ in 0..10 {
+            if s.write_all(&[2u8; 16 * 1024]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        check_stream(s, 44)
+    });
+    let (proxy, counters, server) = start_proxy(forward_opts(up_addr));
+    let mut c = connect(proxy);
+    let mut buf = vec![0u8; U];
+    Stream(44).fill(&mut buf);
+    c.write_all(&buf).unwrap();
+    drop(c); // nothing unread (nothing came yet): a clean close
+    thread::sleep(Duration::from_millis(200));
+    closed_tx.send(()).unwrap();
+    assert_eq!(upstream.join().unwrap(), U, "the upload was cut short");
+    wait_idle(&counters);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// After the upstream failed and the client got everything, a client that neither
+/// closes nor stops sending is not kept forever: its input is dropped meanwhile (its
+/// writes succeed), and the session closes once the linger timeout has passed.
+#[test]
+fn failed_session_lingers_then_closes() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    thread::spawn(move || {
+        let (mut s, _) = up.accept().unwrap();
+        s.write_all(b"last words").unwrap();
+        // A close with nothing unread: the client's next bytes get a reset.
+    });
+    let mut opts = forward_opts(up_addr);
+    opts.linger_timeout = Duration::from_millis(500);
+    let (proxy, counters, server) = start_proxy(opts);
+    let mut c = connect(proxy);
+    assert_eq!(read_n(&mut c, 10), b"last words");
+    // Until the proxy has seen the upstream fail, the client's bytes are forwarded;
+    // then they are dropped; both without an error for the client.
+    let t0 = Instant::now();
+    let mut failed_after = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        if c.write_all(b"anyone there?").is_err() {
+            failed_after = Some(t0.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let failed_after = failed_after.expect("the session never closed");
+    assert!(
+        failed_after >= Duration::from_millis(400),
+        "closed before the linger timeout: {failed_after:?}"
+    );
+    wait_idle(&counters);
     assert_eq!(server.stop().handlers_failed, 0);
 }
 

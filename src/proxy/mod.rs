@@ -85,6 +85,12 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// A relaying session with no bytes in either direction for this long is closed.
     pub idle_timeout: Duration,
+    /// When one side of a relaying session fails (a reset, a broken pipe), the other
+    /// side still gets every byte the proxy holds for it, then end of file; its
+    /// further input is read and dropped until it closes, for at most this long
+    /// after that end of file (closing while it still sends would make the kernel
+    /// reset the connection, which can destroy bytes it has not read yet).
+    pub linger_timeout: Duration,
     /// The SOCKS5 handshake must complete within this long, or the client is closed.
     /// Also bounds how long a refused client is given to read its error reply.
     pub handshake_timeout: Duration,
@@ -96,7 +102,7 @@ pub struct ProxyOptions {
 
 impl ProxyOptions {
     /// Defaults for `mode`: 10 s connect and handshake timeouts, 300 s idle
-    /// timeout, 10,000 sessions, 1,000 per client IP.
+    /// timeout, 5 s linger timeout, 10,000 sessions, 1,000 per client IP.
     pub fn new(mode: Mode) -> ProxyOptions {
         ProxyOptions {
             mode,
@@ -108,6 +114,7 @@ impl ProxyOptions {
             },
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            linger_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 10_000,
             max_sessions_per_ip: 1_000,

@@ -20,6 +20,9 @@
 //!   ([`Conn::poll_connect`]). The client is not read meanwhile (its bytes wait in the
 //!   kernel, or in the read buffer if they came with the request).
 //! - **Relaying**: [`Pipe`] moves bytes both ways with backpressure and half-close.
+//!   When one side fails, the other still gets what the proxy holds for it, then end
+//!   of file; the session lingers (input dropped) until that side closes, bounded by
+//!   the linger timeout.
 //! - **Refusing**: the failure reply is queued, our side is shut down after it, and
 //!   the client's input is discarded until it closes (closing with unread input would
 //!   send a reset that can destroy the reply in flight), bounded by the handshake
@@ -59,6 +62,11 @@ enum Phase {
     Connecting,
     Relaying,
     Refusing,
+}
+
+/// "client" or "upstream", for a side numbered as [`Pipe`] does.
+fn side_name(side: usize) -> &'static str {
+    if side == UP { "client" } else { "upstream" }
 }
 
 /// The handler of one proxied connection (forwarder or SOCKS5). See the module docs.
@@ -157,18 +165,32 @@ impl Session {
                 let Some(up) = self.upstream.as_mut() else {
                     return Err(io::Error::other("relaying without an upstream"));
                 };
-                let moved = self.pipe.on_event(cx, ev, &mut self.client, up)?;
+                let moved = self.pipe.on_event(cx, ev, &mut self.client, up);
                 if moved > 0 {
                     self.idle.touch(cx);
                 }
-                if Pipe::is_done(&self.client, up) {
-                    log::debug!(
-                        "session {}: finished ({} bytes up, {} down)",
-                        self.peer,
-                        self.pipe.bytes(UP),
-                        self.pipe.bytes(DOWN)
-                    );
+                if self.pipe.is_done(&self.client, up) {
+                    match self.pipe.failure() {
+                        None => log::debug!(
+                            "session {}: finished ({} bytes up, {} down)",
+                            self.peer,
+                            self.pipe.bytes(UP),
+                            self.pipe.bytes(DOWN)
+                        ),
+                        Some((side, e)) => log::debug!(
+                            "session {}: the {} failed ({e}); the other side got everything \
+                             it had sent ({} bytes up, {} down)",
+                            self.peer,
+                            side_name(side),
+                            self.pipe.bytes(UP),
+                            self.pipe.bytes(DOWN)
+                        ),
+                    }
                     cx.close();
+                } else if self.deadline.is_none() && self.pipe.is_lingering(&self.client, up) {
+                    // Everything deliverable is delivered; the healthy side's input is
+                    // being dropped until it closes. It may never: bound the wait.
+                    self.arm_deadline(cx, self.shared.opts.linger_timeout);
                 }
             }
             Phase::Refusing => {
@@ -402,7 +424,8 @@ impl Session {
             let mut out = Vec::with_capacity(32);
             encode_reply(Reply::Succeeded, up.stream().local_addr().ok(), &mut out);
             self.client.queue(cx, &out);
-            self.client.flush(cx)?;
+            // Written by the pipe (which handles a failure of the client there).
+            cx.requeue(Event::writable(CLIENT));
         }
         // Read both sides now: the client's early bytes and the upstream's greeting
         // may have arrived with edges we already consumed.
@@ -529,7 +552,20 @@ impl Handler for Session {
                     cx.close();
                     Ok(())
                 }
-                Phase::Relaying => Ok(()),
+                Phase::Relaying => {
+                    // Only armed while lingering after a failure.
+                    if let Some((side, e)) = self.pipe.failure() {
+                        log::debug!(
+                            "session {}: the {} failed ({e}); the other side got what it \
+                             had sent but did not close within {:?}; closing",
+                            self.peer,
+                            side_name(side),
+                            self.shared.opts.linger_timeout
+                        );
+                    }
+                    cx.close();
+                    Ok(())
+                }
             }
         } else if self.idle.is(t) {
             log::debug!(
