@@ -19,7 +19,7 @@ use reactor::echo::{EchoOptions, echo_listener};
 use reactor::proxy::socks5::{
     self, ATYP_DOMAIN, Command as SocksCommand, METHOD_NO_AUTH, METHOD_USERPASS, Reply,
 };
-use reactor::proxy::{Mode, ProxyCounters, ProxyOptions, Target, proxy_listener};
+use reactor::proxy::{Mode, ProxyCounters, ProxyOptions, Resolver, Target, proxy_listener};
 use reactor::{Config, ConnConfig, Context, Handler, HandlerResult, TimerId};
 
 const T: Duration = Duration::from_secs(10);
@@ -1347,6 +1347,37 @@ fn socks5_every_reply_code() {
         &domain("localhost", web.port()),
         Reply::NotAllowed,
     );
+}
+
+/// `ProxyOptions::resolver` turns SOCKS5 domain targets into addresses (on the worker
+/// pool); the addresses are tried in order.
+#[test]
+fn custom_resolver_is_used_for_names() {
+    let web = http_server(local(0));
+    let closed = local(closed_port());
+    let mut opts = socks_opts();
+    opts.resolver = Resolver::new(move |host, _port| match host {
+        "web.test" => Ok(vec![closed, web]),
+        _ => Err(std::io::Error::new(ErrorKind::NotFound, "unknown name")),
+    });
+    let (proxy, counters, server) = start_proxy(opts);
+    let s = expect_reply(
+        proxy,
+        SocksCommand::Connect,
+        &domain("web.test", 1),
+        Reply::Succeeded,
+    );
+    assert!(http_get(s, "/table").ends_with("hello from /table\n"));
+    expect_reply(
+        proxy,
+        SocksCommand::Connect,
+        &domain("other.test", 1),
+        Reply::HostUnreachable,
+    );
+    wait_idle(&counters);
+    let stats = server.stop();
+    assert!(stats.jobs_completed >= 2, "resolution did not use the pool");
+    assert_eq!(stats.handlers_failed, 0);
 }
 
 #[test]

@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +64,56 @@ pub enum Mode {
     },
 }
 
+/// Turns a host name and port into the addresses to try, in order.
+///
+/// It runs on the worker pool, never on the loop, so it may block. The default,
+/// [`Resolver::system`], asks the system resolver (`getaddrinfo`). Another one can
+/// serve names from a table, a service registry, or a test:
+///
+/// ```
+/// use reactor::proxy::Resolver;
+/// let r = Resolver::new(|host, port| match host {
+///     "db.internal" => Ok(vec![([10, 0, 0, 7], port).into()]),
+///     _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "unknown name")),
+/// });
+/// assert_eq!(r.resolve("db.internal", 5432).unwrap()[0].to_string(), "10.0.0.7:5432");
+/// ```
+#[derive(Clone)]
+pub struct Resolver(Arc<ResolveFn>);
+
+type ResolveFn = dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync;
+
+impl Resolver {
+    /// The system resolver (`getaddrinfo`, through `ToSocketAddrs`).
+    pub fn system() -> Resolver {
+        Resolver::new(|host, port| (host, port).to_socket_addrs().map(|it| it.collect()))
+    }
+
+    /// A resolver calling `f(host, port)` (on a worker thread).
+    pub fn new(
+        f: impl Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Resolver {
+        Resolver(Arc::new(f))
+    }
+
+    /// Resolves `host`; blocks as long as the function does.
+    pub fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        (self.0)(host, port)
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver::system()
+    }
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
 /// Settings of a proxy.
 #[derive(Clone, Debug)]
 pub struct ProxyOptions {
@@ -71,6 +121,9 @@ pub struct ProxyOptions {
     pub mode: Mode,
     /// Destinations SOCKS5 clients may not reach (answered with 0x02).
     pub rules: Rules,
+    /// How host names (SOCKS5 domain targets, a forwarder's named upstream) become
+    /// addresses; runs on the worker pool.
+    pub resolver: Resolver,
     /// Buffer limits of each of the two connections (watermarks for backpressure).
     /// Its `pause_on_own_queue` is ignored: a proxy pauses a side only while the
     /// *other* side's queue is congested, never for its own (see
@@ -107,6 +160,7 @@ impl ProxyOptions {
         ProxyOptions {
             mode,
             rules: Rules::default(),
+            resolver: Resolver::system(),
             conn: ConnConfig::default(),
             listen: ListenOptions {
                 max_connections: usize::MAX,

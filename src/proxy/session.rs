@@ -13,7 +13,7 @@
 //!
 //! - **Handshake** (SOCKS5): client bytes go to the sans-io [`Handshake`]; what it
 //!   writes goes back; a handshake timer bounds slow or silent clients.
-//! - **Resolving**: a host name is resolved on the worker pool
+//! - **Resolving**: a host name is resolved (by the options' `Resolver`) on the worker pool
 //!   ([`Context::offload`]) and the addresses come back in `on_job`, never on the loop.
 //! - **Connecting**: a non-blocking [`Conn::connect`] to each address in turn, each
 //!   guarded by the connect timeout; the first writable event on source 1 settles it
@@ -31,7 +31,7 @@
 //! It must not parse: the codec does. It must not block: resolution is offloaded.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -303,12 +303,9 @@ impl Session {
         let Some(Target::Domain { host, port }) = self.target.clone() else {
             return;
         };
-        // `to_socket_addrs` on a name calls getaddrinfo, which blocks: worker pool.
-        match cx.offload(move || {
-            (host.as_str(), port)
-                .to_socket_addrs()
-                .map(|it| it.collect::<Vec<SocketAddr>>())
-        }) {
+        // Resolution may block (getaddrinfo does): worker pool.
+        let resolver = self.shared.opts.resolver.clone();
+        match cx.offload(move || resolver.resolve(&host, port)) {
             Ok(job) => self.job = Some(job),
             Err(full) => {
                 log::debug!(
