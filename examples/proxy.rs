@@ -42,7 +42,8 @@ struct Args {
     /// SOCKS5: deny this destination port (repeatable).
     #[arg(long, value_name = "PORT", requires = "socks5")]
     deny_port: Vec<u16>,
-    /// Give up connecting to one upstream address after SECS seconds.
+    /// The whole connect (name resolution and every address) must succeed within
+    /// SECS seconds; each address but the last gets an equal share of what is left.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
     /// Close tunnels with no traffic for SECS seconds.

@@ -1221,6 +1221,96 @@ fn expect_reply(proxy: SocketAddr, cmd: SocksCommand, target: &Target, want: Rep
     s
 }
 
+/// A listener on 127.0.0.1 that never answers a connect: backlog 0 and its accept
+/// queue filled with connections nobody accepts, so the kernel drops further SYNs.
+/// Keep the returned sockets (the listener and its fillers) alive while using it.
+fn silent_listener() -> (SocketAddr, Vec<socket2::Socket>) {
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    full.bind(&local(0).into()).unwrap();
+    full.listen(0).unwrap();
+    let addr = full.local_addr().unwrap().as_socket().unwrap();
+    let mut keep = vec![full];
+    for _ in 0..3 {
+        let f = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        f.set_nonblocking(true).unwrap();
+        let _ = f.connect(&addr.into());
+        keep.push(f);
+    }
+    thread::sleep(Duration::from_millis(100));
+    (addr, keep)
+}
+
+/// `connect_timeout` bounds the whole connect: name resolution (here a resolver that
+/// takes 300 ms) plus every address (here three that never answer), not each address
+/// on its own. Each address but the last gets an equal share of what is left, so a
+/// silent first address cannot use up the budget of a working second one.
+#[test]
+fn connect_timeout_bounds_resolution_and_every_address() {
+    let web = http_server(local(0));
+    let silent: Vec<_> = (0..3).map(|_| silent_listener()).collect();
+    let silent_addrs: Vec<SocketAddr> = silent.iter().map(|(a, _)| *a).collect();
+    let mut opts = socks_opts();
+    opts.connect_timeout = Duration::from_millis(1200);
+    opts.resolver = Resolver::new(move |host, _port| {
+        thread::sleep(Duration::from_millis(300));
+        match host {
+            "silent.test" => Ok(silent_addrs.clone()),
+            "silent-then-web.test" => Ok(vec![silent_addrs[0], web]),
+            _ => Err(std::io::Error::new(ErrorKind::NotFound, "unknown name")),
+        }
+    });
+    let (proxy, counters, server) = start_proxy(opts);
+
+    // Per address, this took 0.3 s + 3 x 1.2 s.
+    let t0 = Instant::now();
+    expect_reply(
+        proxy,
+        SocksCommand::Connect,
+        &domain("silent.test", 1),
+        Reply::TtlExpired,
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1100),
+        "gave up before the timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "the connect timeout did not bound the whole attempt: {took:?}"
+    );
+
+    // The silent first address gets half of the 0.9 s left; the second connects.
+    let s = expect_reply(
+        proxy,
+        SocksCommand::Connect,
+        &domain("silent-then-web.test", 1),
+        Reply::Succeeded,
+    );
+    assert!(http_get(s, "/second").ends_with("hello from /second\n"));
+
+    wait_idle(&counters);
+    assert_eq!(server.stop().handlers_failed, 0);
+
+    // A forwarder to such a name: the client is closed within the same bound.
+    let mut opts = ProxyOptions::new(Mode::Forward(domain("silent.test", 1)));
+    opts.connect_timeout = Duration::from_millis(1200);
+    let silent_addrs: Vec<SocketAddr> = silent.iter().map(|(a, _)| *a).collect();
+    opts.resolver = Resolver::new(move |_host, _port| {
+        thread::sleep(Duration::from_millis(300));
+        Ok(silent_addrs.clone())
+    });
+    let (proxy, _counters, _server) = start_proxy(opts);
+    let t0 = Instant::now();
+    let mut c = connect(proxy);
+    assert!(read_to_close(&mut c, Duration::from_secs(5)).is_empty());
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1100) && took < Duration::from_millis(2500),
+        "forwarder: {took:?}"
+    );
+    drop(silent);
+}
+
 #[test]
 fn socks5_every_reply_code() {
     let web = http_server(local(0));
@@ -1286,18 +1376,7 @@ fn socks5_every_reply_code() {
 
     // 0x06: a listener whose accept queue is full never completes the handshake;
     // the 300 ms connect timeout answers TTL expired.
-    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    full.bind(&local(0).into()).unwrap();
-    full.listen(0).unwrap();
-    let full_addr = full.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..3 {
-        let f = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        f.set_nonblocking(true).unwrap();
-        let _ = f.connect(&full_addr.into());
-        fillers.push(f);
-    }
-    thread::sleep(Duration::from_millis(100));
+    let (full_addr, fillers) = silent_listener();
     let t0 = Instant::now();
     expect_reply(proxy, connect_cmd, &v4(full_addr), Reply::TtlExpired);
     assert!(t0.elapsed() >= Duration::from_millis(250));

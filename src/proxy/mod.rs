@@ -132,9 +132,13 @@ pub struct ProxyOptions {
     /// Listener settings. Its `max_connections` is a hard accept pause; the session
     /// limits below refuse (close) connections instead, and count them.
     pub listen: ListenOptions,
-    /// A connect attempt to one upstream address gives up after this long (the
-    /// next address is tried; SOCKS5 answers 0x06 if it was the last). Name
-    /// resolution gets the same budget.
+    /// The whole connect must succeed within this long, counted from the SOCKS5
+    /// request (a forwarder: from the accept): name resolution, retries while the
+    /// worker pool is full, and every address the name resolves to. Addresses are
+    /// tried in turn; each but the last gets an equal share of the time left when
+    /// it starts (so with 10 s and two addresses that never answer, 5 s each; an
+    /// address that fails at once leaves its share to the next). When the time is
+    /// up the client is refused (SOCKS5: 0x06, TTL expired).
     pub connect_timeout: Duration,
     /// A relaying session with no bytes in either direction for this long is closed.
     pub idle_timeout: Duration,

@@ -13,12 +13,15 @@
 //!
 //! - **Handshake** (SOCKS5): client bytes go to the sans-io [`Handshake`]; what it
 //!   writes goes back; a handshake timer bounds slow or silent clients.
-//! - **Resolving**: a host name is resolved (by the options' `Resolver`) on the worker pool
-//!   ([`Context::offload`]) and the addresses come back in `on_job`, never on the loop.
-//! - **Connecting**: a non-blocking [`Conn::connect`] to each address in turn, each
-//!   guarded by the connect timeout; the first writable event on source 1 settles it
-//!   ([`Conn::poll_connect`]). The client is not read meanwhile (its bytes wait in the
-//!   kernel, or in the read buffer if they came with the request).
+//! - **Resolving**: a host name is resolved by the options' `Resolver` on the worker
+//!   pool ([`Context::offload`]) and the addresses come back in `on_job`, never on the
+//!   loop.
+//! - **Connecting**: a non-blocking [`Conn::connect`] to each address in turn; the
+//!   first writable event on source 1 settles it ([`Conn::poll_connect`]). The connect
+//!   timeout is one deadline for resolution and every address; each address but the
+//!   last gets an equal share of what is left of it. The client is not read meanwhile
+//!   (its bytes wait in the kernel, or in the read buffer if they came with the
+//!   request).
 //! - **Relaying**: [`Pipe`] moves bytes both ways with backpressure and half-close.
 //!   When one side fails, the other still gets what the proxy holds for it, then end
 //!   of file; the session lingers (input dropped) until that side closes, bounded by
@@ -33,7 +36,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
@@ -80,9 +83,16 @@ pub struct Session {
     target: Option<Target>,
     addrs: Vec<SocketAddr>,
     next_addr: usize,
+    /// The address being connected to.
+    current: Option<SocketAddr>,
     last_err: Option<io::Error>,
-    /// Handshake, resolve/connect or linger deadline, depending on the phase.
+    /// Handshake, whole-connect, refusal or linger deadline, depending on the phase.
     deadline: Option<TimerId>,
+    /// When the whole connect (resolution and every address) must be done.
+    connect_by: Option<Instant>,
+    /// Ends the current address's share of the connect deadline, when more
+    /// addresses wait after it.
+    attempt: Option<TimerId>,
     retry: Option<TimerId>,
     job: Option<JobId>,
     idle: IdleTimeout,
@@ -103,8 +113,11 @@ impl Session {
             target: None,
             addrs: Vec::new(),
             next_addr: 0,
+            current: None,
             last_err: None,
             deadline: None,
+            connect_by: None,
+            attempt: None,
             retry: None,
             job: None,
             idle,
@@ -126,6 +139,12 @@ impl Session {
 
     fn disarm_deadline(&mut self, cx: &mut Context<'_>) {
         if let Some(t) = self.deadline.take() {
+            cx.cancel_timer(t);
+        }
+    }
+
+    fn disarm_attempt(&mut self, cx: &mut Context<'_>) {
+        if let Some(t) = self.attempt.take() {
             cx.cancel_timer(t);
         }
     }
@@ -283,7 +302,10 @@ impl Session {
     }
 
     fn start_connect(&mut self, cx: &mut Context<'_>, target: Target) -> io::Result<()> {
-        self.arm_deadline(cx, self.shared.opts.connect_timeout);
+        // One deadline for all of it: resolution, pool-full retries, every address.
+        let timeout = self.shared.opts.connect_timeout;
+        self.connect_by = Some(cx.now() + timeout);
+        self.arm_deadline(cx, timeout);
         match &target {
             Target::Addr(a) => {
                 self.addrs = vec![*a];
@@ -358,8 +380,13 @@ impl Session {
     }
 
     /// Starts a connect to the next address; fails the session when none is left.
+    /// The connect deadline is not extended: an address gets an equal share of
+    /// what is left of it (the last one gets all the rest), so a silent address
+    /// cannot use up the time of the ones after it, and one that fails at once
+    /// leaves its share to them.
     fn try_next(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         self.upstream = None; // a failed attempt's socket (closing it deregisters it)
+        self.disarm_attempt(cx);
         while let Some(&addr) = self.addrs.get(self.next_addr) {
             self.next_addr += 1;
             let attempt = Conn::connect(addr, UPSTREAM, Pipe::conn_config(self.shared.opts.conn))
@@ -367,8 +394,15 @@ impl Session {
             match attempt {
                 Ok(c) => {
                     self.upstream = Some(c);
+                    self.current = Some(addr);
                     self.phase = Phase::Connecting;
-                    self.arm_deadline(cx, self.shared.opts.connect_timeout);
+                    let after = self.addrs.len() - self.next_addr;
+                    if after > 0 {
+                        let left = self
+                            .connect_by
+                            .map_or(Duration::ZERO, |t| t.saturating_duration_since(cx.now()));
+                        self.attempt = Some(cx.timer_once(left / (after as u32 + 1)));
+                    }
                     return Ok(());
                 }
                 Err(e) => {
@@ -395,7 +429,7 @@ impl Session {
                 log::debug!(
                     "session {}: connect to {}: {e}",
                     self.peer,
-                    self.addrs[self.next_addr - 1]
+                    self.current_addr()
                 );
                 self.last_err = Some(e);
                 self.try_next(cx)
@@ -403,8 +437,14 @@ impl Session {
         }
     }
 
+    /// The address being connected to, for logs.
+    fn current_addr(&self) -> String {
+        self.current.map(|a| a.to_string()).unwrap_or_default()
+    }
+
     fn connected(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         self.disarm_deadline(cx);
+        self.disarm_attempt(cx);
         self.phase = Phase::Relaying;
         self.idle.start(cx);
         let socks = self.is_socks();
@@ -412,9 +452,9 @@ impl Session {
             return Ok(());
         };
         log::debug!(
-            "session {}: connected to {} via {:?}",
+            "session {}: connected to {:?} via {:?}",
             self.peer,
-            self.addrs[self.next_addr - 1],
+            self.current,
             up.stream().local_addr()
         );
         if socks {
@@ -437,6 +477,7 @@ impl Session {
     /// The upstream could not be reached: SOCKS5 clients get the matching reply,
     /// forwarded clients are closed at once.
     fn fail(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Result<()> {
+        self.disarm_attempt(cx);
         self.shared.count_connect_failure();
         let target = self
             .target
@@ -535,15 +576,22 @@ impl Handler for Session {
                     self.fail(cx, e)
                 }
                 Phase::Connecting => {
-                    self.last_err = Some(io::Error::new(
+                    let last = match self.last_err.take() {
+                        Some(e) => format!("; before that: {e}"),
+                        None => String::new(),
+                    };
+                    let e = io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
-                            "connect to {} timed out after {:?}",
-                            self.addrs[self.next_addr - 1],
-                            self.shared.opts.connect_timeout
+                            "no connection within {:?} (tried {} of {} addresses, the last \
+                             {} did not answer{last})",
+                            self.shared.opts.connect_timeout,
+                            self.next_addr,
+                            self.addrs.len(),
+                            self.current_addr()
                         ),
-                    ));
-                    self.try_next(cx)
+                    );
+                    self.fail(cx, e)
                 }
                 Phase::Refusing => {
                     cx.close();
@@ -564,6 +612,16 @@ impl Handler for Session {
                     Ok(())
                 }
             }
+        } else if self.attempt == Some(t) {
+            // This address's share is used up; the next one gets its own.
+            self.attempt = None;
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {} did not answer in time", self.current_addr()),
+            );
+            log::debug!("session {}: {e}; trying the next address", self.peer);
+            self.last_err = Some(e);
+            self.try_next(cx)
         } else if self.idle.is(t) {
             log::debug!(
                 "session {}: idle for {:?}; closing",
