@@ -1459,6 +1459,28 @@ fn custom_resolver_is_used_for_names() {
     assert_eq!(stats.handlers_failed, 0);
 }
 
+/// A connect to 0.0.0.0 or [::] reaches the local host, so a rule denying loopback
+/// must deny those too (before, they were let through: 0x00, and the local web
+/// server answered).
+#[test]
+fn socks5_unspecified_address_cannot_bypass_a_loopback_rule() {
+    let web = http_server(local(0));
+    let web6 = http_server("[::1]:0".parse().unwrap());
+    let mut opts = socks_opts();
+    opts.rules.deny_nets = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    let (proxy, counters, server) = start_proxy(opts);
+    for target in [
+        SocketAddr::from(([0, 0, 0, 0], web.port())),
+        SocketAddr::new("::".parse().unwrap(), web6.port()),
+        SocketAddr::new("::ffff:0.0.0.0".parse().unwrap(), web.port()),
+    ] {
+        expect_reply(proxy, SocksCommand::Connect, &v4(target), Reply::NotAllowed);
+    }
+    wait_idle(&counters);
+    assert_eq!(counters.snapshot().handshake_failed, 3);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
 #[test]
 fn socks5_pipelined_payload_reaches_upstream() {
     // A client that sends its first data together with the request.
