@@ -259,7 +259,13 @@ impl Conn {
                     .reserve(len.min(self.cfg.max_read_buffer - len).max(1));
             }
             let spare = self.rbuf.chunk_mut();
-            let want = spare.len();
+            // Never more than the budget has left: a recycled buffer can be several
+            // times the pool's size, and one read into all of it would overrun the
+            // budget (and a proxy's bound on what it holds) by that much.
+            // (At least 1: a zero-length read would look like end of file.)
+            let want = spare
+                .len()
+                .min(self.cfg.read_budget.saturating_sub(st.bytes).max(1));
             // SAFETY: `read` writes at most `want` bytes into the spare capacity, which
             // is valid for writes; no reference to uninitialised memory is formed.
             let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
