@@ -319,6 +319,45 @@ fn example_socks5_with_auth_and_curl() {
     );
 }
 
+/// A flood of bad clients does not flood the log: the example proxy logs session
+/// rejections at info level at most once a second, with a count of the ones it held
+/// back (before, every one was a line).
+#[test]
+fn example_logs_rejections_at_a_bounded_rate() {
+    const N: usize = 100;
+    let mut cmd = Command::new(example_bin("proxy"));
+    cmd.args(["--listen", "127.0.0.1:0", "--socks5"]);
+    let mut srv = Server::start(cmd);
+    let bad_client = || {
+        let mut s = connect(srv.addr);
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert!(read_to_close(&mut s, T).is_empty());
+    };
+    for _ in 0..N {
+        bad_client();
+    }
+    thread::sleep(Duration::from_millis(1100));
+    bad_client(); // logged, with the count of those held back
+    srv.signal(libc::SIGTERM);
+    assert_eq!(srv.wait_exit(T), Some(0), "{}", srv.stderr_text());
+    assert!(
+        srv.wait_stderr(&format!("handshake failures {}", N + 1), T),
+        "{}",
+        srv.stderr_text()
+    );
+    let log = srv.stderr_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("session 127.0.0.1:"))
+        .count();
+    assert!(
+        (2..=10).contains(&lines),
+        "{lines} rejection lines for {} bad clients:\n{log}",
+        N + 1
+    );
+    assert!(log.contains("more rejections since the last one"), "{log}");
+}
+
 #[test]
 fn example_forward_mode_and_bad_arguments() {
     let (echo, _echo_loop) = echo_server();

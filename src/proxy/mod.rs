@@ -292,8 +292,31 @@ impl fmt::Display for ProxyStats {
 struct Limits {
     open: usize,
     per_ip: HashMap<IpAddr, u32>,
-    last_log: Option<Instant>,
-    unlogged: u64,
+    log: LogLimiter,
+}
+
+/// Lets a log line through at most once per [`REFUSAL_LOG_EVERY`], counting the ones
+/// held back, so a flood of connections cannot flood the log too.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl LogLimiter {
+    /// `Some(lines held back since the last one)` if a line may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
+        {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.held_back))
+        } else {
+            self.held_back += 1;
+            None
+        }
+    }
 }
 
 /// What every session of one proxy shares: its options, counters and limits.
@@ -302,6 +325,7 @@ pub(crate) struct Shared {
     pub(crate) opts: ProxyOptions,
     pub(crate) counters: Arc<ProxyCounters>,
     limits: RefCell<Limits>,
+    rejections: RefCell<LogLimiter>,
 }
 
 /// Refusals are logged at most once per this interval, with a count of the rest,
@@ -327,23 +351,30 @@ impl Shared {
             ProxyCounters::add(&self.counters.active, 1);
             return true;
         };
-        let now = Instant::now();
-        if l.last_log
-            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
-        {
+        if let Some(held_back) = l.log.allow(Instant::now()) {
             log::warn!(
                 "refused connection from {peer}: {why} is reached ({} open, {} from {ip}; \
-                 {} more refusals not logged)",
+                 {held_back} more refusals not logged)",
                 l.open,
                 per_ip,
-                l.unlogged
             );
-            l.last_log = Some(now);
-            l.unlogged = 0;
-        } else {
-            l.unlogged += 1;
         }
         false
+    }
+
+    /// Logs why one session was turned away (a bad or timed-out handshake, a denied
+    /// or unsupported request, an unreachable upstream): at info level at most once
+    /// a second, with a count of those held back, and the rest at debug level, so
+    /// a flood of bad clients cannot flood the log.
+    pub(crate) fn log_rejection(&self, msg: fmt::Arguments<'_>) {
+        let allowed = self.rejections.borrow_mut().allow(Instant::now());
+        match allowed {
+            Some(0) => log::info!("{msg}"),
+            Some(n) => {
+                log::info!("{msg} ({n} more rejections since the last one logged at info level)")
+            }
+            None => log::debug!("{msg}"),
+        }
     }
 
     /// A session from `ip` closed, having relayed `up`/`down` bytes.
@@ -388,6 +419,7 @@ pub fn proxy_listener(
         opts,
         counters: counters.clone(),
         limits: RefCell::new(Limits::default()),
+        rejections: RefCell::default(),
     });
     let listener = Listener::bind(addr, listen, move |stream, peer| {
         if !shared.admit(peer) {
@@ -429,6 +461,7 @@ mod tests {
             opts,
             counters: Arc::default(),
             limits: RefCell::default(),
+            rejections: RefCell::default(),
         };
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.2:1".parse().unwrap();

@@ -242,10 +242,10 @@ impl Session {
                 self.client.consume(n);
                 self.client.flush(cx)?;
                 if st.eof {
-                    log::info!(
+                    self.shared.log_rejection(format_args!(
                         "session {}: client closed during the SOCKS5 handshake",
                         self.peer
-                    );
+                    ));
                     self.shared.count_handshake_failure();
                     cx.close();
                 }
@@ -262,7 +262,8 @@ impl Session {
                 self.on_request(cx, req)
             }
             Err(e) => {
-                log::info!("session {}: {e}", self.peer);
+                self.shared
+                    .log_rejection(format_args!("session {}: {e}", self.peer));
                 self.shared.count_handshake_failure();
                 if out.is_empty() {
                     cx.close(); // not SOCKS5: nothing we could say would be understood
@@ -276,12 +277,10 @@ impl Session {
 
     fn on_request(&mut self, cx: &mut Context<'_>, req: Request) -> io::Result<()> {
         if req.command != Command::Connect {
-            log::info!(
+            self.shared.log_rejection(format_args!(
                 "session {}: SOCKS5 command {:?} to {} is not supported",
-                self.peer,
-                req.command,
-                req.target
-            );
+                self.peer, req.command, req.target
+            ));
             self.shared.count_handshake_failure();
             return self.refuse(cx, Some(Reply::CommandNotSupported));
         }
@@ -289,11 +288,10 @@ impl Session {
         let denied = !rules.allows_port(req.target.port())
             || matches!(req.target, Target::Addr(a) if !rules.allows_ip(a.ip()));
         if denied {
-            log::info!(
+            self.shared.log_rejection(format_args!(
                 "session {}: CONNECT {} denied by the rules",
-                self.peer,
-                req.target
-            );
+                self.peer, req.target
+            ));
             self.shared.count_handshake_failure();
             return self.refuse(cx, Some(Reply::NotAllowed));
         }
@@ -486,16 +484,16 @@ impl Session {
             .unwrap_or_default();
         if self.is_socks() {
             let reply = Reply::from_io_error(&e);
-            log::info!(
+            self.shared.log_rejection(format_args!(
                 "session {}: cannot reach {target}: {e}; replying {reply}",
                 self.peer
-            );
+            ));
             self.refuse(cx, Some(reply))
         } else {
-            log::info!(
+            self.shared.log_rejection(format_args!(
                 "session {}: cannot reach upstream {target}: {e}; closing",
                 self.peer
-            );
+            ));
             cx.close();
             Ok(())
         }
@@ -556,11 +554,10 @@ impl Handler for Session {
             self.deadline = None;
             match self.phase {
                 Phase::Handshake => {
-                    log::info!(
+                    self.shared.log_rejection(format_args!(
                         "session {}: SOCKS5 handshake not finished within {:?}; closing",
-                        self.peer,
-                        self.shared.opts.handshake_timeout
-                    );
+                        self.peer, self.shared.opts.handshake_timeout
+                    ));
                     self.shared.count_handshake_failure();
                     cx.close();
                     Ok(())
