@@ -5,6 +5,7 @@
 //! proxy --listen ADDR --socks5 [--auth USER:PASS]   SOCKS5 (RFC 1928, RFC 1929)
 //!       [--deny CIDR]... [--deny-port PORT]...      SOCKS5 ruleset (reply 0x02)
 //!       [--connect-timeout SECS] [--idle-timeout SECS] [--handshake-timeout SECS]
+//!       [--linger-timeout SECS]
 //!       [--max-sessions N] [--max-sessions-per-ip N] [--stats-interval SECS]
 //! ```
 //! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM stop accepting, let open
@@ -41,12 +42,17 @@ struct Args {
     /// SOCKS5: deny this destination port (repeatable).
     #[arg(long, value_name = "PORT", requires = "socks5")]
     deny_port: Vec<u16>,
-    /// Give up connecting to one upstream address after SECS seconds.
+    /// The whole connect (name resolution and every address) must succeed within
+    /// SECS seconds; each address but the last gets an equal share of what is left.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
     /// Close tunnels with no traffic for SECS seconds.
     #[arg(long, default_value_t = 300.0)]
     idle_timeout: f64,
+    /// After one side of a tunnel failed and the other got everything, wait at
+    /// most SECS seconds for that other side to close.
+    #[arg(long, default_value_t = 5.0)]
+    linger_timeout: f64,
     /// SOCKS5 clients must finish the handshake within SECS seconds.
     #[arg(long, default_value_t = 10.0)]
     handshake_timeout: f64,
@@ -117,6 +123,7 @@ fn run(args: Args) -> Result<(), String> {
     opts.connect_timeout = positive("connect-timeout", args.connect_timeout)?;
     opts.idle_timeout = positive("idle-timeout", args.idle_timeout)?;
     opts.handshake_timeout = positive("handshake-timeout", args.handshake_timeout)?;
+    opts.linger_timeout = positive("linger-timeout", args.linger_timeout)?;
     opts.max_sessions = args.max_sessions;
     opts.max_sessions_per_ip = args.max_sessions_per_ip;
     let stats = secs("stats-interval", args.stats_interval)?;

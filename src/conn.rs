@@ -9,8 +9,14 @@
 //!   handler is re-queued, because edge-triggered polling sends no new event for data
 //!   that is already there;
 //! - writes go until `WouldBlock` under a budget, re-queued the same way;
-//! - a write queue above its high watermark pauses reading until it drains below the
-//!   low watermark (backpressure), and resuming re-queues a read;
+//! - a write queue above its high watermark pauses reading *this* connection until
+//!   it drains below the low watermark, and resuming re-queues a read
+//!   (self-backpressure: right for a server that answers on the same connection, like
+//!   echo; [`ConnConfig::pause_on_own_queue`] turns it off for a proxy, whose two
+//!   directions are independent);
+//! - a pause set by the handler ([`Conn::pause_reading`], e.g. a proxy holding back
+//!   one side while the other side's queue is full) is kept apart from that and only
+//!   [`Conn::resume_reading`] lifts it;
 //! - half-close: end of file from the peer is reported and we can keep writing;
 //!   [`Conn::shutdown_write`] closes our side once the queue drains.
 //!
@@ -35,9 +41,12 @@ use crate::timer::TimerId;
 /// Limits of one connection.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnConfig {
-    /// Reading pauses while more than this many bytes wait to be written.
+    /// A write queue of this many bytes or more is congested
+    /// ([`Conn::is_congested`]); with `pause_on_own_queue`, reading this connection
+    /// pauses meanwhile.
     pub high_watermark: usize,
-    /// Reading resumes when the write queue drains to this many bytes.
+    /// A congested write queue counts as drained again at this many bytes: reading
+    /// paused by it resumes.
     pub low_watermark: usize,
     /// Bytes read per readiness event before yielding to other connections.
     pub read_budget: usize,
@@ -47,6 +56,15 @@ pub struct ConnConfig {
     /// The read buffer may grow to this size to hold one incomplete frame; a full
     /// buffer the handler does not consume is an error.
     pub max_read_buffer: usize,
+    /// Pause reading while this connection's *own* write queue is congested
+    /// (default `true`). Right when what is read is answered on the same connection
+    /// (echo, request/response): a peer that does not read its answers stops being
+    /// read. Wrong for a proxy, whose two directions are independent streams: a client
+    /// that uploads while not yet reading its download would have its upload
+    /// stalled, which a direct TCP connection would not do. A proxy sets it `false`
+    /// and pauses each side while the *other* side's queue is congested
+    /// ([`crate::proxy::forward::Pipe`]).
+    pub pause_on_own_queue: bool,
 }
 
 impl Default for ConnConfig {
@@ -57,6 +75,7 @@ impl Default for ConnConfig {
             read_budget: 256 * 1024,
             write_budget: 256 * 1024,
             max_read_buffer: 1024 * 1024,
+            pause_on_own_queue: true,
         }
     }
 }
@@ -79,7 +98,12 @@ pub struct Conn {
     rbuf: BytesMut,
     wbuf: BytesMut,
     eof: bool,
+    /// Paused by the handler ([`Conn::pause_reading`]); only
+    /// [`Conn::resume_reading`] lifts it.
     paused: bool,
+    /// Paused because our own write queue is congested (`pause_on_own_queue`);
+    /// [`Conn::flush`] lifts it once the queue is down to the low watermark.
+    self_paused: bool,
     shutdown_requested: bool,
     write_shut: bool,
     /// A non-blocking connect is in progress.
@@ -98,6 +122,7 @@ impl Conn {
             wbuf: BytesMut::new(),
             eof: false,
             paused: false,
+            self_paused: false,
             shutdown_requested: false,
             write_shut: false,
             connecting: false,
@@ -184,18 +209,19 @@ impl Conn {
     /// Reads into the read buffer until the socket is empty, end of file, the
     /// per-event budget, or a full buffer. In the last two cases the handler is
     /// re-queued so the rest is read before the loop sleeps. Does nothing while
-    /// reading is paused by backpressure; resuming re-queues a read, which goes on
-    /// to end of file.
+    /// reading is paused (by the handler, or by this connection's own congested
+    /// queue when [`ConnConfig::pause_on_own_queue`] is set); resuming re-queues a
+    /// read, which goes on to end of file.
     pub fn fill(&mut self, cx: &mut Context<'_>) -> io::Result<ReadStatus> {
         let mut st = ReadStatus {
             bytes: 0,
             eof: self.eof,
         };
-        if self.eof || self.paused || !self.poll_connect()? {
+        if self.eof || self.paused || self.self_paused || !self.poll_connect()? {
             return Ok(st);
         }
-        if self.wbuf.len() >= self.cfg.high_watermark {
-            self.paused = true;
+        if self.cfg.pause_on_own_queue && self.wbuf.len() >= self.cfg.high_watermark {
+            self.self_paused = true;
             return Ok(st);
         }
         // A short read means the socket is empty only during the poller's own event
@@ -233,7 +259,13 @@ impl Conn {
                     .reserve(len.min(self.cfg.max_read_buffer - len).max(1));
             }
             let spare = self.rbuf.chunk_mut();
-            let want = spare.len();
+            // Never more than the budget has left: a recycled buffer can be several
+            // times the pool's size, and one read into all of it would overrun the
+            // budget (and a proxy's bound on what it holds) by that much.
+            // (At least 1: a zero-length read would look like end of file.)
+            let want = spare
+                .len()
+                .min(self.cfg.read_budget.saturating_sub(st.bytes).max(1));
             // SAFETY: `read` writes at most `want` bytes into the spare capacity, which
             // is valid for writes; no reference to uninitialised memory is formed.
             let n = match unsafe { sys::read(fd, spare.as_mut_ptr(), want) } {
@@ -334,6 +366,14 @@ impl Conn {
         }
     }
 
+    /// Drops every byte waiting in the write queue and gives its buffer back: the
+    /// peer is gone, so they can never be delivered.
+    pub fn clear_write_queue(&mut self, cx: &mut Context<'_>) {
+        let b = std::mem::take(&mut self.wbuf);
+        cx.core().bufs.put(b);
+        self.lift_self_pause(cx);
+    }
+
     /// Bytes waiting in the write queue.
     pub fn write_pending(&self) -> usize {
         self.wbuf.len()
@@ -354,8 +394,9 @@ impl Conn {
     /// Writes the queue until it is empty, the socket is full, or the budget is
     /// spent (then the handler is re-queued). Performs a requested write shutdown
     /// once empty. Returns true when the queue just fell to the low watermark after
-    /// being congested: a proxy then resumes reading the other side. This
-    /// connection's own paused reading resumes by itself.
+    /// being congested: a proxy then resumes reading the other side. Reading this
+    /// connection paused by its own queue (`pause_on_own_queue`) resumes by itself;
+    /// a pause set with [`pause_reading`](Conn::pause_reading) stays.
     pub fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         if !self.poll_connect()? {
             return Ok(false);
@@ -409,18 +450,16 @@ impl Conn {
             let b = std::mem::take(&mut self.wbuf);
             cx.core().bufs.put(b);
             self.finish_drained(cx)?;
-        } else if self.paused && self.wbuf.len() <= self.cfg.low_watermark {
-            self.resume_reading(cx);
+        } else if self.wbuf.len() <= self.cfg.low_watermark {
+            self.lift_self_pause(cx);
         }
         Ok(was_congested && self.wbuf.len() <= self.cfg.low_watermark)
     }
 
-    /// The write queue is empty: perform a requested write shutdown, and resume
-    /// reading paused by our own backpressure.
+    /// The write queue is empty: resume reading paused by our own backpressure, and
+    /// perform a requested write shutdown.
     fn finish_drained(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if self.paused {
-            self.resume_reading(cx);
-        }
+        self.lift_self_pause(cx);
         if self.shutdown_requested && !self.write_shut {
             self.write_shut = true;
             match self.stream.shutdown(Shutdown::Write) {
@@ -432,23 +471,40 @@ impl Conn {
         Ok(())
     }
 
-    /// Stops reading (backpressure from elsewhere, e.g. the other side of a proxy).
+    /// The write queue is down to the low watermark: a pause by our own congested
+    /// queue ends.
+    fn lift_self_pause(&mut self, cx: &mut Context<'_>) {
+        if self.self_paused {
+            self.self_paused = false;
+            // Data may have arrived meanwhile without a new edge.
+            if !self.paused {
+                cx.requeue(Event::readable(self.source));
+            }
+        }
+    }
+
+    /// Stops reading until [`resume_reading`](Conn::resume_reading) (backpressure
+    /// from elsewhere, e.g. the other side of a proxy). Writing and flushing do not
+    /// lift it.
     pub fn pause_reading(&mut self) {
         self.paused = true;
     }
 
-    /// Resumes reading and re-queues a read, since data may have arrived meanwhile
-    /// without a new edge.
+    /// Lifts a [`pause_reading`](Conn::pause_reading) and re-queues a read, since
+    /// data may have arrived meanwhile without a new edge. (A pause by this
+    /// connection's own congested queue stays until that queue drains.)
     pub fn resume_reading(&mut self, cx: &mut Context<'_>) {
         if self.paused {
             self.paused = false;
-            cx.requeue(Event::readable(self.source));
+            if !self.self_paused {
+                cx.requeue(Event::readable(self.source));
+            }
         }
     }
 
-    /// True while reading is paused.
+    /// True while reading is paused, for either reason.
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.paused || self.self_paused
     }
 
     /// Shuts down our write side once the queue has drained (half-close): the peer

@@ -9,6 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,8 +19,8 @@ use reactor::echo::{EchoOptions, echo_listener};
 use reactor::proxy::socks5::{
     self, ATYP_DOMAIN, Command as SocksCommand, METHOD_NO_AUTH, METHOD_USERPASS, Reply,
 };
-use reactor::proxy::{Mode, ProxyCounters, ProxyOptions, Target, proxy_listener};
-use reactor::{Config, ConnConfig};
+use reactor::proxy::{Mode, ProxyCounters, ProxyOptions, Resolver, Target, proxy_listener};
+use reactor::{Config, ConnConfig, Context, Handler, HandlerResult, TimerId};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -133,6 +134,9 @@ fn read_to_close(s: &mut TcpStream, within: Duration) -> Vec<u8> {
             Ok(0) => return v,
             Ok(n) => v.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return v,
+            // A stop and continue of the test process (a debugger, a busy host)
+            // interrupts a read that has a timeout even without a signal handler.
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => panic!("expected the connection to close within {within:?}: {e}"),
         }
     }
@@ -207,6 +211,7 @@ fn read_reply_and_rest(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
         match s.read(&mut b) {
             Ok(0) => return None,
             Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => panic!("reading the SOCKS5 reply: {e}"),
         }
     }
@@ -318,6 +323,45 @@ fn example_socks5_with_auth_and_curl() {
     );
 }
 
+/// A flood of bad clients does not flood the log: the example proxy logs session
+/// rejections at info level at most once a second, with a count of the ones it held
+/// back (before, every one was a line).
+#[test]
+fn example_logs_rejections_at_a_bounded_rate() {
+    const N: usize = 100;
+    let mut cmd = Command::new(example_bin("proxy"));
+    cmd.args(["--listen", "127.0.0.1:0", "--socks5"]);
+    let mut srv = Server::start(cmd);
+    let bad_client = || {
+        let mut s = connect(srv.addr);
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert!(read_to_close(&mut s, T).is_empty());
+    };
+    for _ in 0..N {
+        bad_client();
+    }
+    thread::sleep(Duration::from_millis(1100));
+    bad_client(); // logged, with the count of those held back
+    srv.signal(libc::SIGTERM);
+    assert_eq!(srv.wait_exit(T), Some(0), "{}", srv.stderr_text());
+    assert!(
+        srv.wait_stderr(&format!("handshake failures {}", N + 1), T),
+        "{}",
+        srv.stderr_text()
+    );
+    let log = srv.stderr_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("session 127.0.0.1:"))
+        .count();
+    assert!(
+        (2..=10).contains(&lines),
+        "{lines} rejection lines for {} bad clients:\n{log}",
+        N + 1
+    );
+    assert!(log.contains("more rejections since the last one"), "{log}");
+}
+
 #[test]
 fn example_forward_mode_and_bad_arguments() {
     let (echo, _echo_loop) = echo_server();
@@ -360,6 +404,13 @@ fn example_forward_mode_and_bad_arguments() {
             "--socks5",
             "--connect-timeout",
             "-1",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            "--socks5",
+            "--linger-timeout",
+            "0",
             "--listen",
             "127.0.0.1:0",
         ],
@@ -428,6 +479,7 @@ fn check_stream(mut r: TcpStream, seed: u64) -> usize {
         let n = match r.read(&mut got[..pending]) {
             Ok(0) => return total,
             Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => panic!("after {total} bytes: {e}"),
         };
         assert!(
@@ -650,6 +702,232 @@ fn upstream_dying_mid_transfer_closes_client() {
     assert_eq!(server.stop().handlers_failed, 0);
 }
 
+/// Bytes written on `s` that the peer's kernel has not acknowledged yet
+/// (`SIOCOUTQ`): a reset from us destroys those, and only those.
+fn unacked(s: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int through the pointer.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(r, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    n as usize
+}
+
+/// Writes stream `seed` on `s` until nothing moves for 300 ms (every buffer between
+/// us and a reader that does not read is full, the proxy's queues included); returns
+/// the bytes written.
+fn push_until_stuck(s: &mut TcpStream, seed: u64) -> usize {
+    s.set_nonblocking(true).unwrap();
+    let mut g = Stream(seed);
+    let mut buf = vec![0u8; CHUNK];
+    let mut carry = 0;
+    let mut sent = 0;
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed() < Duration::from_millis(300) {
+        if carry == 0 {
+            g.fill(&mut buf);
+            carry = CHUNK;
+        }
+        match s.write(&buf[CHUNK - carry..]) {
+            Ok(n) => {
+                sent += n;
+                carry -= n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 256 << 20, "the proxy buffered without bound");
+    }
+    s.set_nonblocking(false).unwrap();
+    sent
+}
+
+/// Closes `s` with a reset (`SO_LINGER` 0), as a crashing or aborting peer does.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// The upstream sends its answer and closes; the client, not reading yet, uploads
+/// afterwards, so the proxy's write to the upstream fails (the upstream's kernel
+/// answers with a reset). The answer the proxy holds for the client must still reach
+/// it, followed by a clean end of file.
+#[test]
+fn upstream_write_failure_keeps_the_download() {
+    const D: usize = 768 << 10;
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let (s, _) = up.accept().unwrap();
+        // All of it, a FIN, and a close with nothing unread: no reset yet.
+        drop(send_stream(s, 41, D));
+        closed_tx.send(()).unwrap();
+    });
+    let (proxy, counters, server) = start_proxy(forward_opts(up_addr));
+    let mut c = small_buffer_connect(proxy);
+    closed_rx.recv_timeout(T).unwrap();
+    thread::sleep(Duration::from_millis(200)); // the proxy reads the rest and the FIN
+    for _ in 0..10 {
+        if c.write_all(&[1u8; 16 * 1024]).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        check_stream(c, 41),
+        D,
+        "the client's download was cut short"
+    );
+    wait_idle(&counters);
+    assert_eq!(counters.snapshot().bytes_down, D as u64);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// The upstream sends until everything is stuck (the client does not read yet, so
+/// the proxy holds a full queue for it and stops reading the upstream), then resets.
+/// Every byte the proxy's side acknowledged (its queue, and what waits unread in its
+/// socket) reaches the client, then a clean end of file; only what the upstream's
+/// kernel still held is lost, as over direct TCP.
+#[test]
+fn upstream_reset_after_its_last_bytes_keeps_them() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (reset_tx, reset_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let (mut s, _) = up.accept().unwrap();
+        let sent = push_until_stuck(&mut s, 42);
+        let acked = sent - unacked(&s);
+        reset(s);
+        reset_tx.send(acked).unwrap();
+    });
+    let mut opts = forward_opts(up_addr);
+    opts.conn = ConnConfig {
+        high_watermark: 256 * 1024,
+        low_watermark: 64 * 1024,
+        ..ConnConfig::default()
+    };
+    let (proxy, counters, server) = start_proxy(opts);
+    let c = small_buffer_connect(proxy);
+    let acked = reset_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        check_stream(c, 42),
+        acked,
+        "the client's download was cut short"
+    );
+    wait_idle(&counters);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// The client uploads until everything is stuck (the upstream does not read yet),
+/// then resets. Every byte the proxy's side acknowledged is still delivered to the
+/// upstream, then a clean end of file.
+#[test]
+fn client_reset_after_its_last_bytes_keeps_the_upload() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let upstream = thread::spawn(move || {
+        let (s, _) = up.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        check_stream(s, 43)
+    });
+    let mut opts = forward_opts(up_addr);
+    opts.conn = ConnConfig {
+        high_watermark: 256 * 1024,
+        low_watermark: 64 * 1024,
+        ..ConnConfig::default()
+    };
+    let (proxy, counters, server) = start_proxy(opts);
+    let mut c = connect(proxy);
+    let sent = push_until_stuck(&mut c, 43);
+    let acked = sent - unacked(&c);
+    reset(c);
+    thread::sleep(Duration::from_millis(200));
+    go_tx.send(()).unwrap();
+    assert_eq!(upstream.join().unwrap(), acked, "the upload was cut short");
+    wait_idle(&counters);
+    assert_eq!(counters.snapshot().bytes_up, acked as u64);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// The client uploads, then closes its socket entirely while the upstream is not
+/// reading; the upstream's answer makes the proxy's writes to the client fail. The
+/// upload the proxy holds still reaches the upstream, then a clean end of file.
+#[test]
+fn client_write_failure_keeps_the_upload() {
+    const U: usize = 512 << 10;
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    let upstream = thread::spawn(move || {
+        let (mut s, _) = up.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        closed_rx.recv_timeout(T).unwrap();
+        // Answer a client that is gone: its kernel resets, the proxy's writes fail.
+        for _ in 0..10 {
+            if s.write_all(&[2u8; 16 * 1024]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        check_stream(s, 44)
+    });
+    let (proxy, counters, server) = start_proxy(forward_opts(up_addr));
+    let mut c = connect(proxy);
+    let mut buf = vec![0u8; U];
+    Stream(44).fill(&mut buf);
+    c.write_all(&buf).unwrap();
+    drop(c); // nothing unread (nothing came yet): a clean close
+    thread::sleep(Duration::from_millis(200));
+    closed_tx.send(()).unwrap();
+    assert_eq!(upstream.join().unwrap(), U, "the upload was cut short");
+    wait_idle(&counters);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// After the upstream failed and the client got everything, a client that neither
+/// closes nor stops sending is not kept forever: its input is dropped meanwhile (its
+/// writes succeed), and the session closes once the linger timeout has passed.
+#[test]
+fn failed_session_lingers_then_closes() {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let up_addr = up.local_addr().unwrap();
+    thread::spawn(move || {
+        let (mut s, _) = up.accept().unwrap();
+        s.write_all(b"last words").unwrap();
+        // A close with nothing unread: the client's next bytes get a reset.
+    });
+    let mut opts = forward_opts(up_addr);
+    opts.linger_timeout = Duration::from_millis(500);
+    let (proxy, counters, server) = start_proxy(opts);
+    let mut c = connect(proxy);
+    assert_eq!(read_n(&mut c, 10), b"last words");
+    // Until the proxy has seen the upstream fail, the client's bytes are forwarded;
+    // then they are dropped; both without an error for the client.
+    let t0 = Instant::now();
+    let mut failed_after = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        if c.write_all(b"anyone there?").is_err() {
+            failed_after = Some(t0.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let failed_after = failed_after.expect("the session never closed");
+    assert!(
+        failed_after >= Duration::from_millis(400),
+        "closed before the linger timeout: {failed_after:?}"
+    );
+    wait_idle(&counters);
+    assert_eq!(server.stop().handlers_failed, 0);
+}
+
 /// An upstream that does not read: the client can only push a bounded amount
 /// (proxy watermark + socket buffers), and everything arrives once it reads.
 #[test]
@@ -719,6 +997,202 @@ fn backpressure_bounds_buffering_and_resumes() {
     wait_idle(&counters);
     assert_eq!(counters.snapshot().bytes_up, sent as u64);
     server.stop();
+}
+
+/// A handler on the proxy's loop that samples, every millisecond, how many bytes the
+/// loop holds in user space (read and not yet written: its `bytes_in - bytes_out`,
+/// exact for a forwarder, whose every byte read is a byte to write) and keeps the
+/// peak.
+struct HeldBytesProbe(Arc<AtomicU64>);
+
+impl Handler for HeldBytesProbe {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        cx.timer_repeat(Duration::from_millis(1));
+        Ok(())
+    }
+    fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+        let s = cx.stats();
+        self.0
+            .fetch_max(s.bytes_in.saturating_sub(s.bytes_out), Ordering::Relaxed);
+        Ok(())
+    }
+    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        cx.close();
+        Ok(())
+    }
+}
+
+/// A proxy on its own loop thread, with a [`HeldBytesProbe`] beside it.
+fn start_probed_proxy(
+    opts: ProxyOptions,
+) -> (SocketAddr, Arc<ProxyCounters>, Arc<AtomicU64>, Running) {
+    let peak = Arc::new(AtomicU64::new(0));
+    let p = peak.clone();
+    let ((addr, counters), running) = run_loop(Config::default(), move |r| {
+        let (l, c) = proxy_listener(local(0), opts).expect("proxy listener");
+        let a = l.local_addr();
+        r.spawn(l);
+        r.spawn(HeldBytesProbe(p));
+        (a, c)
+    });
+    (addr, counters, peak, running)
+}
+
+/// Small kernel buffers on the test's own ends, so that its writers get stuck after a
+/// few hundred KiB in flight instead of many MiB.
+const SMALL_SOCKET_BUFFER: usize = 64 * 1024;
+
+fn small_buffer_listener() -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.set_send_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.bind(&local(0).into()).unwrap();
+    s.listen(16).unwrap();
+    s.into()
+}
+
+fn small_buffer_connect(to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.set_send_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.connect_timeout(&to.into(), T).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.set_write_timeout(Some(T)).unwrap();
+    s
+}
+
+/// Writes `total` bytes of stream `seed`, counting progress in `sent`, then
+/// half-closes. A write stuck for longer than the socket's write timeout fails with
+/// a message saying how far it got.
+fn send_counted(w: &mut TcpStream, seed: u64, total: usize, sent: &AtomicUsize, who: &str) {
+    let mut g = Stream(seed);
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        g.fill(&mut buf[..n]);
+        if let Err(e) = w.write_all(&buf[..n]) {
+            panic!(
+                "{who}: stuck after {} of {total} bytes ({e})",
+                sent.load(Ordering::Relaxed)
+            );
+        }
+        sent.fetch_add(n, Ordering::Relaxed);
+        left -= n;
+    }
+    w.shutdown(Shutdown::Write).unwrap();
+}
+
+/// Full-duplex bulk where neither end reads at first, through `via` (the proxy, or
+/// the upstream itself for the direct-TCP baseline): the client sends `n` bytes and
+/// only then reads; the upstream sends `m` bytes and starts reading only once both
+/// writers are stuck. Checks both streams byte by byte.
+fn both_ways_before_reading(upstream: TcpListener, via: Option<SocketAddr>, n: usize, m: usize) {
+    let to = via.unwrap_or_else(|| upstream.local_addr().unwrap());
+    let client_sent = Arc::new(AtomicUsize::new(0));
+    let upstream_sent = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<(&str, Result<usize, String>)>();
+    let panic_text = |e: Box<dyn std::any::Any + Send>| -> String {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    };
+
+    let up_sent = upstream_sent.clone();
+    let done = done_tx.clone();
+    thread::spawn(move || {
+        let r = std::panic::catch_unwind(move || {
+            let (s, _) = upstream.accept().unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            s.set_write_timeout(Some(T)).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let writer = thread::spawn(move || send_counted(&mut w, 22, m, &up_sent, "upstream"));
+            go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            let got = check_stream(s, 21);
+            writer.join().map_err(panic_text).map(|()| got)
+        });
+        let _ = done.send(("upstream", r.map_err(panic_text).and_then(|r| r)));
+    });
+    let c_sent = client_sent.clone();
+    thread::spawn(move || {
+        let r = std::panic::catch_unwind(move || {
+            let mut s = small_buffer_connect(to);
+            send_counted(&mut s, 21, n, &c_sent, "client");
+            check_stream(s, 22)
+        });
+        let _ = done_tx.send(("client", r.map_err(panic_text)));
+    });
+
+    // Wait until neither writer has moved for 400 ms.
+    let (mut last, mut still_since) = ((0, 0), Instant::now());
+    let t0 = Instant::now();
+    loop {
+        thread::sleep(Duration::from_millis(20));
+        let now = (
+            client_sent.load(Ordering::Relaxed),
+            upstream_sent.load(Ordering::Relaxed),
+        );
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        } else if still_since.elapsed() >= Duration::from_millis(400) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "never stalled");
+    }
+    // Otherwise the scenario proves nothing: both must be waiting for a reader.
+    assert!(
+        last.0 < n && last.1 < m,
+        "both writers must be stuck before anyone reads (client sent {} of {n}, upstream {} of {m})",
+        last.0,
+        last.1
+    );
+    go_tx.send(()).unwrap();
+    for _ in 0..2 {
+        let (who, r) = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a side neither finished nor failed");
+        let got = r.unwrap_or_else(|e| panic!("{who} failed: {e}"));
+        let want = if who == "client" { m } else { n };
+        assert_eq!(got, want, "{who} received");
+    }
+}
+
+/// A client that uploads while not yet reading its download must not be held up by
+/// its own download queue: over direct TCP this exchange completes, so through the
+/// proxy it must too, with the proxy holding at most a high watermark plus a read
+/// budget per direction.
+#[test]
+fn upload_is_not_stalled_by_its_own_download_queue() {
+    const N: usize = 24 << 20;
+    const M: usize = 24 << 20;
+    // The same exchange over direct TCP completes: the baseline.
+    both_ways_before_reading(small_buffer_listener(), None, N, M);
+
+    let up = small_buffer_listener();
+    let mut opts = forward_opts(up.local_addr().unwrap());
+    opts.conn = ConnConfig {
+        high_watermark: 256 * 1024,
+        low_watermark: 64 * 1024,
+        read_budget: 64 * 1024,
+        ..ConnConfig::default()
+    };
+    // Reading stops at the high watermark, one read budget past it at most.
+    let per_direction = opts.conn.high_watermark + opts.conn.read_budget;
+    let (proxy, counters, peak, server) = start_probed_proxy(opts);
+    both_ways_before_reading(up, Some(proxy), N, M);
+    wait_idle(&counters);
+    let c = counters.snapshot();
+    assert_eq!((c.bytes_up, c.bytes_down), (N as u64, M as u64));
+    let peak = peak.load(Ordering::Relaxed) as usize;
+    assert!(
+        peak <= 2 * per_direction,
+        "the proxy held {peak} bytes at once (bound {})",
+        2 * per_direction
+    );
+    assert_eq!(server.stop().handlers_failed, 0);
 }
 
 #[test]
@@ -791,6 +1265,96 @@ fn expect_reply(proxy: SocketAddr, cmd: SocksCommand, target: &Target, want: Rep
     s
 }
 
+/// A listener on 127.0.0.1 that never answers a connect: backlog 0 and its accept
+/// queue filled with connections nobody accepts, so the kernel drops further SYNs.
+/// Keep the returned sockets (the listener and its fillers) alive while using it.
+fn silent_listener() -> (SocketAddr, Vec<socket2::Socket>) {
+    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    full.bind(&local(0).into()).unwrap();
+    full.listen(0).unwrap();
+    let addr = full.local_addr().unwrap().as_socket().unwrap();
+    let mut keep = vec![full];
+    for _ in 0..3 {
+        let f = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        f.set_nonblocking(true).unwrap();
+        let _ = f.connect(&addr.into());
+        keep.push(f);
+    }
+    thread::sleep(Duration::from_millis(100));
+    (addr, keep)
+}
+
+/// `connect_timeout` bounds the whole connect: name resolution (here a resolver that
+/// takes 300 ms) plus every address (here three that never answer), not each address
+/// on its own. Each address but the last gets an equal share of what is left, so a
+/// silent first address cannot use up the budget of a working second one.
+#[test]
+fn connect_timeout_bounds_resolution_and_every_address() {
+    let web = http_server(local(0));
+    let silent: Vec<_> = (0..3).map(|_| silent_listener()).collect();
+    let silent_addrs: Vec<SocketAddr> = silent.iter().map(|(a, _)| *a).collect();
+    let mut opts = socks_opts();
+    opts.connect_timeout = Duration::from_millis(1200);
+    opts.resolver = Resolver::new(move |host, _port| {
+        thread::sleep(Duration::from_millis(300));
+        match host {
+            "silent.test" => Ok(silent_addrs.clone()),
+            "silent-then-web.test" => Ok(vec![silent_addrs[0], web]),
+            _ => Err(std::io::Error::new(ErrorKind::NotFound, "unknown name")),
+        }
+    });
+    let (proxy, counters, server) = start_proxy(opts);
+
+    // Per address, this took 0.3 s + 3 x 1.2 s.
+    let t0 = Instant::now();
+    expect_reply(
+        proxy,
+        SocksCommand::Connect,
+        &domain("silent.test", 1),
+        Reply::TtlExpired,
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1100),
+        "gave up before the timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "the connect timeout did not bound the whole attempt: {took:?}"
+    );
+
+    // The silent first address gets half of the 0.9 s left; the second connects.
+    let s = expect_reply(
+        proxy,
+        SocksCommand::Connect,
+        &domain("silent-then-web.test", 1),
+        Reply::Succeeded,
+    );
+    assert!(http_get(s, "/second").ends_with("hello from /second\n"));
+
+    wait_idle(&counters);
+    assert_eq!(server.stop().handlers_failed, 0);
+
+    // A forwarder to such a name: the client is closed within the same bound.
+    let mut opts = ProxyOptions::new(Mode::Forward(domain("silent.test", 1)));
+    opts.connect_timeout = Duration::from_millis(1200);
+    let silent_addrs: Vec<SocketAddr> = silent.iter().map(|(a, _)| *a).collect();
+    opts.resolver = Resolver::new(move |_host, _port| {
+        thread::sleep(Duration::from_millis(300));
+        Ok(silent_addrs.clone())
+    });
+    let (proxy, _counters, _server) = start_proxy(opts);
+    let t0 = Instant::now();
+    let mut c = connect(proxy);
+    assert!(read_to_close(&mut c, Duration::from_secs(5)).is_empty());
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1100) && took < Duration::from_millis(2500),
+        "forwarder: {took:?}"
+    );
+    drop(silent);
+}
+
 #[test]
 fn socks5_every_reply_code() {
     let web = http_server(local(0));
@@ -822,6 +1386,9 @@ fn socks5_every_reply_code() {
     assert_eq!(read_n(&mut s, 2), [5, 0]);
     assert_eq!(read_reply(&mut s), Some(Reply::GeneralFailure.code()));
     assert!(read_to_close(&mut s, T).is_empty());
+    // Close it: a refused session waits (up to the handshake timeout) for the
+    // client to close, and a stream kept open would outlive `wait_idle` below.
+    drop(s);
 
     // 0x02: a denied port, a denied range, and a name resolving into it.
     expect_reply(proxy, connect_cmd, &v4(local(25)), Reply::NotAllowed);
@@ -853,18 +1420,7 @@ fn socks5_every_reply_code() {
 
     // 0x06: a listener whose accept queue is full never completes the handshake;
     // the 300 ms connect timeout answers TTL expired.
-    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    full.bind(&local(0).into()).unwrap();
-    full.listen(0).unwrap();
-    let full_addr = full.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..3 {
-        let f = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        f.set_nonblocking(true).unwrap();
-        let _ = f.connect(&full_addr.into());
-        fillers.push(f);
-    }
-    thread::sleep(Duration::from_millis(100));
+    let (full_addr, fillers) = silent_listener();
     let t0 = Instant::now();
     expect_reply(proxy, connect_cmd, &v4(full_addr), Reply::TtlExpired);
     assert!(t0.elapsed() >= Duration::from_millis(250));
@@ -888,6 +1444,7 @@ fn socks5_every_reply_code() {
     assert_eq!(read_n(&mut s, 2), [5, 0]);
     assert_eq!(read_reply(&mut s), Some(Reply::CommandNotSupported.code()));
     assert!(read_to_close(&mut s, T).is_empty());
+    drop(s);
 
     // 0x08: an unknown address type.
     let mut s = connect(proxy);
@@ -913,6 +1470,59 @@ fn socks5_every_reply_code() {
         &domain("localhost", web.port()),
         Reply::NotAllowed,
     );
+}
+
+/// `ProxyOptions::resolver` turns SOCKS5 domain targets into addresses (on the worker
+/// pool); the addresses are tried in order.
+#[test]
+fn custom_resolver_is_used_for_names() {
+    let web = http_server(local(0));
+    let closed = local(closed_port());
+    let mut opts = socks_opts();
+    opts.resolver = Resolver::new(move |host, _port| match host {
+        "web.test" => Ok(vec![closed, web]),
+        _ => Err(std::io::Error::new(ErrorKind::NotFound, "unknown name")),
+    });
+    let (proxy, counters, server) = start_proxy(opts);
+    let s = expect_reply(
+        proxy,
+        SocksCommand::Connect,
+        &domain("web.test", 1),
+        Reply::Succeeded,
+    );
+    assert!(http_get(s, "/table").ends_with("hello from /table\n"));
+    expect_reply(
+        proxy,
+        SocksCommand::Connect,
+        &domain("other.test", 1),
+        Reply::HostUnreachable,
+    );
+    wait_idle(&counters);
+    let stats = server.stop();
+    assert!(stats.jobs_completed >= 2, "resolution did not use the pool");
+    assert_eq!(stats.handlers_failed, 0);
+}
+
+/// A connect to 0.0.0.0 or [::] reaches the local host, so a rule denying loopback
+/// must deny those too (before, they were let through: 0x00, and the local web
+/// server answered).
+#[test]
+fn socks5_unspecified_address_cannot_bypass_a_loopback_rule() {
+    let web = http_server(local(0));
+    let web6 = http_server("[::1]:0".parse().unwrap());
+    let mut opts = socks_opts();
+    opts.rules.deny_nets = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    let (proxy, counters, server) = start_proxy(opts);
+    for target in [
+        SocketAddr::from(([0, 0, 0, 0], web.port())),
+        SocketAddr::new("::".parse().unwrap(), web6.port()),
+        SocketAddr::new("::ffff:0.0.0.0".parse().unwrap(), web.port()),
+    ] {
+        expect_reply(proxy, SocksCommand::Connect, &v4(target), Reply::NotAllowed);
+    }
+    wait_idle(&counters);
+    assert_eq!(counters.snapshot().handshake_failed, 3);
+    assert_eq!(server.stop().handlers_failed, 0);
 }
 
 #[test]

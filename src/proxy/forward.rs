@@ -6,7 +6,16 @@
 //! carries a half-close across (end of file from one side becomes a write shutdown of
 //! the other, after the queued bytes), and applies backpressure: while one side's
 //! write queue is above its high watermark, the other side is not read, and reading
-//! resumes when that queue drains to the low watermark.
+//! resumes when that queue drains to the low watermark. The two directions are
+//! independent, as over a direct TCP connection: a side is never paused for its
+//! *own* queue, so a client that uploads while not yet reading its download keeps
+//! uploading. That is why a pipe's connections are made with
+//! [`Pipe::conn_config`], which turns [`ConnConfig::pause_on_own_queue`] off.
+//!
+//! A socket error ends one side, not the session: nothing more is written to the
+//! failed side, but everything already read from it, and what its kernel still
+//! holds, reaches the other side, followed by end of file (see
+//! [`Pipe::on_event`]).
 //!
 //! It must not decide anything else: connecting, timeouts, limits, logging and
 //! closing the session belong to the handler that owns the two [`Conn`]s.
@@ -32,17 +41,17 @@
 //!     }
 //!     fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
 //!         if self.upstream.is_connecting() {
-//!             if ev.source() == 0 {
-//!                 self.client.pause_reading();
-//!                 self.client.fill(cx)?; // remembers an end-of-file hint
-//!             } else if self.upstream.poll_connect()? {
+//!             // The client stays paused until then; resuming re-queues its read.
+//!             if ev.source() == 1 && self.upstream.poll_connect()? {
 //!                 self.client.resume_reading(cx);
 //!                 cx.requeue(Event::readable(1));
 //!             }
 //!             return Ok(());
 //!         }
-//!         self.pipe.on_event(cx, ev, &mut self.client, &mut self.upstream)?;
-//!         if Pipe::is_done(&self.client, &self.upstream) {
+//!         self.pipe.on_event(cx, ev, &mut self.client, &mut self.upstream);
+//!         // A failed side ends the session once the other side has everything;
+//!         // a real handler also bounds `is_lingering` with a timer.
+//!         if self.pipe.is_done(&self.client, &self.upstream) {
 //!             cx.close();
 //!         }
 //!         Ok(())
@@ -51,7 +60,7 @@
 //!
 //! fn main() -> std::io::Result<()> {
 //!     let to: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-//!     let cfg = ConnConfig::default();
+//!     let cfg = Pipe::conn_config(ConnConfig::default());
 //!     let mut r = Reactor::new()?;
 //!     let l = Listener::bind("127.0.0.1:0".parse().unwrap(), ListenOptions::default(),
 //!         move |stream, _peer| Some(Forward {
@@ -67,7 +76,7 @@
 
 use std::io;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, ConnConfig, ReadStatus};
 use crate::handler::Event;
 use crate::reactor::Context;
 
@@ -76,13 +85,25 @@ pub const UP: usize = 0;
 /// Direction index: bytes read from the upstream and written to the client.
 pub const DOWN: usize = 1;
 
-/// Relay state of one session: which directions are shut, bytes moved, and the
-/// low watermark at which a paused side resumes.
-#[derive(Debug, Clone)]
+/// Relay state of one session: per direction, whether its input has ended and that
+/// end was passed on; per side, whether its socket failed; bytes moved; the first
+/// failure, for the log.
+///
+/// Sides are numbered like the direction they feed: [`UP`] is the client, [`DOWN`]
+/// the upstream.
+#[derive(Debug)]
 pub struct Pipe {
     low_watermark: usize,
+    /// Per direction: no more input will come (end of file, or a read error).
+    ended: [bool; 2],
+    /// Per direction: the end of input was passed on (the receiver's write side is
+    /// shut down once its queue is written).
     shut: [bool; 2],
+    /// Per side: an I/O error on its socket. Nothing more is written to it; what its
+    /// kernel still holds for the other side is read and delivered.
+    failed: [bool; 2],
     bytes: [u64; 2],
+    failure: Option<(usize, io::Error)>,
 }
 
 impl Pipe {
@@ -91,8 +112,21 @@ impl Pipe {
     pub fn new(low_watermark: usize) -> Pipe {
         Pipe {
             low_watermark,
+            ended: [false; 2],
             shut: [false; 2],
+            failed: [false; 2],
             bytes: [0; 2],
+            failure: None,
+        }
+    }
+
+    /// `cfg` for the two connections of a pipe: the same limits, with
+    /// [`ConnConfig::pause_on_own_queue`] off, because a pipe pauses each side for
+    /// the other side's queue and never for its own (see the module docs).
+    pub fn conn_config(cfg: ConnConfig) -> ConnConfig {
+        ConnConfig {
+            pause_on_own_queue: false,
+            ..cfg
         }
     }
 
@@ -101,84 +135,188 @@ impl Pipe {
         self.bytes[dir]
     }
 
+    /// The first socket failure, if any: which side ([`UP`] for the client,
+    /// [`DOWN`] for the upstream) and its error.
+    pub fn failure(&self) -> Option<(usize, &io::Error)> {
+        self.failure.as_ref().map(|(side, e)| (*side, e))
+    }
+
     /// Handles one readiness event of either connection. `client` and `upstream` are
     /// told apart by their source numbers. Returns how many bytes this call moved
-    /// (for an idle timeout). An `Err` means one side failed (reset, broken pipe):
-    /// the session should close.
+    /// (for an idle timeout).
+    ///
+    /// A socket error (a reset, a broken pipe) is not returned: it ends that side
+    /// only. Nothing more is written to the failed side, but what the proxy already
+    /// holds for the *other* side (and what the failed side's kernel received
+    /// before the failure) is still delivered to it, followed by a write shutdown;
+    /// that side's further input has nowhere to go and is read and dropped. Ask
+    /// [`is_done`](Pipe::is_done) and [`is_lingering`](Pipe::is_lingering) what to do.
     pub fn on_event(
         &mut self,
         cx: &mut Context<'_>,
         ev: Event,
         client: &mut Conn,
         upstream: &mut Conn,
-    ) -> io::Result<usize> {
-        let (this, other, dir) = if ev.source() == client.source() {
-            (client, upstream, UP)
+    ) -> usize {
+        let d = if ev.source() == client.source() {
+            UP
         } else {
-            (upstream, client, DOWN)
+            DOWN
+        };
+        let (this, other) = if d == UP {
+            (client, upstream)
+        } else {
+            (upstream, client)
         };
         let mut moved = 0;
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            moved = self.pump(cx, this, other, dir)?;
+            moved = self.pump(cx, d, this, other);
+        }
+        if ev.is_error() && !self.failed[d] {
+            // A reset that reading did not report (this side's input had ended, or
+            // it is paused): the socket is gone. Take its error now, not at some
+            // later write, so the other side is finished promptly.
+            match this.stream().take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => self.fail(cx, d, this, other, e),
+            }
         }
         if ev.is_writable() || ev.is_write_closed() {
-            self.drain(cx, this, other)?;
+            self.drain(cx, 1 - d, this, other);
         }
-        Ok(moved)
+        moved
     }
 
-    /// Reads `from` (unless `to` is congested), queues what was read on `to`, writes
-    /// it, and forwards end of file as a write shutdown of `to`.
-    pub fn pump(
+    /// Direction `d`: reads `from` (unless `to` is congested), queues what was read
+    /// on `to` and writes it (see [`drain`](Pipe::drain)). Into a failed `to`, what
+    /// is read is dropped.
+    fn pump(&mut self, cx: &mut Context<'_>, d: usize, from: &mut Conn, to: &mut Conn) -> usize {
+        let mut moved = 0;
+        if !self.ended[d] {
+            if self.failed[1 - d] {
+                // Nobody to deliver to. Read and drop rather than stop reading, so
+                // `from`'s peer is not held up, and our eventual close finds no
+                // unread input (which would make the kernel send a reset that can
+                // destroy what we delivered to that peer).
+                let r = from.fill(cx);
+                let n = from.read_buf().len();
+                from.consume(n);
+                self.end_input(cx, d, from, to, r);
+                return 0;
+            }
+            // Paused, `fill` reads nothing; `drain` of `to` lifts the pause.
+            if to.is_congested() {
+                from.pause_reading();
+            }
+            let r = from.fill(cx);
+            // Bytes read before an error are delivered like any others.
+            moved = from.read_buf().len();
+            if moved > 0 {
+                from.move_read_buf_to(to);
+                self.bytes[d] += moved as u64;
+            }
+            self.end_input(cx, d, from, to, r);
+        }
+        self.drain(cx, d, to, from);
+        moved
+    }
+
+    /// Notes the end of direction `d`'s input: an end of file, or a read error
+    /// (which also fails `from`).
+    fn end_input(
         &mut self,
         cx: &mut Context<'_>,
+        d: usize,
         from: &mut Conn,
         to: &mut Conn,
-        dir: usize,
-    ) -> io::Result<usize> {
-        // Re-assert the pause before every read: `Conn::flush` on `from` lifts its
-        // own pause when *its* queue is short, which says nothing about `to`. With
-        // the flag set, `fill` still records an end-of-file hint but reads nothing.
-        if to.is_congested() {
-            from.pause_reading();
+        r: io::Result<ReadStatus>,
+    ) {
+        match r {
+            Ok(st) => self.ended[d] |= st.eof,
+            Err(e) => {
+                self.ended[d] = true;
+                self.fail(cx, d, from, to, e);
+            }
         }
-        let st = from.fill(cx)?;
-        let n = from.read_buf().len();
-        if n > 0 {
-            from.move_read_buf_to(to);
-            self.bytes[dir] += n as u64;
-        }
-        to.flush(cx)?;
-        if to.is_congested() {
-            from.pause_reading();
-        }
-        if st.eof && !self.shut[dir] && from.read_buf().is_empty() {
-            // Half-close travels through: `to` sees end of file after the last byte,
-            // and can still answer in the other direction.
-            self.shut[dir] = true;
-            to.shutdown_write(cx)?;
-        }
-        Ok(n)
     }
 
-    /// Writes `conn`'s queue; once it is short enough, resumes reading `feeder`
-    /// (the side whose bytes fill that queue) if backpressure had paused it.
-    pub fn drain(
+    /// Direction `d`: writes `to`'s queue, passes an ended input on as a write
+    /// shutdown of `to` (after the queued bytes: `to`'s peer reads them, then end of
+    /// file, and can still send the other way), and sets `from` by `to`'s queue:
+    /// paused while it is congested, reading again once it is down to the low
+    /// watermark. Every flush of a pipe's connection goes through here: a queue that
+    /// drains during some other flush makes no writable edge later, so a pause not
+    /// lifted now would never be.
+    fn drain(&mut self, cx: &mut Context<'_>, d: usize, to: &mut Conn, from: &mut Conn) {
+        let o = 1 - d;
+        if self.failed[o] {
+            return;
+        }
+        let r = if self.ended[d] && !self.shut[d] && from.read_buf().is_empty() {
+            self.shut[d] = true;
+            to.shutdown_write(cx)
+        } else {
+            to.flush(cx).map(|_| ())
+        };
+        if let Err(e) = r {
+            self.fail(cx, o, to, from, e);
+            return;
+        }
+        if self.ended[d] {
+            return;
+        }
+        if to.is_congested() {
+            from.pause_reading();
+        } else if from.is_paused() && to.write_pending() <= self.low_watermark {
+            from.resume_reading(cx);
+        }
+    }
+
+    /// Side `s` (`conn`) failed with `e`; `other` is the other side.
+    fn fail(
         &mut self,
         cx: &mut Context<'_>,
+        s: usize,
         conn: &mut Conn,
-        feeder: &mut Conn,
-    ) -> io::Result<()> {
-        conn.flush(cx)?;
-        if feeder.is_paused() && conn.write_pending() <= self.low_watermark && !feeder.is_eof() {
-            feeder.resume_reading(cx);
+        other: &mut Conn,
+        e: io::Error,
+    ) {
+        if self.failed[s] {
+            return;
         }
-        Ok(())
+        self.failed[s] = true;
+        if self.failure.is_none() {
+            self.failure = Some((s, e));
+        }
+        // Undeliverable: give the buffer back now.
+        conn.clear_write_queue(cx);
+        // `other`'s input has nowhere to go any more and is dropped from now on: it
+        // must not stay paused for a queue that will never drain.
+        other.resume_reading(cx);
+        // What `s`'s kernel still holds for `other` is read and delivered; no new
+        // edge need come for it. (Paused, it is read once `other` drains.)
+        if !self.ended[s] && !conn.is_paused() {
+            cx.requeue(Event::readable(conn.source()));
+        }
     }
 
-    /// True when both directions are finished: each side sent end of file and the
-    /// other side's queue was written and shut down. The session can close.
-    pub fn is_done(client: &Conn, upstream: &Conn) -> bool {
-        client.is_done() && upstream.is_done()
+    /// True when the session can close: in each direction the input ended and
+    /// everything was delivered and followed by a write shutdown, or the receiver
+    /// is gone (or both sides failed).
+    pub fn is_done(&self, client: &Conn, upstream: &Conn) -> bool {
+        if self.failed == [true, true] {
+            return true;
+        }
+        let to = [upstream, client]; // the receiver of each direction
+        (0..2).all(|d| self.ended[d] && (self.failed[1 - d] || to[d].is_write_shut()))
+    }
+
+    /// True when a side failed and everything deliverable has been delivered (and
+    /// followed by a write shutdown): all that is left is waiting for the healthy
+    /// side to close, which it may never do. Bound that wait with a timer.
+    pub fn is_lingering(&self, client: &Conn, upstream: &Conn) -> bool {
+        let to = [upstream, client];
+        (self.failed[UP] || self.failed[DOWN])
+            && (0..2).all(|d| self.failed[1 - d] || (self.ended[d] && to[d].is_write_shut()))
     }
 }

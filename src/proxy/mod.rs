@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +64,56 @@ pub enum Mode {
     },
 }
 
+/// Turns a host name and port into the addresses to try, in order.
+///
+/// It runs on the worker pool, never on the loop, so it may block. The default,
+/// [`Resolver::system`], asks the system resolver (`getaddrinfo`). Another one can
+/// serve names from a table, a service registry, or a test:
+///
+/// ```
+/// use reactor::proxy::Resolver;
+/// let r = Resolver::new(|host, port| match host {
+///     "db.internal" => Ok(vec![([10, 0, 0, 7], port).into()]),
+///     _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "unknown name")),
+/// });
+/// assert_eq!(r.resolve("db.internal", 5432).unwrap()[0].to_string(), "10.0.0.7:5432");
+/// ```
+#[derive(Clone)]
+pub struct Resolver(Arc<ResolveFn>);
+
+type ResolveFn = dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync;
+
+impl Resolver {
+    /// The system resolver (`getaddrinfo`, through `ToSocketAddrs`).
+    pub fn system() -> Resolver {
+        Resolver::new(|host, port| (host, port).to_socket_addrs().map(|it| it.collect()))
+    }
+
+    /// A resolver calling `f(host, port)` (on a worker thread).
+    pub fn new(
+        f: impl Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Resolver {
+        Resolver(Arc::new(f))
+    }
+
+    /// Resolves `host`; blocks as long as the function does.
+    pub fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        (self.0)(host, port)
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver::system()
+    }
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
 /// Settings of a proxy.
 #[derive(Clone, Debug)]
 pub struct ProxyOptions {
@@ -71,17 +121,33 @@ pub struct ProxyOptions {
     pub mode: Mode,
     /// Destinations SOCKS5 clients may not reach (answered with 0x02).
     pub rules: Rules,
+    /// How host names (SOCKS5 domain targets, a forwarder's named upstream) become
+    /// addresses; runs on the worker pool.
+    pub resolver: Resolver,
     /// Buffer limits of each of the two connections (watermarks for backpressure).
+    /// Its `pause_on_own_queue` is ignored: a proxy pauses a side only while the
+    /// *other* side's queue is congested, never for its own (see
+    /// [`forward::Pipe::conn_config`]).
     pub conn: ConnConfig,
     /// Listener settings. Its `max_connections` is a hard accept pause; the session
     /// limits below refuse (close) connections instead, and count them.
     pub listen: ListenOptions,
-    /// A connect attempt to one upstream address gives up after this long (the
-    /// next address is tried; SOCKS5 answers 0x06 if it was the last). Name
-    /// resolution gets the same budget.
+    /// The whole connect must succeed within this long, counted from the SOCKS5
+    /// request (a forwarder: from the accept): name resolution, retries while the
+    /// worker pool is full, and every address the name resolves to. Addresses are
+    /// tried in turn; each but the last gets an equal share of the time left when
+    /// it starts (so with 10 s and two addresses that never answer, 5 s each; an
+    /// address that fails at once leaves its share to the next). When the time is
+    /// up the client is refused (SOCKS5: 0x06, TTL expired).
     pub connect_timeout: Duration,
     /// A relaying session with no bytes in either direction for this long is closed.
     pub idle_timeout: Duration,
+    /// When one side of a relaying session fails (a reset, a broken pipe), the other
+    /// side still gets every byte the proxy holds for it, then end of file; its
+    /// further input is read and dropped until it closes, for at most this long
+    /// after that end of file (closing while it still sends would make the kernel
+    /// reset the connection, which can destroy bytes it has not read yet).
+    pub linger_timeout: Duration,
     /// The SOCKS5 handshake must complete within this long, or the client is closed.
     /// Also bounds how long a refused client is given to read its error reply.
     pub handshake_timeout: Duration,
@@ -93,11 +159,12 @@ pub struct ProxyOptions {
 
 impl ProxyOptions {
     /// Defaults for `mode`: 10 s connect and handshake timeouts, 300 s idle
-    /// timeout, 10,000 sessions, 1,000 per client IP.
+    /// timeout, 5 s linger timeout, 10,000 sessions, 1,000 per client IP.
     pub fn new(mode: Mode) -> ProxyOptions {
         ProxyOptions {
             mode,
             rules: Rules::default(),
+            resolver: Resolver::system(),
             conn: ConnConfig::default(),
             listen: ListenOptions {
                 max_connections: usize::MAX,
@@ -105,6 +172,7 @@ impl ProxyOptions {
             },
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            linger_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 10_000,
             max_sessions_per_ip: 1_000,
@@ -224,8 +292,31 @@ impl fmt::Display for ProxyStats {
 struct Limits {
     open: usize,
     per_ip: HashMap<IpAddr, u32>,
-    last_log: Option<Instant>,
-    unlogged: u64,
+    log: LogLimiter,
+}
+
+/// Lets a log line through at most once per [`REFUSAL_LOG_EVERY`], counting the ones
+/// held back, so a flood of connections cannot flood the log too.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl LogLimiter {
+    /// `Some(lines held back since the last one)` if a line may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
+        {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.held_back))
+        } else {
+            self.held_back += 1;
+            None
+        }
+    }
 }
 
 /// What every session of one proxy shares: its options, counters and limits.
@@ -234,6 +325,7 @@ pub(crate) struct Shared {
     pub(crate) opts: ProxyOptions,
     pub(crate) counters: Arc<ProxyCounters>,
     limits: RefCell<Limits>,
+    rejections: RefCell<LogLimiter>,
 }
 
 /// Refusals are logged at most once per this interval, with a count of the rest,
@@ -259,23 +351,30 @@ impl Shared {
             ProxyCounters::add(&self.counters.active, 1);
             return true;
         };
-        let now = Instant::now();
-        if l.last_log
-            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
-        {
+        if let Some(held_back) = l.log.allow(Instant::now()) {
             log::warn!(
                 "refused connection from {peer}: {why} is reached ({} open, {} from {ip}; \
-                 {} more refusals not logged)",
+                 {held_back} more refusals not logged)",
                 l.open,
                 per_ip,
-                l.unlogged
             );
-            l.last_log = Some(now);
-            l.unlogged = 0;
-        } else {
-            l.unlogged += 1;
         }
         false
+    }
+
+    /// Logs why one session was turned away (a bad or timed-out handshake, a denied
+    /// or unsupported request, an unreachable upstream): at info level at most once
+    /// a second, with a count of those held back, and the rest at debug level, so
+    /// a flood of bad clients cannot flood the log.
+    pub(crate) fn log_rejection(&self, msg: fmt::Arguments<'_>) {
+        let allowed = self.rejections.borrow_mut().allow(Instant::now());
+        match allowed {
+            Some(0) => log::info!("{msg}"),
+            Some(n) => {
+                log::info!("{msg} ({n} more rejections since the last one logged at info level)")
+            }
+            None => log::debug!("{msg}"),
+        }
     }
 
     /// A session from `ip` closed, having relayed `up`/`down` bytes.
@@ -320,6 +419,7 @@ pub fn proxy_listener(
         opts,
         counters: counters.clone(),
         limits: RefCell::new(Limits::default()),
+        rejections: RefCell::default(),
     });
     let listener = Listener::bind(addr, listen, move |stream, peer| {
         if !shared.admit(peer) {
@@ -361,6 +461,7 @@ mod tests {
             opts,
             counters: Arc::default(),
             limits: RefCell::default(),
+            rejections: RefCell::default(),
         };
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.2:1".parse().unwrap();

@@ -4,12 +4,14 @@
 //! `10.0.0.0/8`, `::1/128`) and deny destination ports. A request that matches is
 //! answered with reply 0x02 "connection not allowed by ruleset". Rules are checked
 //! before anything is resolved (the port) and again on every resolved address, so a
-//! host name cannot smuggle a client into a denied range.
+//! host name cannot smuggle a client into a denied range. Addresses are judged by
+//! where a connect really goes: an IPv4-mapped IPv6 address as its IPv4 address, an
+//! unspecified one (`0.0.0.0`, `::`) as loopback.
 //!
 //! Plain values and functions: no sockets, no resolution, no clock.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// An address range: a network address and a prefix length.
@@ -105,9 +107,26 @@ impl Rules {
         !self.deny_ports.contains(&port)
     }
 
-    /// True if connecting to `ip` is allowed.
+    /// True if connecting to `ip` is allowed. An unspecified address is judged as
+    /// the loopback address the kernel connects it to (see [`connect_destination`]).
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        let ip = connect_destination(ip);
         !self.deny_nets.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// Where a TCP connect to `ip` really goes. A connect to an unspecified address
+/// (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) reaches the local host: Linux sends it to
+/// `127.0.0.1` (`::1` for IPv6). Judged as itself, it would slip past a rule that
+/// denies loopback.
+pub fn connect_destination(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some_and(|v4| v4.is_unspecified()) => {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+        other => other,
     }
 }
 
@@ -161,5 +180,18 @@ mod tests {
         assert!(!r.allows_port(25) && r.allows_port(80));
         assert!(!r.allows_ip(ip("127.0.0.2")) && r.allows_ip(ip("127.0.0.1")));
         assert!(Rules::default().allows_ip(ip("127.0.0.2")));
+    }
+
+    #[test]
+    fn unspecified_addresses_are_judged_as_loopback() {
+        let r = Rules {
+            deny_nets: vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
+            deny_ports: vec![],
+        };
+        for a in ["0.0.0.0", "::", "::ffff:0.0.0.0", "127.0.0.1", "::1"] {
+            assert!(!r.allows_ip(ip(a)), "{a}");
+        }
+        assert!(r.allows_ip(ip("10.0.0.1")) && r.allows_ip(ip("::2")));
+        assert_eq!(connect_destination(ip("1.2.3.4")), ip("1.2.3.4"));
     }
 }

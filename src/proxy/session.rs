@@ -13,13 +13,19 @@
 //!
 //! - **Handshake** (SOCKS5): client bytes go to the sans-io [`Handshake`]; what it
 //!   writes goes back; a handshake timer bounds slow or silent clients.
-//! - **Resolving**: a host name is resolved on the worker pool
-//!   ([`Context::offload`]) and the addresses come back in `on_job`, never on the loop.
-//! - **Connecting**: a non-blocking [`Conn::connect`] to each address in turn, each
-//!   guarded by the connect timeout; the first writable event on source 1 settles it
-//!   ([`Conn::poll_connect`]). The client is not read meanwhile (its bytes wait in the
-//!   kernel, or in the read buffer if they came with the request).
+//! - **Resolving**: a host name is resolved by the options' `Resolver` on the worker
+//!   pool ([`Context::offload`]) and the addresses come back in `on_job`, never on the
+//!   loop.
+//! - **Connecting**: a non-blocking [`Conn::connect`] to each address in turn; the
+//!   first writable event on source 1 settles it ([`Conn::poll_connect`]). The connect
+//!   timeout is one deadline for resolution and every address; each address but the
+//!   last gets an equal share of what is left of it. The client is not read meanwhile
+//!   (its bytes wait in the kernel, or in the read buffer if they came with the
+//!   request).
 //! - **Relaying**: [`Pipe`] moves bytes both ways with backpressure and half-close.
+//!   When one side fails, the other still gets what the proxy holds for it, then end
+//!   of file; the session lingers (input dropped) until that side closes, bounded by
+//!   the linger timeout.
 //! - **Refusing**: the failure reply is queued, our side is shut down after it, and
 //!   the client's input is discarded until it closes (closing with unread input would
 //!   send a reset that can destroy the reply in flight), bounded by the handshake
@@ -28,9 +34,9 @@
 //! It must not parse: the codec does. It must not block: resolution is offloaded.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
@@ -61,6 +67,11 @@ enum Phase {
     Refusing,
 }
 
+/// "client" or "upstream", for a side numbered as [`Pipe`] does.
+fn side_name(side: usize) -> &'static str {
+    if side == UP { "client" } else { "upstream" }
+}
+
 /// The handler of one proxied connection (forwarder or SOCKS5). See the module docs.
 pub struct Session {
     shared: Rc<Shared>,
@@ -72,9 +83,16 @@ pub struct Session {
     target: Option<Target>,
     addrs: Vec<SocketAddr>,
     next_addr: usize,
+    /// The address being connected to.
+    current: Option<SocketAddr>,
     last_err: Option<io::Error>,
-    /// Handshake, resolve/connect or linger deadline, depending on the phase.
+    /// Handshake, whole-connect, refusal or linger deadline, depending on the phase.
     deadline: Option<TimerId>,
+    /// When the whole connect (resolution and every address) must be done.
+    connect_by: Option<Instant>,
+    /// Ends the current address's share of the connect deadline, when more
+    /// addresses wait after it.
+    attempt: Option<TimerId>,
     retry: Option<TimerId>,
     job: Option<JobId>,
     idle: IdleTimeout,
@@ -83,7 +101,8 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(shared: Rc<Shared>, stream: TcpStream, peer: SocketAddr) -> Session {
-        let cfg = shared.opts.conn;
+        // Never paused for its own queue: the pipe pauses a side for the other's.
+        let cfg = Pipe::conn_config(shared.opts.conn);
         let idle = IdleTimeout::new(shared.opts.idle_timeout);
         Session {
             client: Conn::new(stream, CLIENT, cfg),
@@ -94,8 +113,11 @@ impl Session {
             target: None,
             addrs: Vec::new(),
             next_addr: 0,
+            current: None,
             last_err: None,
             deadline: None,
+            connect_by: None,
+            attempt: None,
             retry: None,
             job: None,
             idle,
@@ -117,6 +139,12 @@ impl Session {
 
     fn disarm_deadline(&mut self, cx: &mut Context<'_>) {
         if let Some(t) = self.deadline.take() {
+            cx.cancel_timer(t);
+        }
+    }
+
+    fn disarm_attempt(&mut self, cx: &mut Context<'_>) {
+        if let Some(t) = self.attempt.take() {
             cx.cancel_timer(t);
         }
     }
@@ -144,11 +172,10 @@ impl Session {
             }
             Phase::Resolving | Phase::Connecting => {
                 if ev.source() == CLIENT {
-                    // Not reading yet: paused (again: a flush of the client lifts
-                    // the pause), `fill` only records an end-of-file hint that no
-                    // later event would repeat.
-                    self.client.pause_reading();
-                    self.client.fill(cx)?;
+                    // Not read until the upstream is connected: the client stays
+                    // paused, and the read re-queued on connecting picks up what
+                    // came meanwhile (end of file included: a re-queued read goes
+                    // on to `WouldBlock`).
                 } else if self.phase == Phase::Connecting {
                     self.poll_upstream(cx)?;
                 }
@@ -157,18 +184,32 @@ impl Session {
                 let Some(up) = self.upstream.as_mut() else {
                     return Err(io::Error::other("relaying without an upstream"));
                 };
-                let moved = self.pipe.on_event(cx, ev, &mut self.client, up)?;
+                let moved = self.pipe.on_event(cx, ev, &mut self.client, up);
                 if moved > 0 {
                     self.idle.touch(cx);
                 }
-                if Pipe::is_done(&self.client, up) {
-                    log::debug!(
-                        "session {}: finished ({} bytes up, {} down)",
-                        self.peer,
-                        self.pipe.bytes(UP),
-                        self.pipe.bytes(DOWN)
-                    );
+                if self.pipe.is_done(&self.client, up) {
+                    match self.pipe.failure() {
+                        None => log::debug!(
+                            "session {}: finished ({} bytes up, {} down)",
+                            self.peer,
+                            self.pipe.bytes(UP),
+                            self.pipe.bytes(DOWN)
+                        ),
+                        Some((side, e)) => log::debug!(
+                            "session {}: the {} failed ({e}); the other side got everything \
+                             it had sent ({} bytes up, {} down)",
+                            self.peer,
+                            side_name(side),
+                            self.pipe.bytes(UP),
+                            self.pipe.bytes(DOWN)
+                        ),
+                    }
                     cx.close();
+                } else if self.deadline.is_none() && self.pipe.is_lingering(&self.client, up) {
+                    // Everything deliverable is delivered; the healthy side's input is
+                    // being dropped until it closes. It may never: bound the wait.
+                    self.arm_deadline(cx, self.shared.opts.linger_timeout);
                 }
             }
             Phase::Refusing => {
@@ -201,10 +242,10 @@ impl Session {
                 self.client.consume(n);
                 self.client.flush(cx)?;
                 if st.eof {
-                    log::info!(
+                    self.shared.log_rejection(format_args!(
                         "session {}: client closed during the SOCKS5 handshake",
                         self.peer
-                    );
+                    ));
                     self.shared.count_handshake_failure();
                     cx.close();
                 }
@@ -221,7 +262,8 @@ impl Session {
                 self.on_request(cx, req)
             }
             Err(e) => {
-                log::info!("session {}: {e}", self.peer);
+                self.shared
+                    .log_rejection(format_args!("session {}: {e}", self.peer));
                 self.shared.count_handshake_failure();
                 if out.is_empty() {
                     cx.close(); // not SOCKS5: nothing we could say would be understood
@@ -235,12 +277,10 @@ impl Session {
 
     fn on_request(&mut self, cx: &mut Context<'_>, req: Request) -> io::Result<()> {
         if req.command != Command::Connect {
-            log::info!(
+            self.shared.log_rejection(format_args!(
                 "session {}: SOCKS5 command {:?} to {} is not supported",
-                self.peer,
-                req.command,
-                req.target
-            );
+                self.peer, req.command, req.target
+            ));
             self.shared.count_handshake_failure();
             return self.refuse(cx, Some(Reply::CommandNotSupported));
         }
@@ -248,11 +288,10 @@ impl Session {
         let denied = !rules.allows_port(req.target.port())
             || matches!(req.target, Target::Addr(a) if !rules.allows_ip(a.ip()));
         if denied {
-            log::info!(
+            self.shared.log_rejection(format_args!(
                 "session {}: CONNECT {} denied by the rules",
-                self.peer,
-                req.target
-            );
+                self.peer, req.target
+            ));
             self.shared.count_handshake_failure();
             return self.refuse(cx, Some(Reply::NotAllowed));
         }
@@ -261,7 +300,10 @@ impl Session {
     }
 
     fn start_connect(&mut self, cx: &mut Context<'_>, target: Target) -> io::Result<()> {
-        self.arm_deadline(cx, self.shared.opts.connect_timeout);
+        // One deadline for all of it: resolution, pool-full retries, every address.
+        let timeout = self.shared.opts.connect_timeout;
+        self.connect_by = Some(cx.now() + timeout);
+        self.arm_deadline(cx, timeout);
         match &target {
             Target::Addr(a) => {
                 self.addrs = vec![*a];
@@ -281,12 +323,9 @@ impl Session {
         let Some(Target::Domain { host, port }) = self.target.clone() else {
             return;
         };
-        // `to_socket_addrs` on a name calls getaddrinfo, which blocks: worker pool.
-        match cx.offload(move || {
-            (host.as_str(), port)
-                .to_socket_addrs()
-                .map(|it| it.collect::<Vec<SocketAddr>>())
-        }) {
+        // Resolution may block (getaddrinfo does): worker pool.
+        let resolver = self.shared.opts.resolver.clone();
+        match cx.offload(move || resolver.resolve(&host, port)) {
             Ok(job) => self.job = Some(job),
             Err(full) => {
                 log::debug!(
@@ -339,17 +378,29 @@ impl Session {
     }
 
     /// Starts a connect to the next address; fails the session when none is left.
+    /// The connect deadline is not extended: an address gets an equal share of
+    /// what is left of it (the last one gets all the rest), so a silent address
+    /// cannot use up the time of the ones after it, and one that fails at once
+    /// leaves its share to them.
     fn try_next(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         self.upstream = None; // a failed attempt's socket (closing it deregisters it)
+        self.disarm_attempt(cx);
         while let Some(&addr) = self.addrs.get(self.next_addr) {
             self.next_addr += 1;
-            let attempt = Conn::connect(addr, UPSTREAM, self.shared.opts.conn)
+            let attempt = Conn::connect(addr, UPSTREAM, Pipe::conn_config(self.shared.opts.conn))
                 .and_then(|mut c| c.register(cx).map(|()| c));
             match attempt {
                 Ok(c) => {
                     self.upstream = Some(c);
+                    self.current = Some(addr);
                     self.phase = Phase::Connecting;
-                    self.arm_deadline(cx, self.shared.opts.connect_timeout);
+                    let after = self.addrs.len() - self.next_addr;
+                    if after > 0 {
+                        let left = self
+                            .connect_by
+                            .map_or(Duration::ZERO, |t| t.saturating_duration_since(cx.now()));
+                        self.attempt = Some(cx.timer_once(left / (after as u32 + 1)));
+                    }
                     return Ok(());
                 }
                 Err(e) => {
@@ -376,7 +427,7 @@ impl Session {
                 log::debug!(
                     "session {}: connect to {}: {e}",
                     self.peer,
-                    self.addrs[self.next_addr - 1]
+                    self.current_addr()
                 );
                 self.last_err = Some(e);
                 self.try_next(cx)
@@ -384,8 +435,14 @@ impl Session {
         }
     }
 
+    /// The address being connected to, for logs.
+    fn current_addr(&self) -> String {
+        self.current.map(|a| a.to_string()).unwrap_or_default()
+    }
+
     fn connected(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         self.disarm_deadline(cx);
+        self.disarm_attempt(cx);
         self.phase = Phase::Relaying;
         self.idle.start(cx);
         let socks = self.is_socks();
@@ -393,16 +450,17 @@ impl Session {
             return Ok(());
         };
         log::debug!(
-            "session {}: connected to {} via {:?}",
+            "session {}: connected to {:?} via {:?}",
             self.peer,
-            self.addrs[self.next_addr - 1],
+            self.current,
             up.stream().local_addr()
         );
         if socks {
             let mut out = Vec::with_capacity(32);
             encode_reply(Reply::Succeeded, up.stream().local_addr().ok(), &mut out);
             self.client.queue(cx, &out);
-            self.client.flush(cx)?;
+            // Written by the pipe (which handles a failure of the client there).
+            cx.requeue(Event::writable(CLIENT));
         }
         // Read both sides now: the client's early bytes and the upstream's greeting
         // may have arrived with edges we already consumed.
@@ -417,6 +475,7 @@ impl Session {
     /// The upstream could not be reached: SOCKS5 clients get the matching reply,
     /// forwarded clients are closed at once.
     fn fail(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Result<()> {
+        self.disarm_attempt(cx);
         self.shared.count_connect_failure();
         let target = self
             .target
@@ -425,16 +484,16 @@ impl Session {
             .unwrap_or_default();
         if self.is_socks() {
             let reply = Reply::from_io_error(&e);
-            log::info!(
+            self.shared.log_rejection(format_args!(
                 "session {}: cannot reach {target}: {e}; replying {reply}",
                 self.peer
-            );
+            ));
             self.refuse(cx, Some(reply))
         } else {
-            log::info!(
+            self.shared.log_rejection(format_args!(
                 "session {}: cannot reach upstream {target}: {e}; closing",
                 self.peer
-            );
+            ));
             cx.close();
             Ok(())
         }
@@ -495,11 +554,10 @@ impl Handler for Session {
             self.deadline = None;
             match self.phase {
                 Phase::Handshake => {
-                    log::info!(
+                    self.shared.log_rejection(format_args!(
                         "session {}: SOCKS5 handshake not finished within {:?}; closing",
-                        self.peer,
-                        self.shared.opts.handshake_timeout
-                    );
+                        self.peer, self.shared.opts.handshake_timeout
+                    ));
                     self.shared.count_handshake_failure();
                     cx.close();
                     Ok(())
@@ -515,22 +573,52 @@ impl Handler for Session {
                     self.fail(cx, e)
                 }
                 Phase::Connecting => {
-                    self.last_err = Some(io::Error::new(
+                    let last = match self.last_err.take() {
+                        Some(e) => format!("; before that: {e}"),
+                        None => String::new(),
+                    };
+                    let e = io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
-                            "connect to {} timed out after {:?}",
-                            self.addrs[self.next_addr - 1],
-                            self.shared.opts.connect_timeout
+                            "no connection within {:?} (tried {} of {} addresses, the last \
+                             {} did not answer{last})",
+                            self.shared.opts.connect_timeout,
+                            self.next_addr,
+                            self.addrs.len(),
+                            self.current_addr()
                         ),
-                    ));
-                    self.try_next(cx)
+                    );
+                    self.fail(cx, e)
                 }
                 Phase::Refusing => {
                     cx.close();
                     Ok(())
                 }
-                Phase::Relaying => Ok(()),
+                Phase::Relaying => {
+                    // Only armed while lingering after a failure.
+                    if let Some((side, e)) = self.pipe.failure() {
+                        log::debug!(
+                            "session {}: the {} failed ({e}); the other side got what it \
+                             had sent but did not close within {:?}; closing",
+                            self.peer,
+                            side_name(side),
+                            self.shared.opts.linger_timeout
+                        );
+                    }
+                    cx.close();
+                    Ok(())
+                }
             }
+        } else if self.attempt == Some(t) {
+            // This address's share is used up; the next one gets its own.
+            self.attempt = None;
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {} did not answer in time", self.current_addr()),
+            );
+            log::debug!("session {}: {e}; trying the next address", self.peer);
+            self.last_err = Some(e);
+            self.try_next(cx)
         } else if self.idle.expired(cx, t) {
             log::debug!(
                 "session {}: idle for {:?}; closing",
