@@ -462,6 +462,166 @@ fn bad_pieces_are_refetched_and_the_sender_dropped() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// What a [`selective_liar`] saw.
+#[derive(Debug, Default)]
+struct LiarLog {
+    /// Connections accepted.
+    connections: AtomicUsize,
+    /// Blocks sent with corrupted data.
+    bad_blocks: AtomicUsize,
+    /// Blocks sent with the right data.
+    good_blocks: AtomicUsize,
+}
+
+/// A seeder with the real data that corrupts every block it sends of every other
+/// piece it is asked for (the first, the third, ...: whichever pieces the picker
+/// chose, some are corrupted), serves the others correctly, and waits `delay`
+/// per block (slow, so an honest seeder's blocks end up in the same pieces, as
+/// in end-game). It accepts connections one after another until `stop` is set.
+fn selective_liar(
+    info_hash: [u8; 20],
+    data: Arc<Vec<u8>>,
+    piece_length: usize,
+    delay: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (SocketAddr, Arc<LiarLog>, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    let log = Arc::new(LiarLog::default());
+    let seen = log.clone();
+    let t = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut asked: Vec<u32> = Vec::new();
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            let mut s = match l.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(_) => return,
+            };
+            seen.connections.fetch_add(1, Ordering::Relaxed);
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut hs = [0u8; 68];
+            if s.read_exact(&mut hs).is_err() {
+                continue;
+            }
+            let _ = s.write_all(&handshake(&info_hash, true));
+            let _ = s.write_all(&msg(14, &[])); // have_all
+            let _ = s.write_all(&msg(1, &[])); // unchoke
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            'conn: loop {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                while buf.len() >= 4 {
+                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if buf.len() < 4 + len {
+                        break;
+                    }
+                    if len == 13 && buf[4] == 6 {
+                        let index = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+                        let begin = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]);
+                        let blen = u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]);
+                        let at = index as usize * piece_length + begin as usize;
+                        let Some(block) = data.get(at..at + blen as usize) else {
+                            break 'conn;
+                        };
+                        let mut p = buf[5..13].to_vec();
+                        p.extend_from_slice(block);
+                        let rank = asked.iter().position(|&p| p == index).unwrap_or_else(|| {
+                            asked.push(index);
+                            asked.len() - 1
+                        });
+                        if rank % 2 == 0 {
+                            p[8] ^= 0xff;
+                            seen.bad_blocks.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            seen.good_blocks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(delay);
+                        if s.write_all(&msg(7, &p)).is_err() {
+                            break 'conn;
+                        }
+                    }
+                    buf.drain(..4 + len);
+                }
+            }
+        }
+    });
+    (addr, log, t)
+}
+
+#[test]
+fn a_liar_is_banned_and_the_honest_seeder_it_shared_pieces_with_is_kept() {
+    let d = tmpdir("blame");
+    let data = Arc::new(pseudo_random_bytes(29, 8 * 1024 * 1024));
+    let src = d.join("data.bin");
+    std::fs::write(&src, &*data).unwrap();
+    let torrent = d.join("t.torrent");
+    // Big pieces (64 blocks): the liar's slow blocks and the honest seeder's
+    // share pieces, so a failed piece has both among its senders.
+    const PIECE: usize = 1024 * 1024;
+    let meta = make_torrent(&src, PIECE as u32, &torrent);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (liar, liar_log, liar_thread) = selective_liar(
+        meta.info_hash,
+        data.clone(),
+        PIECE,
+        Duration::from_millis(2),
+        stop.clone(),
+    );
+    let mut seed = seeder(&torrent, &src, &[]);
+    let out = d.join("out.bin");
+    let (code, err) = run_bounded(
+        leech(&torrent, &out, &[liar, seed.addr], &["--timeout", "20"]),
+        Duration::from_secs(40),
+    );
+    stop.store(true, Ordering::Relaxed);
+    liar_thread.join().unwrap();
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == *data, "file differs");
+    // The scenario happened: the liar's corrupted blocks made pieces fail.
+    assert!(
+        liar_log.bad_blocks.load(Ordering::Relaxed) > 0,
+        "the liar sent no bad block: {liar_log:?} {err}"
+    );
+    assert!(err.contains("failed its hash check"), "{err}");
+    // The honest seeder is never blamed: one connection, closed only when the
+    // leecher exited.
+    assert!(
+        !err.contains(&format!("banning peer {}", seed.addr)),
+        "honest seeder banned: {err}"
+    );
+    assert!(
+        seed.wait_stderr("disconnected (", Duration::from_secs(5)),
+        "the seeder never saw the leecher leave"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let seed_log = seed.stderr_text();
+    let connections = seed_log.matches("disconnected (").count();
+    assert_eq!(
+        connections, 1,
+        "the honest seeder was disconnected and redialled: leecher log:\n{err}\nseeder log:\n{seed_log}"
+    );
+    // The liar is banned: closed, and never dialled again.
+    assert!(
+        err.contains(&format!("banning peer {liar}")),
+        "liar not banned: {err}"
+    );
+    assert_eq!(
+        liar_log.connections.load(Ordering::Relaxed),
+        1,
+        "the banned liar was dialled again: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn peer_that_handshakes_and_drops_is_not_redialled_in_a_loop() {
     let d = tmpdir("drop");

@@ -152,6 +152,29 @@ impl Peer {
     fn expect_closed(&mut self) {
         assert_eq!(self.recv(), Got::Closed);
     }
+
+    /// The next message if one arrives within `t`; `None` if the relay says nothing.
+    fn recv_within(&mut self, t: Duration) -> Option<Got> {
+        if proto::decode(&self.buf)
+            .expect("relay sent a bad frame")
+            .is_none()
+        {
+            self.s.set_read_timeout(Some(t)).unwrap();
+            let mut tmp = [0u8; 4096];
+            let r = self.s.read(&mut tmp);
+            self.s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            match r {
+                Ok(0) => return Some(Got::Closed),
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None;
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(Got::Closed),
+                Err(e) => panic!("no answer from the relay: {e}"),
+            }
+        }
+        Some(self.recv())
+    }
 }
 
 fn reserved(id: &str) -> Got {
@@ -343,6 +366,119 @@ fn circuit_byte_limit_closes_the_circuit() {
     let mut buf = [0u8; 5];
     c.s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"again");
+}
+
+/// How a connector leaves while it waits for the reserver's `ACCEPT`.
+#[derive(Debug, Clone, Copy)]
+enum Leave {
+    /// After its `INCOMING` reached the reserver: a FIN, on its own event.
+    CloseAfterIncoming,
+    /// The same, with a reset (`SO_LINGER` 0).
+    ResetAfterIncoming,
+    /// Right after `CONNECT`: the relay may read the frame and the FIN together.
+    CloseAtOnce,
+}
+
+/// A connector sends `CONNECT`, leaves as `leave` says while it waits for the
+/// reserver, and the relay must notice at once: its circuit slot is free again
+/// well before the accept timeout, and the reserver's `ACCEPT` of its circuit is
+/// refused rather than bridged to a dead socket.
+fn connector_leaves_while_waiting(leave: Leave) {
+    // One circuit per reserving peer: a dead connector's pending circuit would
+    // refuse every other connector until the (long) accept timeout.
+    const ACCEPT_TIMEOUT: f64 = 30.0;
+    const NOTICED_WITHIN: f64 = 2.0;
+    let (addr, _relay) = relay(cfg(|c| {
+        c.circuits.accept_timeout = secs(ACCEPT_TIMEOUT);
+        c.circuits.max_per_peer = 1;
+    }));
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let mut dead = Peer::connect(addr);
+    dead.send(&Message::Connect { id: "svc" });
+    let mut incoming = Vec::new();
+    match leave {
+        Leave::CloseAtOnce => drop(dead),
+        Leave::CloseAfterIncoming | Leave::ResetAfterIncoming => {
+            let Got::Incoming(c, _) = owner.recv() else {
+                panic!("{leave:?}: no INCOMING for the first connector");
+            };
+            incoming.push(c);
+            if matches!(leave, Leave::ResetAfterIncoming) {
+                socket2::SockRef::from(&dead.s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            drop(dead);
+        }
+    }
+    // The slot comes back well before the accept timeout: another connector
+    // is let through instead of refused with CircuitLimit.
+    let left = Instant::now();
+    let mut next = Peer::connect(addr);
+    loop {
+        next.send(&Message::Connect { id: "svc" });
+        match next.recv_within(secs(0.2)) {
+            // Waiting for the reserver: the circuit was opened.
+            None => break,
+            Some(Got::Refused(Reason::CircuitLimit)) => {}
+            Some(other) => panic!("{leave:?}: CONNECT answered {other:?}"),
+        }
+        assert!(
+            left.elapsed() < secs(NOTICED_WITHIN),
+            "{leave:?}: the connector that left still holds its circuit after {:?} \
+             (accept timeout {ACCEPT_TIMEOUT} s)",
+            left.elapsed()
+        );
+        std::thread::sleep(secs(0.02));
+    }
+    // Every INCOMING but the last is for the dead connector (in CloseAtOnce the
+    // relay may have seen it leave before telling the reserver at all). The
+    // reserver's ACCEPT of it is refused: it is not bridged to a dead socket.
+    loop {
+        match owner.recv_within(secs(0.5)) {
+            Some(Got::Incoming(c, _)) => incoming.push(c),
+            None => break,
+            Some(other) => panic!("{leave:?}: control connection got {other:?}"),
+        }
+    }
+    let (live, dead_ones) = incoming
+        .split_last()
+        .expect("INCOMING for the live connector");
+    assert!(dead_ones.len() <= 1, "{leave:?}: {incoming:?}");
+    for &c in dead_ones {
+        let mut acceptor = Peer::connect(addr);
+        acceptor.send(&Message::Accept { circuit: c });
+        assert_eq!(
+            acceptor.recv(),
+            Got::Refused(Reason::UnknownCircuit),
+            "{leave:?}: the reserver was handed the circuit of a connector that left"
+        );
+    }
+    // The live connector is bridged and carries data.
+    let mut acceptor = Peer::connect(addr);
+    acceptor.send(&Message::Accept { circuit: *live });
+    assert_eq!(acceptor.recv(), Got::Connected(*live), "{leave:?}");
+    assert_eq!(next.recv(), Got::Connected(*live), "{leave:?}");
+    next.raw(b"ping");
+    let mut buf = [0u8; 4];
+    acceptor.s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[test]
+fn connector_that_closes_after_incoming_is_dropped_at_once() {
+    connector_leaves_while_waiting(Leave::CloseAfterIncoming);
+}
+
+#[test]
+fn connector_that_resets_after_incoming_is_dropped_at_once() {
+    connector_leaves_while_waiting(Leave::ResetAfterIncoming);
+}
+
+#[test]
+fn connector_that_closes_right_after_connect_is_dropped_at_once() {
+    connector_leaves_while_waiting(Leave::CloseAtOnce);
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! Sans-io (no sockets, files or clock; tested without a network): [`bencode`],
 //! torrent [`metainfo`] (v1, info-hash over the raw info dictionary), the HTTP
 //! [`tracker`] announce (BEP 3, BEP 23), the peer-wire codec [`wire`] (with BEP 6 and
-//! BEP 10 framing), the rarest-first [`picker`] with end-game, the [`peers`]
-//! manager with its reconnect backoff, and [`discover`] (what a peer announces by
+//! BEP 10 framing), the rarest-first [`picker`] with end-game, [`blame`] (whom to
+//! ban for a piece that fails its hash check), the [`peers`] manager with its
+//! reconnect backoff and bans, and [`discover`] (what a peer announces by
 //! LAN discovery, and which announcements are peers of our torrent).
 //!
 //! On the reactor (thin handlers over those): [`torrent`] (the shared torrent state
@@ -14,6 +15,7 @@
 //! `docs/peer-wire.md`.
 
 pub mod bencode;
+pub mod blame;
 pub mod create;
 pub mod discover;
 pub mod metainfo;

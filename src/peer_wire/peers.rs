@@ -17,6 +17,8 @@
 //! * A failed dial (refused, timed out, unreachable) increments another
 //!   counter and waits [`FAILURE_BACKOFF`]`[min(n, 7) - 1]`: 15 s, 1 min,
 //!   5 min, 15 min, 30 min, 1 h, then 2 h. A successful TCP connect resets it.
+//! * A *banned* peer (it sent data that failed the hash check; see
+//!   [`super::blame`]) is never dialled or accepted again, whoever announces it.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -105,6 +107,8 @@ pub struct PeerStats {
     /// We may dial it (false for peers only seen as inbound connections,
     /// whose source port is usually ephemeral).
     pub dialable: bool,
+    /// Banned for bad data: never dialled or accepted again.
+    pub banned: bool,
 }
 
 impl PeerStats {
@@ -181,6 +185,7 @@ impl PeerManager {
             bytes_up: 0,
             next_attempt: now,
             dialable,
+            banned: false,
         }
     }
 
@@ -192,7 +197,7 @@ impl PeerManager {
         let worst = self
             .peers
             .iter()
-            .filter(|(_, p)| p.state == ConnState::Idle)
+            .filter(|(_, p)| p.state == ConnState::Idle && !p.banned)
             .filter(|(_, p)| {
                 p.consecutive_failures.saturating_add(p.consecutive_useless) > 0 || !p.dialable
             })
@@ -247,8 +252,27 @@ impl PeerManager {
         }
     }
 
+    /// Bans `addr` for sending bad data: it is never offered for dialling again,
+    /// nor accepted, even if a tracker or discovery announces it again. Its
+    /// current connection, if any, is the caller's to close (and report with
+    /// [`PeerManager::disconnected`] as usual). Banned peers are never evicted,
+    /// so the ban holds; returns false if the table was full and the ban could not
+    /// be recorded.
+    pub fn ban(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        if !self.peers.contains_key(&addr) {
+            if !self.make_room() {
+                return false;
+            }
+            self.peers.insert(addr, Self::fresh(now, false));
+        }
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.banned = true;
+        }
+        true
+    }
+
     /// An inbound connection arrived. Returns false if it should be refused
-    /// (limit reached, already connected to that address, or table full).
+    /// (limit reached, already connected to that address, banned, or table full).
     pub fn accept_incoming(&mut self, addr: SocketAddr, now: Instant) -> bool {
         if self.active >= self.connection_limit {
             return false;
@@ -262,7 +286,7 @@ impl PeerManager {
         let Some(p) = self.peers.get_mut(&addr) else {
             return false;
         };
-        if p.state != ConnState::Idle {
+        if p.state != ConnState::Idle || p.banned {
             return false;
         }
         p.state = ConnState::Connected;
@@ -283,7 +307,9 @@ impl PeerManager {
         out.extend(
             self.peers
                 .iter()
-                .filter(|(_, p)| p.state == ConnState::Idle && p.dialable && p.next_attempt <= now)
+                .filter(|(_, p)| {
+                    p.state == ConnState::Idle && p.dialable && !p.banned && p.next_attempt <= now
+                })
                 .map(|(a, _)| *a),
         );
         let peers = &self.peers;
@@ -354,7 +380,7 @@ impl PeerManager {
         }
         self.peers
             .values()
-            .filter(|p| p.state == ConnState::Idle && p.dialable)
+            .filter(|p| p.state == ConnState::Idle && p.dialable && !p.banned)
             .map(|p| p.next_attempt.max(now))
             .min()
     }
@@ -388,6 +414,38 @@ mod tests {
         let mut v = Vec::new();
         m.next_candidates(now, max, &mut v);
         v
+    }
+
+    #[test]
+    fn a_banned_peer_is_never_dialled_or_accepted_again() {
+        let mut m = PeerManager::new(10, 3);
+        let t0 = Instant::now();
+        let (liar, good) = (addr(1), addr(2));
+        assert!(m.add_peer(liar, t0));
+        assert!(m.add_peer(good, t0));
+        let mut v = cands(&mut m, t0, 5);
+        v.sort();
+        assert_eq!(v, vec![liar, good]);
+        m.connected(liar, t0);
+        m.connected(good, t0);
+        assert!(m.ban(liar, t0));
+        m.disconnected(liar, t0, USEFUL);
+        assert!(m.peer(&liar).unwrap().banned);
+        // Announced again, hours later: still not dialled, nor accepted.
+        let later = t0 + Duration::from_secs(3 * 3600);
+        assert!(m.add_peer(liar, later));
+        assert!(cands(&mut m, later, 5).is_empty());
+        assert_eq!(m.next_wake(later), None);
+        assert!(!m.accept_incoming(liar, later));
+        // A full table evicts others, never the ban.
+        m.disconnected(good, t0, USELESS);
+        assert!(m.add_peer(addr(3), later));
+        assert!(m.add_peer(addr(4), later));
+        assert!(m.peer(&liar).is_some_and(|p| p.banned));
+        // An address first seen as a ban (an inbound peer) is recorded too.
+        let mut n = PeerManager::new(10, 10);
+        assert!(n.ban(addr(9), t0));
+        assert!(!n.accept_incoming(addr(9), t0));
     }
 
     #[test]

@@ -7,13 +7,18 @@
 //! [`Picker::piece_verified`]. Peers are identified by an opaque
 //! [`PeerKey`] chosen by the caller (e.g. the connection token).
 //!
+//! A piece that failed its hash check is fetched again from a single peer: the
+//! first peer given a block of it becomes its owner, and no other peer is given
+//! its blocks (not even in end-game) while the owner stays. So a second failure
+//! has one sender to blame (see [`super::blame`]).
+//!
 //! Memory is O(pieces + blocks in flight + blocks of partially received
 //! pieces); because started pieces are always finished first, the last term
 //! stays small. Pieces are kept in an array ordered by availability
 //! (libtorrent-style buckets) so availability changes cost O(1) swaps and
 //! picking usually stops after a short scan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::wire::Bitfield;
@@ -143,6 +148,9 @@ struct Partial {
     /// Outstanding requests: (block index, peer). Several entries per block
     /// only in end-game.
     requests: Vec<(u32, PeerKey)>,
+    /// The only peer its blocks are requested from (pieces fetched again after a
+    /// failed hash check).
+    owner: Option<PeerKey>,
 }
 
 impl Partial {
@@ -155,7 +163,13 @@ impl Partial {
             n_received: 0,
             n_requested: 0,
             requests: Vec::new(),
+            owner: None,
         }
+    }
+
+    /// Blocks of this piece may be requested from `peer`.
+    fn open_to(&self, peer: PeerKey) -> bool {
+        self.owner.is_none_or(|o| o == peer)
     }
 
     fn fully_requested(&self) -> bool {
@@ -213,6 +227,9 @@ pub struct Picker {
     partials: BTreeMap<u32, Partial>,
     have: Bitfield,
     missing_unstarted: u32,
+    /// Pieces that failed their hash check and are not verified yet: fetched
+    /// from one peer at a time.
+    single_source: BTreeSet<u32>,
     rng: u64,
 }
 
@@ -272,6 +289,7 @@ impl Picker {
             partials: BTreeMap::new(),
             have: Bitfield::new(piece_count),
             missing_unstarted: piece_count,
+            single_source: BTreeSet::new(),
             rng: if seed == 0 {
                 0x2545_f491_4f6c_dd1d
             } else {
@@ -418,6 +436,17 @@ impl Picker {
         self.partials.len()
     }
 
+    /// The piece failed its hash check and waits to be fetched again from a single
+    /// peer.
+    pub fn is_single_source(&self, piece: u32) -> bool {
+        self.single_source.contains(&piece)
+    }
+
+    /// The peer a piece's blocks are reserved for, if any (see the module docs).
+    pub fn owner(&self, piece: u32) -> Option<PeerKey> {
+        self.partials.get(&piece).and_then(|p| p.owner)
+    }
+
     /// Number of outstanding requests across all peers.
     pub fn requests_in_flight(&self) -> usize {
         self.partials.values().map(|p| p.requests.len()).sum()
@@ -485,11 +514,15 @@ impl Picker {
     ) -> usize {
         let before = out.len();
         let g = self.geo;
+        let single = &self.single_source;
         for (&piece, part) in self.partials.iter_mut() {
             if out.len() >= max {
                 return out.len() - before;
             }
-            if !part.fully_requested() && peer_has.has(piece) {
+            if !part.fully_requested() && peer_has.has(piece) && part.open_to(peer) {
+                if single.contains(&piece) {
+                    part.owner = Some(peer);
+                }
                 part.take_fresh(&g, piece, peer, max, out);
             }
         }
@@ -503,12 +536,15 @@ impl Picker {
             self.state[piece as usize] = PARTIAL;
             self.missing_unstarted -= 1;
             let mut part = Partial::new(g.block_count(piece));
+            if self.single_source.contains(&piece) {
+                part.owner = Some(peer);
+            }
             part.take_fresh(&g, piece, peer, max, out);
             self.partials.insert(piece, part);
         }
         if out.len() < max && self.is_endgame() {
             for (&piece, part) in self.partials.iter_mut() {
-                if !peer_has.has(piece) {
+                if !peer_has.has(piece) || !part.open_to(peer) {
                     continue;
                 }
                 for b in 0..part.n_blocks {
@@ -595,8 +631,8 @@ impl Picker {
     }
 
     /// Report the hash check of a complete piece. On failure all its blocks
-    /// become missing again. Returns false if the piece was not awaiting
-    /// verification.
+    /// become missing again, to be fetched from a single peer. Returns false if
+    /// the piece was not awaiting verification.
     pub fn piece_verified(&mut self, piece: u32, ok: bool) -> bool {
         if self.state.get(piece as usize) != Some(&COMPLETE) {
             return false;
@@ -605,9 +641,11 @@ impl Picker {
             self.state[piece as usize] = HAVE;
             self.have.set(piece);
             self.remove_active(piece);
+            self.single_source.remove(&piece);
         } else {
             self.state[piece as usize] = MISSING;
             self.missing_unstarted += 1;
+            self.single_source.insert(piece);
         }
         true
     }
@@ -626,6 +664,7 @@ impl Picker {
         self.state[piece as usize] = HAVE;
         self.have.set(piece);
         self.remove_active(piece);
+        self.single_source.remove(&piece);
     }
 
     /// Forget one outstanding request (the peer rejected it, or the caller
@@ -651,9 +690,13 @@ impl Picker {
     }
 
     /// Forget every request outstanding to `peer` (it choked us without the
-    /// Fast extension, or disconnected): those blocks become requestable.
+    /// Fast extension, or disconnected): those blocks become requestable, and
+    /// pieces it owned may go to another single peer.
     pub fn requests_dropped(&mut self, peer: PeerKey) {
         for part in self.partials.values_mut() {
+            if part.owner == Some(peer) {
+                part.owner = None;
+            }
             let before = part.requests.len();
             part.requests.retain(|&(_, rp)| rp != peer);
             if part.requests.len() != before {
@@ -859,6 +902,91 @@ mod tests {
         assert!(c[..12].iter().all(|x| x.piece != a[0].piece));
         assert!(c[12..].iter().all(|x| set.contains(x)));
         assert!(p.is_endgame());
+    }
+
+    const C: PeerKey = PeerKey(3);
+
+    #[test]
+    fn a_failed_piece_is_fetched_again_from_one_peer_only() {
+        // 2 pieces of 4 blocks.
+        let mut p = Picker::with_options(2 * 40, 40, 10, 5).unwrap();
+        p.peer_have_all();
+        p.peer_have_all();
+        p.peer_have_all();
+        let all = Bitfield::full(2);
+        // The first copy of a piece is shared: A and B each fetch half of it.
+        let a = pick(&mut p, A, &all, 2);
+        let piece = a[0].piece;
+        assert!(a.iter().all(|b| b.piece == piece));
+        let b = pick(&mut p, B, &all, 2);
+        assert!(b.iter().all(|r| r.piece == piece), "{b:?}");
+        assert_eq!(p.owner(piece), None);
+        for r in a.iter().chain(&b) {
+            recv(&mut p, if a.contains(r) { A } else { B }, *r);
+        }
+        assert!(p.piece_verified(piece, false));
+        assert!(p.is_single_source(piece));
+        // Fetched again: B asks first and gets part of it (room for 2 now).
+        let b1 = pick(&mut p, B, &all, 2);
+        assert!(b1.iter().all(|r| r.piece == piece), "{b1:?}");
+        assert_eq!(p.owner(piece), Some(B));
+        // A and C get only the other piece: the rest of this one waits for B.
+        for peer in [A, C] {
+            let got = pick(&mut p, peer, &all, 10);
+            assert!(got.iter().all(|r| r.piece != piece), "{peer:?} got {got:?}");
+        }
+        let b2 = pick(&mut p, B, &all, 10);
+        let rest: Vec<_> = b2.iter().filter(|r| r.piece == piece).collect();
+        assert_eq!(rest.len(), 2, "{b2:?}");
+        // Everything is requested now; end-game duplicates blocks of the other
+        // piece for A and C, never those reserved for B.
+        assert!(p.is_endgame());
+        for peer in [A, C] {
+            let got = pick(&mut p, peer, &all, 10);
+            assert!(
+                got.iter().all(|r| r.piece != piece),
+                "end-game {peer:?} {got:?}"
+            );
+            if peer == C {
+                assert_eq!(got.len(), 4, "C duplicates A's blocks: {got:?}");
+            }
+        }
+        // B delivers one block and leaves: the piece goes to one other peer.
+        recv(&mut p, B, b1[0]);
+        p.peer_left(B, &all);
+        assert_eq!(p.owner(piece), None);
+        let c = pick(&mut p, C, &all, 10);
+        assert_eq!(c.iter().filter(|r| r.piece == piece).count(), 3, "{c:?}");
+        assert_eq!(p.owner(piece), Some(C));
+        assert!(pick(&mut p, A, &all, 10).iter().all(|r| r.piece != piece));
+        for r in c.iter().filter(|r| r.piece == piece) {
+            recv(&mut p, C, *r);
+        }
+        assert!(p.piece_verified(piece, true));
+        assert!(!p.is_single_source(piece));
+    }
+
+    #[test]
+    fn a_piece_that_verifies_is_shared_again() {
+        let mut p = Picker::with_options(40, 40, 10, 5).unwrap();
+        p.peer_have_all();
+        let all = Bitfield::full(1);
+        for r in pick(&mut p, A, &all, 4) {
+            recv(&mut p, A, r);
+        }
+        assert!(p.piece_verified(0, false));
+        // Nothing received and the owner choked us: no owner, anyone may start it.
+        let a = pick(&mut p, A, &all, 1);
+        assert_eq!(p.owner(0), Some(A));
+        p.requests_dropped(A);
+        assert_eq!(p.partial_count(), 0);
+        let b = pick(&mut p, B, &all, 1);
+        assert_eq!(a, b);
+        assert_eq!(p.owner(0), Some(B));
+        // mark_have (found on disk) clears the flag too.
+        p.mark_have(0);
+        assert!(!p.is_single_source(0));
+        assert!(p.is_finished());
     }
 
     #[test]

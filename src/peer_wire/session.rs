@@ -781,13 +781,16 @@ impl Peer {
             Received::Duplicate => {}
             Received::Accepted { piece_complete } => {
                 let plen = sh.picker.piece_len(piece) as usize;
+                let bsize = sh.picker.block_size();
+                let blocks = sh.picker.piece_len(piece).div_ceil(bsize) as usize;
                 let a = sh.assembling.entry(piece).or_insert_with(|| Assembly {
                     buf: bytes::BytesMut::zeroed(plen),
-                    from: Vec::new(),
+                    senders: vec![None; blocks],
                 });
                 a.buf[begin as usize..begin as usize + block.len()].copy_from_slice(block);
-                if !a.from.contains(&self.key) {
-                    a.from.push(self.key);
+                // Who sent which block: a failed piece blames its senders by block.
+                if let Some(s) = a.senders.get_mut((begin / bsize) as usize) {
+                    *s = Some(self.addr);
                 }
                 sh.downloaded += block.len() as u64;
                 sh.last_progress = now;
@@ -901,6 +904,7 @@ impl Handler for Session {
             self.p.key,
             SessionSlot {
                 id: cx.id(),
+                addr: self.p.addr,
                 cancels: Vec::new(),
                 woken: false,
                 penalised: false,
@@ -970,6 +974,7 @@ impl Handler for Session {
         let now = cx.now();
         let mut sh = self.p.sh.borrow_mut();
         let penalised = sh.sessions.remove(&self.p.key).is_some_and(|s| s.penalised);
+        sh.blame.peer_left(self.p.addr);
         sh.picker.peer_left(self.p.key, &self.p.peer_has);
         if !self.p.am_choking {
             sh.release_slot(cx);
@@ -1194,6 +1199,13 @@ mod tests {
                 .expect("piece being assembled");
             let b = first.begin as usize;
             assert_eq!(&a.buf[b..b + data.len()], &data[..]);
+            // Who sent the block is recorded by block, for the blame of a bad piece.
+            let idx = (first.begin / 16384) as usize;
+            let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+            assert_eq!(a.senders.len(), 2, "a 32 KiB piece has two blocks");
+            for (i, s) in a.senders.iter().enumerate() {
+                assert_eq!(*s, (i == idx).then_some(addr), "block {i}");
+            }
             drop(sh);
             let odd = Message::Piece {
                 index: 0,

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::blame::{Blame, Digest};
 use super::discover::{Candidates, Change, DiscoverySettings};
 use super::metainfo::{Metainfo, sha1};
 use super::peers::PeerManager;
@@ -162,19 +163,22 @@ pub enum Mode {
 #[derive(Debug)]
 pub(crate) struct SessionSlot {
     pub id: HandlerId,
+    /// The peer's address (its identity for blame and bans).
+    pub addr: SocketAddr,
     /// Requests to cancel (another peer delivered the block first, end-game).
     pub cancels: Vec<BlockRef>,
     /// A wake-up message is already on its way.
     pub woken: bool,
-    /// Sent a piece that failed its hash check.
+    /// Banned for sending data that failed the hash check.
     pub penalised: bool,
 }
 
-/// A piece being received: its buffer and who sent blocks of it.
+/// A piece being received: its buffer and who sent each block of it.
 #[derive(Debug)]
 pub(crate) struct Assembly {
     pub buf: BytesMut,
-    pub from: Vec<PeerKey>,
+    /// By block index.
+    pub senders: Vec<Option<SocketAddr>>,
 }
 
 /// A woken handler's message: carries nothing (a zero-sized box does not allocate).
@@ -195,8 +199,11 @@ pub struct Shared {
     pub(crate) ready: bool,
     pub(crate) sessions: HashMap<PeerKey, SessionSlot>,
     pub(crate) assembling: HashMap<u32, Assembly>,
-    /// Complete pieces waiting for the engine to hash and write them.
-    completed: VecDeque<(u32, Bytes, Vec<PeerKey>)>,
+    /// Complete pieces waiting for the engine to hash and write them, with who
+    /// sent each block.
+    completed: VecDeque<(u32, Bytes, Vec<Option<SocketAddr>>)>,
+    /// Who to blame for pieces that fail their hash check.
+    pub(crate) blame: Blame<SocketAddr>,
     cache: VecDeque<((u32, u32), Bytes)>,
     cache_bytes: usize,
     /// Chunk reads in flight (or queued) and the sessions waiting for each.
@@ -240,6 +247,7 @@ impl Shared {
             sessions: HashMap::new(),
             assembling: HashMap::new(),
             completed: VecDeque::new(),
+            blame: Blame::new(),
             cache: VecDeque::new(),
             cache_bytes: 0,
             loading: HashMap::new(),
@@ -331,7 +339,7 @@ impl Shared {
     /// Called by a session whose block completed `piece`: hand it to the engine.
     pub(crate) fn piece_complete(&mut self, cx: &mut Context<'_>, piece: u32) {
         if let Some(a) = self.assembling.remove(&piece) {
-            self.completed.push_back((piece, a.buf.freeze(), a.from));
+            self.completed.push_back((piece, a.buf.freeze(), a.senders));
             self.wake_engine(cx);
         }
     }
@@ -505,6 +513,22 @@ pub fn start(
     })
 }
 
+/// "a (3 blocks), b (1 block)" for a log line.
+fn describe_senders(blocks: &[(u32, SocketAddr, Digest)]) -> String {
+    let mut counts: Vec<(SocketAddr, usize)> = Vec::new();
+    for &(_, s, _) in blocks {
+        match counts.iter_mut().find(|(a, _)| *a == s) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s, 1)),
+        }
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(a, n)| format!("{a} ({n} block{})", if *n == 1 { "" } else { "s" }))
+        .collect();
+    parts.join(", ")
+}
+
 /// Results of the engine's offloaded jobs.
 enum Done {
     Opened(std::io::Result<Arc<Storage>>, bool),
@@ -513,7 +537,11 @@ enum Done {
         piece: u32,
         result: std::io::Result<bool>,
         data: Bytes,
-        from: Vec<PeerKey>,
+        /// Who sent each block.
+        senders: Vec<Option<SocketAddr>>,
+        /// SHA-1 of each block: for a failed piece always, for a good one when a
+        /// failed copy waits for comparison.
+        digests: Option<Vec<Digest>>,
     },
     Read {
         piece: u32,
@@ -748,11 +776,13 @@ impl Engine {
         let Some(storage) = sh.storage.clone() else {
             return;
         };
-        while let Some((piece, data, from)) = sh.completed.pop_front() {
+        while let Some((piece, data, senders)) = sh.completed.pop_front() {
             let st = storage.clone();
             let d = data.clone();
             let expected = sh.meta.piece_hash(piece).copied();
-            let f = from.clone();
+            let f = senders.clone();
+            let compare = sh.blame.wants_digests(piece);
+            let bsize = sh.picker.block_size() as usize;
             let r = cx.offload(move || {
                 let ok = expected == Some(sha1(&d));
                 let result = if ok {
@@ -760,15 +790,17 @@ impl Engine {
                 } else {
                     Ok(false)
                 };
+                let digests = (!ok || compare).then(|| d.chunks(bsize).map(sha1).collect());
                 Done::Checked {
                     piece,
                     result,
                     data: d,
-                    from: f,
+                    senders: f,
+                    digests,
                 }
             });
             if r.is_err() {
-                sh.completed.push_front((piece, data, from));
+                sh.completed.push_front((piece, data, senders));
                 break;
             }
         }
@@ -830,7 +862,8 @@ impl Engine {
                 piece,
                 result,
                 data,
-                from,
+                senders,
+                digests,
             } => {
                 let ok = match result {
                     Err(e) => return self.fail(cx, format!("cannot write piece {piece}: {e}")),
@@ -838,6 +871,17 @@ impl Engine {
                 };
                 let mut sh = self.sh.borrow_mut();
                 sh.picker.piece_verified(piece, ok);
+                let mut bans = Vec::new();
+                if ok {
+                    let mut distinct: Vec<SocketAddr> = Vec::new();
+                    for s in senders.iter().flatten() {
+                        if !distinct.contains(s) {
+                            distinct.push(*s);
+                        }
+                    }
+                    sh.blame
+                        .piece_passed(piece, &distinct, digests.as_deref(), &mut bans);
+                }
                 if ok {
                     sh.have_log.push(piece);
                     let cs = sh.chunk_size;
@@ -848,16 +892,29 @@ impl Engine {
                         sh.cache_insert(piece, k, data.slice(a..b));
                     }
                 } else {
-                    for k in &from {
-                        if let Some(s) = sh.sessions.get_mut(k) {
+                    let digests = digests.unwrap_or_default();
+                    let blocks: Vec<_> = senders
+                        .iter()
+                        .zip(&digests)
+                        .enumerate()
+                        .filter_map(|(i, (s, d))| Some((i as u32, (*s)?, *d)))
+                        .collect();
+                    log::warn!(
+                        "piece {piece} failed its hash check; discarded, will be fetched again from a single peer; sent by {}",
+                        describe_senders(&blocks)
+                    );
+                    sh.blame.piece_failed(piece, blocks, &mut bans);
+                }
+                let now = cx.now();
+                for (addr, why) in bans {
+                    log::warn!("banning peer {addr}: {why}; closing it, never dialling it again");
+                    sh.peers.ban(addr, now);
+                    for s in sh.sessions.values_mut() {
+                        if s.addr == addr {
                             s.penalised = true;
                             cx.close_handler(s.id);
                         }
                     }
-                    log::warn!(
-                        "piece {piece} failed its hash check; discarded, will be fetched again; closing the {} peer(s) that sent it",
-                        from.len()
-                    );
                 }
                 sh.wake_all(cx);
                 let finished = sh.picker.is_finished();

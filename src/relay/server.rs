@@ -85,6 +85,8 @@ struct Shared {
     request_timeout: Duration,
     circuits_bridged: u64,
     circuits_over_budget: u64,
+    /// Connectors that left before their circuit was accepted.
+    circuits_abandoned: u64,
     protocol_errors: u64,
 }
 
@@ -106,10 +108,11 @@ impl Shared {
 
     fn stats_line(&self) -> String {
         format!(
-            "relay stats: {} bridged={} over_budget={} protocol_errors={}",
+            "relay stats: {} bridged={} over_budget={} abandoned={} protocol_errors={}",
             self.table.stats(),
             self.circuits_bridged,
             self.circuits_over_budget,
+            self.circuits_abandoned,
             self.protocol_errors
         )
     }
@@ -169,6 +172,7 @@ pub fn spawn(reactor: &mut Reactor, addr: SocketAddr, cfg: RelayConfig) -> io::R
         request_timeout,
         circuits_bridged: 0,
         circuits_over_budget: 0,
+        circuits_abandoned: 0,
         protocol_errors: 0,
     }));
     let s = shared.clone();
@@ -297,7 +301,9 @@ enum State {
     /// Speaks frames: RESERVE, REFRESH, HEARTBEAT, or a first CONNECT/ACCEPT.
     Control(Conn),
     /// Sent CONNECT; waits for the reserver's connection. Bytes the client
-    /// sends meanwhile are left in the kernel (and the buffer) until bridged.
+    /// sends meanwhile are left in the kernel (and the buffer) until bridged,
+    /// but the poller's end-of-file or error flags are still watched, so a
+    /// connector that leaves gives its circuit back at once.
     Connecting(Conn, CircuitId),
     /// Owns both ends of a circuit.
     Bridged(Bridge, CircuitId),
@@ -364,6 +370,11 @@ impl RelayConn {
             return Ok(());
         };
         let st = conn.fill(cx)?;
+        // The peer is gone (or half-closed, which before a circuit is bridged
+        // means the same: our clients never do it) if the read reached end of
+        // file, or if this event says so even though the read budget stopped
+        // before it: the poller will not report that edge again.
+        let peer_left = st.eof || event_says_peer_left(cx, conn.source());
         let mut next = Next::Continue;
         let mut frames = false;
         loop {
@@ -380,6 +391,7 @@ impl RelayConn {
                         self.id,
                         self.peer.ip(),
                         &mut self.reserved,
+                        peer_left,
                         cx,
                     );
                     (step, used)
@@ -546,7 +558,19 @@ impl RelayConn {
     }
 }
 
+/// True if the poller's current event for `source` reports end of file or an
+/// error. Bytes may still be buffered in the kernel: this only says that no
+/// more will come, without reading them.
+fn event_says_peer_left(cx: &Context<'_>, source: SourceId) -> bool {
+    cx.event().is_some_and(|e| {
+        e.source() == source && e.is_polled() && (e.is_read_closed() || e.is_error())
+    })
+}
+
 /// Acts on one decoded frame: calls the table, writes the answer into `out`.
+/// `peer_left`: the client has already closed its side, so a `CONNECT` must not
+/// open a circuit (nor bother the reserver) that nobody would use.
+#[allow(clippy::too_many_arguments)]
 fn handle_frame(
     shared: &Rc<RefCell<Shared>>,
     out: &mut Vec<u8>,
@@ -554,6 +578,7 @@ fn handle_frame(
     conn: ConnId,
     ip: IpAddr,
     reserved: &mut bool,
+    peer_left: bool,
     cx: &mut Context<'_>,
 ) -> Next {
     let now = cx.now();
@@ -596,6 +621,11 @@ fn handle_frame(
         Message::Heartbeat => {
             encode(out, &Message::HeartbeatAck);
             Next::Continue
+        }
+        Message::Connect { id } if !*reserved && peer_left => {
+            sh.circuits_abandoned += 1;
+            log::info!("{ip} sent CONNECT to {id:?} and left at once; no circuit opened");
+            Next::Close
         }
         Message::Connect { id } if !*reserved => match sh.table.open_circuit(id, conn, now) {
             Ok((c, reserver)) => match sh.handlers.get(&reserver) {
@@ -702,7 +732,25 @@ impl Handler for RelayConn {
             State::Control(_) => self.control(cx),
             State::Bridged(..) => self.pump(cx),
             State::Closing(..) => self.on_writable(cx, 0),
-            State::Connecting(..) | State::Gone => Ok(()),
+            State::Connecting(ref conn, c) => {
+                if event_says_peer_left(cx, conn.source()) {
+                    // Without this the circuit (and the reserving peer's circuit
+                    // slot) would wait for the accept timeout, and a reserver
+                    // that accepts meanwhile would be bridged to a dead socket.
+                    self.shared.borrow_mut().circuits_abandoned += 1;
+                    log::info!(
+                        "relay connection {} from {}: connector left before circuit {:016x} \
+                         was accepted; dropping the circuit",
+                        self.id.0,
+                        self.peer,
+                        c.0
+                    );
+                    // on_close gives the circuit back to the table.
+                    cx.close();
+                }
+                Ok(())
+            }
+            State::Gone => Ok(()),
         }
     }
 
