@@ -19,7 +19,9 @@ impl BufPool {
     /// A pool of buffers of `size` bytes keeping at most `max_free` spare ones.
     pub fn new(size: usize, max_free: usize) -> BufPool {
         BufPool {
-            free: Vec::new(),
+            // Reserved up front (32 bytes a slot): giving a buffer back never grows
+            // the list, so it never allocates on the hot path.
+            free: Vec::with_capacity(max_free.min(4096)),
             size: size.max(64),
             max_free,
         }
@@ -47,22 +49,28 @@ impl BufPool {
     /// the pool's size (a large frame) are freed rather than kept.
     #[inline]
     pub fn put(&mut self, mut buf: BytesMut) {
+        let cap = buf.capacity();
+        // The hot path: a buffer of the pool's own size that was cleared, never
+        // advanced to its end (what `Conn` gives back after a complete write).
+        if cap >= self.size && cap <= 4 * self.size && self.free.len() < self.max_free {
+            buf.clear();
+            self.free.push(buf);
+        } else {
+            self.put_slow(buf);
+        }
+    }
+
+    #[cold]
+    fn put_slow(&mut self, mut buf: BytesMut) {
         if self.free.len() >= self.max_free {
             return;
         }
         buf.clear();
-        let cap = buf.capacity();
-        if cap >= self.size {
-            // The hot path: a buffer that was cleared, never advanced to its end.
-            if cap <= 4 * self.size {
-                self.free.push(buf);
-            }
-            return;
-        }
-        // A buffer advanced part-way reports only the capacity after its consumed
-        // offset (0 when advanced to its end) but still owns its whole allocation:
-        // reclaim it, without allocating. An empty `BytesMut::new()` has nothing to
-        // reclaim and is dropped (freeing nothing).
+        // A buffer advanced part-way (or to its end) reports only the capacity after
+        // its consumed offset but still owns its whole allocation: reclaim it,
+        // without allocating. An empty `BytesMut::new()` has nothing to reclaim and
+        // is dropped (freeing nothing); buffers that grew far beyond the pool's size
+        // (a large frame) are freed rather than kept.
         if buf.try_reclaim(self.size) && buf.capacity() <= 4 * self.size {
             self.free.push(buf);
         }

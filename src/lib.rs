@@ -58,6 +58,7 @@
 #![deny(missing_docs)]
 
 pub mod buf;
+mod clock;
 pub mod conn;
 pub mod discovery;
 pub mod echo;
@@ -70,7 +71,6 @@ pub mod proxy;
 pub mod reactor;
 pub mod relay;
 pub mod stats;
-mod sys;
 pub mod timer;
 pub mod udp;
 

@@ -24,10 +24,10 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::buf::BufPool;
+use crate::clock;
 use crate::handler::{Event, Handler, HandlerId, HandlerResult, SourceId};
 use crate::pool::{JobId, JobResult, Pool, PoolFull, panic_message};
 use crate::stats::Stats;
-use crate::sys;
 use crate::timer::{TimerId, Timers};
 
 const _: () = assert!(usize::BITS == 64, "token layout needs a 64-bit usize");
@@ -191,13 +191,16 @@ pub(crate) struct Core {
     pending: Vec<Pending>,
     next_generation: u32,
     now: Instant,
-    /// The last clock reading, in nanoseconds of [`sys::mono_ns`]: where the next
-    /// dispatch's timing starts. Reusing the end of one dispatch as the start of the
-    /// next means one clock read per dispatch; it is refreshed after anything
-    /// between dispatches that may take time (the poll, timer expiry, closing a
-    /// handler), so that time is never blamed on the next handler. The loop's `now`
-    /// is derived from it rather than read again.
+    /// The last [`Stopwatch`](clock::Stopwatch) reading: where the next dispatch's
+    /// timing starts. Reusing the end of one dispatch as the start of the next means
+    /// one clock read per dispatch; it is refreshed after anything between
+    /// dispatches that may take time (the poll, timer expiry, closing a handler), so
+    /// that time is never blamed on the next handler.
     clock: u64,
+    stopwatch: clock::Stopwatch,
+    /// The stopwatch reading and `mono_ns` of the last real clock read (after each
+    /// poll): the loop's `now` between reads is estimated from them and `clock`.
+    tick_at: (u64, u64),
     /// An `Instant` and the `mono_ns` reading taken together at start: turns a
     /// reading into an `Instant` with an add instead of another clock read.
     epoch: (Instant, u64),
@@ -408,8 +411,19 @@ impl<'a> Context<'a> {
 impl Core {
     /// Reads the clock: both the dispatch clock and the loop's `now`.
     fn tick(&mut self) {
-        self.clock = sys::mono_ns();
-        self.now = self.instant_at(self.clock);
+        let ns = clock::mono_ns();
+        self.clock = self.stopwatch.ticks();
+        self.stopwatch.observe(ns);
+        self.tick_at = (self.clock, ns);
+        self.now = self.instant_at(ns);
+    }
+
+    /// `now` as of the last dispatch's end, without reading the clock.
+    fn estimated_now(&self) -> Instant {
+        let since = self
+            .stopwatch
+            .to_ns(self.clock.saturating_sub(self.tick_at.0));
+        self.instant_at(self.tick_at.1 + since)
     }
 
     fn instant_at(&self, ns: u64) -> Instant {
@@ -515,9 +529,9 @@ impl Core {
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut *handler, &mut cx)));
         let mut closing = cx.closing;
-        let end = sys::mono_ns();
+        let end = self.stopwatch.ticks();
         self.clock = end;
-        let ns = end.saturating_sub(start);
+        let ns = self.stopwatch.to_ns(end.saturating_sub(start));
         self.stats.dispatches += 1;
         self.stats.dispatch_time.record(ns);
         if ns >= self.slow_ns {
@@ -595,7 +609,7 @@ impl Core {
             );
         }
         // on_close and drop are not timed: do not count them in the next dispatch.
-        self.clock = sys::mono_ns();
+        self.clock = self.stopwatch.ticks();
     }
 
     fn close_now(&mut self, id: HandlerId) {
@@ -638,7 +652,7 @@ impl Core {
     fn fire_timers(&mut self, scratch: &mut Vec<(TimerId, HandlerId)>) {
         self.timers.expire(self.now, scratch);
         if !scratch.is_empty() {
-            self.clock = sys::mono_ns();
+            self.clock = self.stopwatch.ticks();
         }
         for (t, owner) in scratch.drain(..) {
             self.stats.timers_fired += 1;
@@ -719,7 +733,9 @@ impl Reactor {
         let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let bufs = BufPool::new(config.buffer_size, config.max_spare_buffers);
-        let epoch = (Instant::now(), sys::mono_ns());
+        let epoch = (Instant::now(), clock::mono_ns());
+        let stopwatch = clock::Stopwatch::new();
+        let clock = stopwatch.ticks();
         Ok(Reactor {
             events: Events::with_capacity(config.events_capacity.max(16)),
             poll,
@@ -733,7 +749,9 @@ impl Reactor {
                 pending: Vec::new(),
                 next_generation: 0,
                 now: epoch.0,
-                clock: epoch.1,
+                clock,
+                tick_at: (clock, clock::mono_ns()),
+                stopwatch,
                 epoch,
                 slow_ns: config.slow_threshold.as_nanos().min(u64::MAX as u128) as u64,
                 state: RunState::Running,
@@ -801,7 +819,7 @@ impl Reactor {
         let result = loop {
             let core = &mut self.core;
             // The end of the last dispatch is recent enough to compute the timeout.
-            core.now = core.instant_at(core.clock);
+            core.now = core.estimated_now();
             match core.state {
                 RunState::Stopping => break Ok(()),
                 RunState::Draining { deadline } => {
