@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: the reactor's echo server against tokio and asyncore.
+"""Side-by-side benchmark: the reactor's echo server against tokio and asyncore, with
+a plain C epoll echo server as the floor.
 
     python3 bench/side_by_side.py [--rounds 3] [--duration 5] [--warmup 1]
 
@@ -9,7 +10,10 @@ pinned to CPU 0 and the load generator (examples/loadgen.rs) to CPU 1 when there
 two or more CPUs. For every server and scenario it reports the rate, latency p50/p99,
 the server's user-mode and total CPU time per message over the measured window
 (sampled by loadgen from /proc/PID/stat), and its peak RSS (VmHWM); medians over the
-rounds and ratios against tokio. Then it measures the memory of 10,000 idle
+rounds and ratios against tokio. `c-epoll` (bench/c_epoll_echo.c, built here with
+the system C compiler, skipped with a message without one) shows what any server
+pays: its user-mode CPU per message is almost all the system-call boundary. Then it
+measures the memory of 10,000 idle
 connections per server and the scaling of `echo --threads 1` vs `--threads 2`.
 
 Writes docs/bench_results.csv (every run), docs/bench_summary.csv (medians, ratios)
@@ -68,6 +72,20 @@ def build():
     subprocess.run(["cargo", "build", "--release", "--example", "echo", "--example",
                     "tokio_echo", "--example", "loadgen"], cwd=ROOT, check=True)
     return os.path.join(target_dir(), "release", "examples")
+
+
+def build_c(bins):
+    """Compiles bench/c_epoll_echo.c next to the examples; None without a compiler."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if not cc:
+        return None
+    out = os.path.join(bins, "c_epoll_echo")
+    src = os.path.join(ROOT, "bench", "c_epoll_echo.c")
+    r = subprocess.run([cc, "-O2", "-o", out, src], capture_output=True, text=True)
+    if r.returncode != 0:
+        log(f"cannot build {src}: {r.stderr.strip()}")
+        return None
+    return out
 
 
 def has_asyncore():
@@ -131,7 +149,7 @@ class Server:
                 self.proc.wait(timeout=10)
 
 
-def servers(bins, asyncore_ok):
+def servers(bins, asyncore_ok, c_echo):
     s = [("reactor", [os.path.join(bins, "echo"), "--listen", "127.0.0.1:0",
                       "--idle-timeout", "3600"]),
          ("tokio", [os.path.join(bins, "tokio_echo"), "--listen", "127.0.0.1:0",
@@ -139,6 +157,8 @@ def servers(bins, asyncore_ok):
     if REACTOR_BUF != TOKIO_DEFAULT_BUF:
         s.append(("tokio-same-buf", [os.path.join(bins, "tokio_echo"), "--listen",
                                      "127.0.0.1:0", "--buf-size", str(REACTOR_BUF)]))
+    if c_echo:
+        s.append(("c-epoll", [c_echo, "--listen", "127.0.0.1:0"]))
     if asyncore_ok:
         s.append(("asyncore", [sys.executable, "-W", "ignore",
                                os.path.join(ROOT, "bench", "asyncore_echo.py"),
@@ -247,7 +267,7 @@ def svg_chart(summary, names, path):
                ("p99_us", "p99 latency")]
     scen = [s for s, _ in SCENARIOS]
     colors = {"reactor": "#2b7bb9", "tokio": "#e8772e", "tokio-same-buf": "#f2b134",
-              "asyncore": "#6aa84f"}
+              "asyncore": "#6aa84f", "c-epoll": "#888888"}
     pw, ph, top, left = 440, 250, 40, 50
     cols = 2
     rows = (len(metrics) + cols - 1) // cols
@@ -256,8 +276,8 @@ def svg_chart(summary, names, path):
            f'font-family="sans-serif" font-size="11">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<text x="10" y="18" font-size="14" font-weight="bold">reactor vs tokio '
-           f'current_thread vs asyncore: medians, relative to tokio (1.0 = tokio; '
-           f'lower is better except rate)</text>']
+           f'current_thread vs asyncore (c-epoll: the floor): medians, relative to '
+           f'tokio (1.0 = tokio; lower is better except rate)</text>']
     for lx, n in enumerate(names):
         out.append(f'<rect x="{10 + lx * 130}" y="28" width="12" height="12" '
                    f'fill="{colors.get(n, "#999")}"/>'
@@ -338,7 +358,10 @@ def main():
     if not asyncore_ok:
         log(f"python {sys.version.split()[0]} has no asyncore (removed in 3.12): "
             "asyncore server skipped")
-    srvs = servers(bins, asyncore_ok)
+    c_echo = build_c(bins)
+    if not c_echo:
+        log("no C compiler (cc/gcc): the c-epoll floor is skipped")
+    srvs = servers(bins, asyncore_ok, c_echo)
     names = [n for n, _ in srvs]
 
     rows = []

@@ -8,7 +8,8 @@
 //!   empty), under a per-event budget; when the budget or a full buffer stops it, the
 //!   handler is re-queued, because edge-triggered polling sends no new event for data
 //!   that is already there;
-//! - writes go until `WouldBlock` under a budget, re-queued the same way;
+//! - a flush makes one `send` of at most the write budget; when the budget, not a full
+//!   socket, stopped it, the handler is re-queued the same way;
 //! - a write queue above its high watermark pauses reading *this* connection until
 //!   it drains below the low watermark, and resuming re-queues a read
 //!   (self-backpressure: right for a server that answers on the same connection, like
