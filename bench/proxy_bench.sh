@@ -4,12 +4,13 @@
 # (examples/tokio_forward.rs). Bulk throughput with iperf3 as client and server;
 # small-message request/response latency and connection rate with
 # examples/proxy_probe.rs against our echo server (examples/echo.rs).
-# Everything on 127.0.0.1. Usage: bench/proxy_bench.sh [SECONDS] [STREAMS]
+# Everything on 127.0.0.1. Usage: bench/proxy_bench.sh [SECONDS] [STREAMS] [ROUNDS]
 # Needs iperf3 and haproxy (apt-get install iperf3 haproxy). Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5}
 STREAMS=${2:-1}
+ROUNDS=${3:-3}
 IPERF_PORT=${IPERF_PORT:-15201}
 HAPROXY_PORT=${HAPROXY_PORT:-15202}
 command -v iperf3 >/dev/null || { echo "iperf3 is required" >&2; exit 1; }
@@ -112,7 +113,14 @@ probe() {
     echo "| $1 | $rr | $conn |"
     sleep 2 # let TIME_WAIT sockets from the connection test expire a little
 }
-probe "reactor proxy" "$RE_PORT"
-probe "$HAPROXY_NAME" "$((HAPROXY_PORT + 1))"
-probe "tokio copy_bidirectional (current_thread)" "$TE_PORT"
+# Rounds with the forwarder order rotated, so none always runs first (small-message
+# results drift by about 10 % between runs on a shared 2-core machine).
+NAMES=("reactor proxy" "$HAPROXY_NAME" "tokio copy_bidirectional (current_thread)")
+PORTS=("$RE_PORT" "$((HAPROXY_PORT + 1))" "$TE_PORT")
+for ((r = 0; r < ROUNDS; r++)); do
+    for ((k = 0; k < 3; k++)); do
+        i=$(((r + k) % 3))
+        probe "${NAMES[$i]} (round $((r + 1)))" "${PORTS[$i]}"
+    done
+done
 probe "direct to echo, no forwarder" "$ECHO_PORT"

@@ -395,6 +395,20 @@ fn hostile_peers_are_closed_while_a_good_transfer_carries_on() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// The opening of a fake seeder: read the peer's handshake (false if it sends
+/// none within 10 s), answer with ours, have-all and unchoke.
+fn greet_as_seed(s: &mut TcpStream, info_hash: &[u8; 20]) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hs = [0u8; 68];
+    if s.read_exact(&mut hs).is_err() {
+        return false;
+    }
+    let _ = s.write_all(&handshake(info_hash, true));
+    let _ = s.write_all(&msg(14, &[])); // have_all
+    let _ = s.write_all(&msg(1, &[])); // unchoke
+    true
+}
+
 /// A seeder that claims every piece and answers every request with zeros.
 fn lying_seeder(info_hash: [u8; 20]) -> (SocketAddr, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -402,14 +416,9 @@ fn lying_seeder(info_hash: [u8; 20]) -> (SocketAddr, std::thread::JoinHandle<()>
     let t = std::thread::spawn(move || {
         l.set_nonblocking(false).unwrap();
         let (mut s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut hs = [0u8; 68];
-        if s.read_exact(&mut hs).is_err() {
+        if !greet_as_seed(&mut s, &info_hash) {
             return;
         }
-        let _ = s.write_all(&handshake(&info_hash, true));
-        let _ = s.write_all(&msg(14, &[])); // have_all
-        let _ = s.write_all(&msg(1, &[])); // unchoke
         let mut buf = Vec::new();
         let mut chunk = [0u8; 65536];
         loop {
@@ -504,14 +513,9 @@ fn selective_liar(
             };
             seen.connections.fetch_add(1, Ordering::Relaxed);
             s.set_nonblocking(false).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut hs = [0u8; 68];
-            if s.read_exact(&mut hs).is_err() {
+            if !greet_as_seed(&mut s, &info_hash) {
                 continue;
             }
-            let _ = s.write_all(&handshake(&info_hash, true));
-            let _ = s.write_all(&msg(14, &[])); // have_all
-            let _ = s.write_all(&msg(1, &[])); // unchoke
             let mut buf = Vec::new();
             let mut chunk = [0u8; 65536];
             'conn: loop {
