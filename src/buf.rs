@@ -50,8 +50,9 @@ impl BufPool {
     #[inline]
     pub fn put(&mut self, mut buf: BytesMut) {
         let cap = buf.capacity();
-        // The hot path: a buffer of the pool's own size that was cleared, never
-        // advanced to its end (what `Conn` gives back after a complete write).
+        // The hot path: a buffer with at least the pool's size of room from its
+        // start of data (what `Conn` gives back after a complete write of a buffer
+        // it never advanced).
         if cap >= self.size && cap <= 4 * self.size && self.free.len() < self.max_free {
             buf.clear();
             self.free.push(buf);

@@ -10,7 +10,7 @@
 //! the calibration.
 
 /// The monotonic clock in nanoseconds: what `Instant` reads, without the
-/// conversions around it (the loop reads it once per dispatch). On Linux this is
+/// conversions around it (the loop reads it once per poll). On Linux this is
 /// `CLOCK_MONOTONIC`, the clock behind `Instant`, through the vDSO.
 #[inline]
 pub(crate) fn mono_ns() -> u64 {
@@ -40,16 +40,16 @@ pub(crate) fn mono_ns() -> u64 {
 #[derive(Debug, Clone)]
 pub(crate) struct Stopwatch {
     tsc: bool,
-    /// A (ticks, ns) pair read together when the stopwatch was made: the
-    /// calibration baseline, so the ratio gets more precise the longer it runs.
-    base: (u64, u64),
-    /// Nanoseconds per tick, as a 32.32 fixed-point number.
+    /// The (ticks, ns) pair of the last calibration: the next ratio is measured
+    /// over the interval since, so a counter that jumps (a reset across suspend)
+    /// spoils one interval at most.
+    last: (u64, u64),
+    /// Nanoseconds per tick, as a 32.32 fixed-point number; never 0.
     mult: u64,
-    /// `mono_ns` at the last calibration.
-    calibrated_at: u64,
 }
 
-/// Recalibrate at most this often (nanoseconds).
+/// Recalibrate at most this often (nanoseconds). Over 100 ms the bracketed pairs'
+/// uncertainty (tens of nanoseconds) is a few parts in ten million.
 const CALIBRATE_EVERY: u64 = 100_000_000;
 
 impl Stopwatch {
@@ -57,24 +57,19 @@ impl Stopwatch {
     /// first ratio good to a few parts in 10,000.
     pub(crate) fn new() -> Stopwatch {
         let tsc = tsc_is_the_clock();
-        let base = if tsc {
-            paired()
-        } else {
-            let ns = mono_ns();
-            (ns, ns)
-        };
+        let ns = mono_ns();
         let mut w = Stopwatch {
             tsc,
-            base,
+            last: (ns, ns),
             mult: 1 << 32,
-            calibrated_at: base.1,
         };
         if tsc {
+            w.last = paired();
             // Being descheduled meanwhile only lengthens the baseline.
-            while mono_ns() - base.1 < 200_000 {
+            while mono_ns().saturating_sub(w.last.1) < 200_000 {
                 std::hint::spin_loop();
             }
-            w.calibrate();
+            w.calibrate(true);
         }
         w
     }
@@ -83,6 +78,13 @@ impl Stopwatch {
     #[inline]
     pub(crate) fn ticks(&self) -> u64 {
         read_ticks(self.tsc)
+    }
+
+    /// The current tick count, given a fresh `mono_ns` reading (which is the tick
+    /// count itself without the time-stamp counter: no second clock read).
+    #[inline]
+    pub(crate) fn ticks_at(&self, ns: u64) -> u64 {
+        if self.tsc { read_ticks(true) } else { ns }
     }
 
     /// A span of ticks in nanoseconds.
@@ -95,23 +97,33 @@ impl Stopwatch {
         }
     }
 
-    /// Refines the ratio now and then (`ns` is the caller's fresh `mono_ns`): the
-    /// longer the baseline, the more precise it is.
+    /// Refines the ratio now and then (`ns` is the caller's fresh `mono_ns`).
     #[inline]
     pub(crate) fn observe(&mut self, ns: u64) {
-        if self.tsc && ns.wrapping_sub(self.calibrated_at) >= CALIBRATE_EVERY {
-            self.calibrate();
+        if self.tsc && ns.saturating_sub(self.last.1) >= CALIBRATE_EVERY {
+            self.calibrate(false);
         }
     }
 
-    fn calibrate(&mut self) {
-        let (ticks, ns) = paired();
-        let dt = ticks.wrapping_sub(self.base.0);
-        let dn = ns.wrapping_sub(self.base.1);
-        if dt > 0 {
-            self.mult = (((dn as u128) << 32) / dt as u128).min(u64::MAX as u128) as u64;
+    /// Measures the ratio over the interval since the last calibration. An interval
+    /// in which either clock went backwards, or whose ratio is off by more than a
+    /// factor of two (the counter was reset or stopped while the machine slept), is
+    /// skipped: the old ratio stays and the next interval starts now.
+    fn calibrate(&mut self, first: bool) {
+        self.update(paired(), first);
+    }
+
+    fn update(&mut self, (ticks, ns): (u64, u64), first: bool) {
+        let (t0, n0) = self.last;
+        self.last = (ticks, ns);
+        if ticks <= t0 || ns <= n0 {
+            return;
         }
-        self.calibrated_at = ns;
+        let m = (((ns - n0) as u128) << 32) / (ticks - t0) as u128;
+        let m = m.clamp(1, u64::MAX as u128) as u64;
+        if first || (m / 2 <= self.mult && self.mult / 2 <= m) {
+            self.mult = m;
+        }
     }
 }
 
@@ -125,10 +137,19 @@ fn paired() -> (u64, u64) {
         let t1 = read_ticks(true);
         let ns = mono_ns();
         let t2 = read_ticks(true);
-        let spread = t2.wrapping_sub(t1);
+        if t2 < t1 {
+            continue; // the counter went backwards between the reads: no pair
+        }
+        let spread = t2 - t1;
         if spread < best.0 {
             best = (spread, t1 + spread / 2, ns);
         }
+    }
+    if best.0 == u64::MAX {
+        // Never a clean pair (a counter misbehaving on every try): an interval of
+        // length zero, which `calibrate` skips.
+        let t = read_ticks(true);
+        return (t, mono_ns());
     }
     (best.1, best.2)
 }
@@ -179,6 +200,45 @@ mod tests {
             "{by_instant} vs {by_mono}"
         );
         assert!(by_mono >= 20_000_000);
+    }
+
+    #[test]
+    fn calibration_skips_intervals_where_a_clock_jumped() {
+        let mut w = Stopwatch {
+            tsc: true,
+            last: (1_000, 1_000),
+            mult: 1 << 32,
+        };
+        // 2 ns per tick over a clean interval.
+        w.update((2_000, 3_000), false);
+        assert_eq!(w.mult, 2 << 32);
+        assert_eq!(w.to_ns(500), 1_000);
+        // The counter went backwards (reset across a suspend): ratio kept, and the
+        // next interval starts at the new reading.
+        w.update((10, 5_000), false);
+        assert_eq!(w.mult, 2 << 32);
+        assert_eq!(w.last, (10, 5_000));
+        // A ratio off by more than a factor of two (the counter stopped while the
+        // clock ran on): kept.
+        w.update((20, 105_000), false);
+        assert_eq!(w.mult, 2 << 32);
+        // Back to normal: taken.
+        w.update((1_020, 107_200), false);
+        assert_eq!(w.mult, (2.2 * (1u64 << 32) as f64) as u64);
+        // The clock standing still: skipped, never a zero ratio.
+        w.update((2_020, 107_200), false);
+        assert!(w.mult > 0);
+        let mut first = Stopwatch {
+            tsc: true,
+            last: (0, 0),
+            mult: 1 << 32,
+        };
+        first.update((1_000, 1), true);
+        assert_eq!(
+            first.mult,
+            (1u64 << 32) / 1_000,
+            "the first ratio is taken as it is"
+        );
     }
 
     #[test]

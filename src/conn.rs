@@ -34,6 +34,14 @@ use mio::net::TcpStream;
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
+/// No `SIGPIPE` for a peer that is gone (an `EPIPE` error instead). Apple systems
+/// have no `MSG_NOSIGNAL`; there std sets `SO_NOSIGPIPE` on every socket, and Rust
+/// programs ignore `SIGPIPE` anyway.
+#[cfg(not(target_vendor = "apple"))]
+const SEND_FLAGS: SendFlags = SendFlags::NOSIGNAL;
+#[cfg(target_vendor = "apple")]
+const SEND_FLAGS: SendFlags = SendFlags::empty();
+
 use crate::framing::{Decoder, Frame, FrameError};
 use crate::handler::{Event, SourceId};
 use crate::reactor::Context;
@@ -237,6 +245,15 @@ impl Conn {
                 // No allocation (a buffer is never advanced to empty, it is cleared,
                 // so zero capacity means none): take one from the pool.
                 self.rbuf = cx.core().bufs.get();
+            } else if self.rbuf.is_empty() && self.rbuf.capacity() < cx.core().bufs.buffer_size() {
+                // Consumed to empty after part of it had been consumed: `clear` keeps
+                // the consumed offset, so only the space after it is left, and reads
+                // into it would shrink with every frame. Swap it for a whole buffer;
+                // the pool reclaims this one without allocating.
+                let old = std::mem::take(&mut self.rbuf);
+                let pool = &mut cx.core().bufs;
+                pool.put(old);
+                self.rbuf = pool.get();
             }
             if self.rbuf.len() == self.rbuf.capacity() {
                 if st.bytes > 0 {
@@ -310,7 +327,6 @@ impl Conn {
     }
 
     fn release_read_buf(&mut self, cx: &mut Context<'_>) {
-        // Not `capacity() != 0`: a drained buffer reports 0 but owns an allocation.
         let b = std::mem::take(&mut self.rbuf);
         cx.core().bufs.put(b);
     }
@@ -323,8 +339,9 @@ impl Conn {
     /// Drops `n` bytes from the front of the read buffer.
     pub fn consume(&mut self, n: usize) {
         if n >= self.rbuf.len() {
-            // `clear` keeps the whole capacity; advancing to the end would leave a
-            // buffer that reports none while still owning its allocation.
+            // Not advanced to the end, which would leave a buffer that reports no
+            // capacity while still owning its allocation (`fill` relies on zero
+            // capacity meaning no allocation).
             self.rbuf.clear();
         } else {
             self.rbuf.advance(n);
@@ -346,10 +363,8 @@ impl Conn {
     /// Appends bytes to the write queue (no syscall; see [`flush`](Conn::flush)).
     pub fn queue(&mut self, cx: &mut Context<'_>, data: &[u8]) {
         if self.wbuf.capacity() == 0 {
-            let old = std::mem::take(&mut self.wbuf);
-            let pool = &mut cx.core().bufs;
-            pool.put(old);
-            self.wbuf = pool.get();
+            // No allocation (see `fill`): nothing to give back first.
+            self.wbuf = cx.core().bufs.get();
         }
         self.wbuf.extend_from_slice(data);
     }
@@ -414,7 +429,13 @@ impl Conn {
         }
         if self.wbuf.is_empty() {
             // Nothing queued (a writable edge after everything went out, or a flush
-            // after a read that produced no reply): no syscall, no buffer traffic.
+            // after a read that produced no reply): no syscall. An empty queue that
+            // still holds a buffer (`queue` of nothing) gives it back: an idle
+            // connection holds none.
+            if self.wbuf.capacity() != 0 {
+                let b = std::mem::take(&mut self.wbuf);
+                cx.core().bufs.put(b);
+            }
             self.finish_drained(cx)?;
             return Ok(false);
         }
@@ -425,9 +446,8 @@ impl Conn {
             // One send per call, of at most the budget: a peer that drains fast
             // cannot keep the loop writing to it alone.
             let want = queued.min(self.cfg.write_budget.max(1));
-            // Through rustix for the same reason as the read in `fill`; without
-            // SIGPIPE: a peer that is gone is an EPIPE error, not a signal.
-            match rustix::net::send(&self.stream, &self.wbuf[..want], SendFlags::NOSIGNAL) {
+            // Through rustix for the same reason as the read in `fill`.
+            match rustix::net::send(&self.stream, &self.wbuf[..want], SEND_FLAGS) {
                 Ok(0) => {
                     break Err(io::Error::new(
                         io::ErrorKind::WriteZero,

@@ -198,11 +198,9 @@ pub(crate) struct Core {
     /// that time is never blamed on the next handler.
     clock: u64,
     stopwatch: clock::Stopwatch,
-    /// The stopwatch reading and `mono_ns` of the last real clock read (after each
-    /// poll): the loop's `now` between reads is estimated from them and `clock`.
-    tick_at: (u64, u64),
-    /// An `Instant` and the `mono_ns` reading taken together at start: turns a
-    /// reading into an `Instant` with an add instead of another clock read.
+    /// An `Instant` and the `mono_ns` reading taken together at start: after a poll
+    /// one `mono_ns` read gives both the loop's `now` (with an add) and the
+    /// stopwatch's calibration point.
     epoch: (Instant, u64),
     /// `Config::slow_threshold` in nanoseconds.
     slow_ns: u64,
@@ -412,18 +410,9 @@ impl Core {
     /// Reads the clock: both the dispatch clock and the loop's `now`.
     fn tick(&mut self) {
         let ns = clock::mono_ns();
-        self.clock = self.stopwatch.ticks();
+        self.clock = self.stopwatch.ticks_at(ns);
         self.stopwatch.observe(ns);
-        self.tick_at = (self.clock, ns);
         self.now = self.instant_at(ns);
-    }
-
-    /// `now` as of the last dispatch's end, without reading the clock.
-    fn estimated_now(&self) -> Instant {
-        let since = self
-            .stopwatch
-            .to_ns(self.clock.saturating_sub(self.tick_at.0));
-        self.instant_at(self.tick_at.1 + since)
     }
 
     fn instant_at(&self, ns: u64) -> Instant {
@@ -750,7 +739,6 @@ impl Reactor {
                 next_generation: 0,
                 now: epoch.0,
                 clock,
-                tick_at: (clock, clock::mono_ns()),
                 stopwatch,
                 epoch,
                 slow_ns: config.slow_threshold.as_nanos().min(u64::MAX as u128) as u64,
@@ -818,8 +806,7 @@ impl Reactor {
         let mut timer_scratch = Vec::new();
         let result = loop {
             let core = &mut self.core;
-            // The end of the last dispatch is recent enough to compute the timeout.
-            core.now = core.estimated_now();
+            core.now = Instant::now();
             match core.state {
                 RunState::Stopping => break Ok(()),
                 RunState::Draining { deadline } => {

@@ -912,7 +912,19 @@ fn shutdown_from_a_callback_reaches_every_handler_including_the_caller() {
 /// lost: once the client reads, every byte comes back.
 #[test]
 fn backpressure_bounds_buffering_and_loses_nothing() {
-    let (addr, server) = echo_server(Config::default());
+    // The library's default watermarks (1 MiB / 256 KiB), not the echo server's
+    // (which pauses as soon as anything is queued): the queue itself must reach its
+    // high watermark, pause reading, and resume at the low one.
+    let (addr, server) = run_loop(Config::default(), |r| {
+        let opts = EchoOptions {
+            conn: ConnConfig::default(),
+            ..EchoOptions::default()
+        };
+        let l = echo_listener("127.0.0.1:0".parse().unwrap(), opts).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_nonblocking(true).unwrap();
     let chunk = pseudo_random_bytes(7, 64 * 1024);
@@ -1221,4 +1233,76 @@ fn small_write_budget_requeues_until_everything_is_written() {
     assert_eq!(stats.bytes_out, payload.len() as u64);
     // 200 KiB in 1000-byte sends: the budget really limited each flush.
     assert!(stats.dispatches > 200, "{} dispatches", stats.dispatches);
+}
+
+/// Reads everything and consumes it in two pieces, counting the `fill` calls that
+/// brought bytes.
+struct PiecewiseConsumer {
+    conn: Conn,
+    fills: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Handler for PiecewiseConsumer {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        Ok(self.conn.register(cx)?)
+    }
+
+    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        let st = self.conn.fill(cx)?;
+        if st.bytes > 0 {
+            self.fills.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(st.bytes, Ordering::Relaxed);
+        }
+        let n = self.conn.read_buf().len();
+        if n > 1 {
+            self.conn.consume(n - 1);
+        }
+        self.conn.consume(1);
+        if st.eof {
+            cx.close();
+        }
+        Ok(())
+    }
+}
+
+/// A read buffer consumed to empty in pieces must be read into whole again: a
+/// regression once left only the room after the consumed offset, so every later
+/// `fill` read one byte (983,041 fills for 1 MiB instead of about 17).
+#[test]
+fn a_buffer_consumed_in_pieces_is_read_into_whole_again() {
+    let fills = Arc::new(AtomicUsize::new(0));
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let (f, b) = (fills.clone(), bytes.clone());
+    let (addr, server) = run_loop(Config::default(), move |r| {
+        let l = Listener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            move |s, _| {
+                Some(PiecewiseConsumer {
+                    conn: Conn::new(s, 0, ConnConfig::default()),
+                    fills: f.clone(),
+                    bytes: b.clone(),
+                })
+            },
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let payload = pseudo_random_bytes(13, 1 << 20);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(&payload).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    expect_closed(&mut c);
+    server.stop();
+    assert_eq!(bytes.load(Ordering::Relaxed), payload.len());
+    let fills = fills.load(Ordering::Relaxed);
+    // 16 full 64 KiB buffers at least; a few more where the client's writes and
+    // the reads interleave.
+    assert!(
+        fills < 1_000,
+        "{fills} fills for 1 MiB: reads into a shrunken buffer"
+    );
 }
