@@ -21,13 +21,13 @@ use std::time::Duration;
 use mio::net::TcpStream;
 
 use crate::conn::{Conn, ConnConfig};
-use crate::handler::{Handler, HandlerResult, SourceId};
+use crate::handler::{Event, Handler, HandlerResult, SourceId};
 use crate::listener::{ListenOptions, Listener};
 use crate::pool::{JobId, JobResult, take};
 use crate::reactor::Context;
 use crate::timer::TimerId;
 
-use super::bridge::{Bridge, Pumped};
+use super::bridge::{Bridge, LINGER, Pumped};
 use super::proto::{self, Message, Reason};
 use super::table::CircuitLimits;
 
@@ -341,7 +341,8 @@ impl Handler for ReserveClient {
 pub enum Target {
     /// `HOST:PORT` to resolve on the worker pool and connect to.
     Resolve(String),
-    /// An accepted local connection (registered as source 1).
+    /// An accepted local connection, made as source 1 with
+    /// [`Bridge::conn_config`] (so its upload is not held up by its download).
     Accepted(Conn),
 }
 
@@ -359,11 +360,13 @@ pub struct CircuitEnd {
     cfg: ConnConfig,
     setup_timeout: Duration,
     timer: Option<TimerId>,
+    linger: Option<TimerId>,
 }
 
 impl CircuitEnd {
     /// A circuit end that sends `hello` (an encoded `ACCEPT` or `CONNECT`
-    /// frame) on a new connection to `relay` and bridges it to `target`.
+    /// frame) on a new connection to `relay` and bridges it to `target`. Its
+    /// connections are made with [`Bridge::conn_config`] of `cfg`.
     pub fn new(
         relay: SocketAddr,
         hello: Vec<u8>,
@@ -383,9 +386,10 @@ impl CircuitEnd {
             local,
             connected: false,
             bridge: None,
-            cfg,
+            cfg: Bridge::conn_config(cfg),
             setup_timeout,
             timer: None,
+            linger: None,
         }
     }
 
@@ -437,18 +441,11 @@ impl CircuitEnd {
                 max_bytes_per_direction: 0,
                 ..CircuitLimits::default()
             };
-            self.bridge = Some(Bridge::new(relay, local, &unlimited));
-            return self.pump(cx);
-        }
-        Ok(())
-    }
-
-    fn pump(&mut self, cx: &mut Context<'_>) -> HandlerResult {
-        if let Some(b) = self.bridge.as_mut() {
-            match b.pump(cx)? {
-                Pumped::Open => {}
-                Pumped::Done | Pumped::OverBudget(_) => cx.close(),
-            }
+            // A forward target still connecting is fine: the bridge sends what it
+            // holds for it once connected, and a failed connect ends that side.
+            let mut bridge = Bridge::new(relay, local, &self.cfg, &unlimited);
+            bridge.start(cx);
+            self.bridge = Some(bridge);
         }
         Ok(())
     }
@@ -493,33 +490,50 @@ impl Handler for CircuitEnd {
         self.setup(cx)
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, source: SourceId) -> HandlerResult {
-        if self.bridge.is_some() {
-            self.pump(cx)
-        } else if source == RELAY {
-            self.setup(cx)
-        } else {
+    fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+        if let Some(b) = self.bridge.as_mut() {
+            match b.on_event(cx, ev) {
+                Pumped::Open => {}
+                Pumped::Lingering => {
+                    if self.linger.is_none() {
+                        self.linger = Some(cx.timer_once(LINGER));
+                    }
+                }
+                Pumped::Done | Pumped::OverBudget(_) => cx.close(),
+            }
+            return Ok(());
+        }
+        if ev.source() == LOCAL {
             // The local side waits (its bytes stay in the kernel) until bridged.
-            Ok(())
+            if (ev.is_writable() || ev.is_write_closed())
+                && let Some(l) = self.local.as_mut()
+            {
+                // Surfaces a failed connect to the forward target.
+                l.flush(cx)?;
+            }
+            return Ok(());
         }
-    }
-
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
-        if self.bridge.is_some() {
-            return self.pump(cx);
+        // The relay connection: its answer (or its failure, which the read
+        // reports), and the `hello` going out.
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.setup(cx)?;
         }
-        if let Some(r) = self.relay.as_mut() {
+        if self.bridge.is_none()
+            && (ev.is_writable() || ev.is_write_closed())
+            && let Some(r) = self.relay.as_mut()
+        {
             r.flush(cx)?;
-        }
-        if let Some(l) = self.local.as_mut() {
-            l.flush(cx)?;
         }
         Ok(())
     }
 
-    fn on_timer(&mut self, _cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
         if Some(t) == self.timer {
             return Err(format!("circuit not set up within {:?}", self.setup_timeout).into());
+        }
+        if Some(t) == self.linger {
+            log::debug!("circuit end: the other side did not close within {LINGER:?}");
+            cx.close();
         }
         Ok(())
     }
@@ -555,7 +569,7 @@ pub fn connect_listener(
         Some(CircuitEnd::new(
             relay,
             hello.clone(),
-            Target::Accepted(Conn::new(stream, LOCAL, cfg)),
+            Target::Accepted(Conn::new(stream, LOCAL, Bridge::conn_config(cfg))),
             cfg,
             setup_timeout,
         ))
