@@ -1115,6 +1115,95 @@ fn client_circuit_end_keeps_the_upload_of_a_local_reset() {
     assert_eq!(check_stream(b.s, 54), acked, "the upload was cut short");
 }
 
+/// How a local application leaves while its circuit is being set up.
+#[derive(Debug, Clone, Copy)]
+enum LocalLeave {
+    /// A close with nothing sent: a FIN.
+    Close,
+    /// A reset (`SO_LINGER` 0).
+    Reset,
+}
+
+/// A local application connects to the client's listener and leaves (as `leave`
+/// says) while the reserver has not accepted yet. The client must notice at once,
+/// well before its setup timeout, and close its relay connection, so the relay
+/// frees the circuit: the reserving peer's only circuit slot is free again and an
+/// `ACCEPT` of the abandoned circuit is refused.
+fn local_app_leaves_during_setup(leave: LocalLeave) {
+    const NOTICED_WITHIN: f64 = 2.0;
+    let (addr, mut owner, local, _loops) = tunnel(cfg(|c| {
+        c.circuits.accept_timeout = secs(30.0);
+        c.circuits.max_per_peer = 1;
+    }));
+    let app = TcpStream::connect(local).unwrap();
+    let Got::Incoming(c, _) = owner.recv() else {
+        panic!("{leave:?}: no INCOMING for the local connection");
+    };
+    match leave {
+        LocalLeave::Close => drop(app),
+        LocalLeave::Reset => reset(app),
+    }
+    let mut next = connect_when_free(
+        addr,
+        "svc",
+        secs(NOTICED_WITHIN),
+        &format!(
+            "{leave:?}: the client's circuit end whose local application left \
+             (setup timeout {SETUP_TIMEOUT:?})"
+        ),
+    );
+    let mut acceptor = Peer::connect(addr);
+    acceptor.send(&Message::Accept { circuit: c });
+    assert_eq!(
+        acceptor.recv(),
+        Got::Refused(Reason::UnknownCircuit),
+        "{leave:?}: the abandoned circuit could still be accepted"
+    );
+    // The relay and the reserver carry on.
+    let Got::Incoming(live, _) = owner.recv() else {
+        panic!("{leave:?}: no INCOMING for the next connector");
+    };
+    let mut acceptor = Peer::connect(addr);
+    acceptor.send(&Message::Accept { circuit: live });
+    assert_eq!(acceptor.recv(), Got::Connected(live));
+    assert_eq!(next.recv(), Got::Connected(live));
+}
+
+#[test]
+fn client_notices_a_local_close_during_setup_at_once() {
+    local_app_leaves_during_setup(LocalLeave::Close);
+}
+
+#[test]
+fn client_notices_a_local_reset_during_setup_at_once() {
+    local_app_leaves_during_setup(LocalLeave::Reset);
+}
+
+/// A local application that sends its request and half-closes before the circuit
+/// is set up has not left: it waits for the answer. Its bytes and its end of file
+/// reach the reserver once it accepts, and the answer comes back.
+#[test]
+fn client_keeps_a_local_half_close_with_data_during_setup() {
+    let (addr, mut owner, local, _loops) = tunnel(RelayConfig::default());
+    let mut app = TcpStream::connect(local).unwrap();
+    app.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let Got::Incoming(c, _) = owner.recv() else {
+        panic!("no INCOMING for the local connection");
+    };
+    app.write_all(b"request").unwrap();
+    app.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(secs(0.3)); // the client sees the end of file while waiting
+    let mut b = Peer::connect(addr);
+    b.send(&Message::Accept { circuit: c });
+    assert_eq!(b.recv(), Got::Connected(c));
+    assert_eq!(b.read_to_end(100), b"request");
+    b.raw(b"answer");
+    b.s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    app.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"answer");
+}
+
 /// A listener whose accept queue is full (backlog 0 and connections nobody
 /// accepts), so that a connect to it waits (its SYNs are dropped) until the
 /// listener closes, and is then refused at its next SYN (about a second after it

@@ -349,6 +349,14 @@ pub enum Target {
 /// One end of a circuit on the client side: a new connection to the relay
 /// (source 0) that sends `ACCEPT` or `CONNECT`, waits for `CONNECTED`, then
 /// is bridged to a local connection (source 1).
+///
+/// While it waits, the local connection is not read (its bytes stay in the
+/// kernel) but its events are watched: a local connection that resets, that
+/// closes without having sent anything, or whose connect fails, ends the circuit
+/// end at once, which closes its relay connection, so the relay frees the circuit
+/// rather than holding it until the setup timeout. A local connection that sent
+/// bytes and then half-closed is waiting for an answer: its bytes and its end of
+/// file are delivered once the circuit is up.
 pub struct CircuitEnd {
     relay_addr: SocketAddr,
     hello: Vec<u8>,
@@ -449,6 +457,45 @@ impl CircuitEnd {
         }
         Ok(())
     }
+
+    /// An event of the local connection while the circuit is being set up: is it
+    /// still worth setting up? If not, the handler closes (and with it its relay
+    /// connection, which the relay sees as the circuit's end leaving). A local
+    /// application that leaves is normal, so it is logged at debug level; a
+    /// failed connect to the forward target is a handler error.
+    fn watch_local(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+        let Some(local) = self.local.as_mut() else {
+            return Ok(());
+        };
+        if local.is_connecting() {
+            // A connect that failed reports it here (an error event, which may
+            // come after the relay's answer and nothing else would look at).
+            local.flush(cx)?;
+            return Ok(());
+        }
+        if !ev.is_polled() || !(ev.is_error() || ev.is_read_closed()) {
+            // Bytes: they wait in the kernel until bridged.
+            return Ok(());
+        }
+        // A reset, or an end of file: with bytes before it the peer only
+        // half-closed and waits for an answer; with none it left (or asks for
+        // nothing, which a circuit could only carry as end of file after a
+        // useless setup). Peeking leaves the bytes for the bridge.
+        let gone = match local.stream().take_error() {
+            Ok(Some(e)) | Err(e) => Some(e.to_string()),
+            Ok(None) => match local.stream().peek(&mut [0u8; 1]) {
+                Ok(0) => Some("end of file".to_string()),
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if let Some(why) = gone {
+            log::debug!("the local connection left before its circuit was up ({why}); closing");
+            cx.close();
+        }
+        Ok(())
+    }
 }
 
 impl Handler for CircuitEnd {
@@ -462,6 +509,9 @@ impl Handler for CircuitEnd {
         relay.queue(cx, &self.hello);
         self.relay = Some(relay);
         if let Some(local) = self.local.as_mut() {
+            // One that left before this is reported by the registration itself
+            // (the poller reports a new registration's current state), so
+            // `watch_local` sees it too.
             local.register(cx)?;
         }
         if let Some(target) = self.forward.clone() {
@@ -504,14 +554,7 @@ impl Handler for CircuitEnd {
             return Ok(());
         }
         if ev.source() == LOCAL {
-            // The local side waits (its bytes stay in the kernel) until bridged.
-            if (ev.is_writable() || ev.is_write_closed())
-                && let Some(l) = self.local.as_mut()
-            {
-                // Surfaces a failed connect to the forward target.
-                l.flush(cx)?;
-            }
-            return Ok(());
+            return self.watch_local(cx, ev);
         }
         // The relay connection: its answer (or its failure, which the read
         // reports), and the `hello` going out.
