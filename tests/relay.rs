@@ -1329,3 +1329,72 @@ fn control_connection_that_never_reads_is_held_back() {
     }
     assert_eq!(got, want);
 }
+
+/// A relay (here a fake one) that offers a reserving client circuits faster than
+/// they finish cannot make it open connections without bound: at most
+/// `max_circuits` circuit ends exist at once, the other `INCOMING`s are ignored,
+/// and a circuit end that closes makes room for the next offer.
+#[test]
+fn reserve_client_serves_at_most_max_circuits_at_once() {
+    use reactor::relay::client::{ReserveClient, ReserveOptions};
+    const MAX: usize = 4;
+    let (echo, _echo_loop) = run_loop(Config::default(), |r| {
+        let l = echo_listener("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    let (_, _client) = run_loop(Config::default(), move |r| {
+        let mut opts = ReserveOptions::new(fake_addr, "p", "svc", &echo.to_string());
+        opts.max_circuits = MAX;
+        r.spawn(ReserveClient::new(opts, Box::new(|_, _| {})).unwrap());
+    });
+    let (s, _) = fake.accept().unwrap();
+    let mut control = Peer { s, buf: Vec::new() };
+    control.s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // Read the RESERVE, grant it.
+    let mut tmp = [0u8; 1024];
+    while proto::decode(&control.buf).unwrap().is_none() {
+        let n = control.s.read(&mut tmp).unwrap();
+        assert!(n > 0, "the client closed its control connection");
+        control.buf.extend_from_slice(&tmp[..n]);
+    }
+    control.send(&Message::Reserved {
+        id: "svc",
+        ttl_secs: 3600,
+    });
+    let offer = |control: &mut Peer, from: u64, n: u64| {
+        for circuit in from..from + n {
+            control.send(&Message::Incoming { circuit, id: "svc" });
+        }
+    };
+    // The circuit ends that connect within `t`; the fake relay never answers them.
+    fake.set_nonblocking(true).unwrap();
+    let accept_for = |t: Duration| {
+        let end = Instant::now() + t;
+        let mut ends = Vec::new();
+        while Instant::now() < end {
+            match fake.accept() {
+                Ok((s, _)) => ends.push(s),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(secs(0.01)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        ends
+    };
+    offer(&mut control, 1, 200);
+    let ends = accept_for(secs(1.5));
+    assert_eq!(ends.len(), MAX, "circuit ends open at once");
+    // A circuit whose relay connection closes before CONNECTED ends; its place
+    // serves the next offers.
+    drop(ends);
+    std::thread::sleep(secs(0.3));
+    offer(&mut control, 1000, 10);
+    assert_eq!(
+        accept_for(secs(1.5)).len(),
+        MAX,
+        "after the first ones closed"
+    );
+}

@@ -4,9 +4,9 @@
 //!   under a stable peer identity, refreshes it before its TTL, sends
 //!   heartbeats, and reconnects (with backoff) when the connection drops, so
 //!   the relay's grace period gives it its slot back. For every `INCOMING` it
-//!   spawns a [`CircuitEnd`] that opens a new connection to the relay, sends
-//!   `ACCEPT`, connects to the forward target (resolved on the worker pool) and
-//!   bridges the two.
+//!   spawns a [`CircuitEnd`] (at most [`ReserveOptions::max_circuits`] at once)
+//!   that opens a new connection to the relay, sends `ACCEPT`, connects to the
+//!   forward target (resolved on the worker pool) and bridges the two.
 //! - [`connect_listener`] accepts local connections and makes each a
 //!   [`CircuitEnd`] that sends `CONNECT id` to the relay and bridges the local
 //!   socket to the circuit (a reverse tunnel).
@@ -21,7 +21,7 @@ use std::time::Duration;
 use mio::net::TcpStream;
 
 use crate::conn::{Conn, ConnConfig};
-use crate::handler::{Event, Handler, HandlerResult, SourceId};
+use crate::handler::{Event, Handler, HandlerId, HandlerResult, SourceId};
 use crate::listener::{ListenOptions, Listener};
 use crate::pool::{JobId, JobResult, take};
 use crate::reactor::Context;
@@ -56,13 +56,19 @@ pub struct ReserveOptions {
     pub max_reconnect_delay: Duration,
     /// Time a circuit has to be bridged (relay answer and target connect).
     pub setup_timeout: Duration,
+    /// Circuits served at once at most (each is a connection to the relay and
+    /// one to the forward target). An `INCOMING` beyond it is ignored (the
+    /// relay's accept timeout drops it), so neither a flood of connectors nor a
+    /// hostile relay can make the client open connections without bound. Zero:
+    /// no limit.
+    pub max_circuits: usize,
     /// Buffers of every connection.
     pub conn: ConnConfig,
 }
 
 impl ReserveOptions {
     /// Options with the defaults: heartbeat every 10 s, reconnect after 0.5 s
-    /// up to 10 s, 15 s to set up a circuit.
+    /// up to 10 s, 15 s to set up a circuit, 64 circuits at once.
     pub fn new(relay: SocketAddr, peer: &str, id: &str, forward: &str) -> ReserveOptions {
         ReserveOptions {
             relay,
@@ -73,6 +79,7 @@ impl ReserveOptions {
             reconnect_delay: Duration::from_millis(500),
             max_reconnect_delay: Duration::from_secs(10),
             setup_timeout: Duration::from_secs(15),
+            max_circuits: 64,
             conn: ConnConfig::default(),
         }
     }
@@ -120,6 +127,10 @@ pub struct ReserveClient {
     reconnect: Option<TimerId>,
     backoff: Duration,
     out: Vec<u8>,
+    /// Circuit ends spawned and not closed yet.
+    circuits: usize,
+    /// `INCOMING`s ignored at `max_circuits` since the last warning.
+    ignored: u64,
 }
 
 impl ReserveClient {
@@ -140,6 +151,8 @@ impl ReserveClient {
             refresh: None,
             reconnect: None,
             out: Vec::new(),
+            circuits: 0,
+            ignored: 0,
         })
     }
 
@@ -252,8 +265,30 @@ impl ReserveClient {
                     conn.queue(cx, &self.out);
                     continue;
                 }
+                Message::Incoming { circuit, id }
+                    if self.opts.max_circuits != 0 && self.circuits >= self.opts.max_circuits =>
+                {
+                    // Warned once per time the limit is reached, not per frame: a
+                    // flood must not become a flood of log lines.
+                    if self.ignored == 0 {
+                        log::warn!(
+                            "incoming circuit {circuit:016x} to {id:?} ignored: {} circuits \
+                             open already (max_circuits)",
+                            self.circuits
+                        );
+                    }
+                    self.ignored += 1;
+                }
                 Message::Incoming { circuit, id } => {
                     log::info!("incoming circuit {circuit:016x} to {id:?}");
+                    if self.ignored > 1 {
+                        log::warn!(
+                            "{} more incoming circuits were ignored at max_circuits",
+                            self.ignored - 1
+                        );
+                    }
+                    self.ignored = 0;
+                    self.circuits += 1;
                     let mut hello = Vec::new();
                     proto::encode(&Message::Accept { circuit }, &mut hello)?;
                     cx.spawn(CircuitEnd::new(
@@ -322,6 +357,12 @@ impl Handler for ReserveClient {
             self.reconnect = None;
             self.connect(cx)?;
         }
+        Ok(())
+    }
+
+    fn on_child_closed(&mut self, _cx: &mut Context<'_>, _child: HandlerId) -> HandlerResult {
+        // Only circuit ends are spawned.
+        self.circuits = self.circuits.saturating_sub(1);
         Ok(())
     }
 
