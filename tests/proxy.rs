@@ -14,7 +14,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Running, Server, example_bin, run_loop};
+use common::{
+    CHUNK, Running, SMALL_SOCKET_BUFFER, Server, Stream, check_stream, example_bin,
+    push_until_stuck, reset, run_loop, send_stream, small_buffer_connect, unacked,
+};
 use reactor::echo::{EchoOptions, echo_listener};
 use reactor::proxy::socks5::{
     self, ATYP_DOMAIN, Command as SocksCommand, METHOD_NO_AUTH, METHOD_USERPASS, Reply,
@@ -428,70 +431,6 @@ fn example_forward_mode_and_bad_arguments() {
 
 // ---------------------------------------------------------------- forwarding
 
-/// A deterministic byte stream (xorshift), generated in chunks so 100 MiB never
-/// sits in memory.
-struct Stream(u64);
-
-impl Stream {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-        }
-    }
-}
-
-const CHUNK: usize = 64 * 1024;
-
-fn send_stream(mut w: TcpStream, seed: u64, total: usize) -> TcpStream {
-    let mut g = Stream(seed);
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        g.fill(&mut buf[..n]);
-        w.write_all(&buf[..n]).expect("send stream");
-        left -= n;
-    }
-    w.shutdown(Shutdown::Write).unwrap();
-    w
-}
-
-/// Reads to end of file, checking every byte against the stream; returns the
-/// count.
-fn check_stream(mut r: TcpStream, seed: u64) -> usize {
-    let mut g = Stream(seed);
-    let mut want = vec![0u8; CHUNK];
-    let mut got = vec![0u8; CHUNK];
-    let mut pending = 0; // bytes of `want` not yet matched
-    let mut off = 0;
-    let mut total = 0;
-    loop {
-        if pending == 0 {
-            g.fill(&mut want);
-            pending = CHUNK;
-            off = 0;
-        }
-        let n = match r.read(&mut got[..pending]) {
-            Ok(0) => return total,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => panic!("after {total} bytes: {e}"),
-        };
-        assert!(
-            got[..n] == want[off..off + n],
-            "stream corrupted near byte {total}"
-        );
-        off += n;
-        pending -= n;
-        total += n;
-    }
-}
-
 #[test]
 fn forward_100mib_each_way_byte_exact() {
     const SIZE: usize = 100 << 20;
@@ -702,55 +641,6 @@ fn upstream_dying_mid_transfer_closes_client() {
     assert_eq!(server.stop().handlers_failed, 0);
 }
 
-/// Bytes written on `s` that the peer's kernel has not acknowledged yet
-/// (`SIOCOUTQ`): a reset from us destroys those, and only those.
-fn unacked(s: &TcpStream) -> usize {
-    use std::os::fd::AsRawFd;
-    let mut n: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int through the pointer.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    assert_eq!(r, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
-    n as usize
-}
-
-/// Writes stream `seed` on `s` until nothing moves for 300 ms (every buffer between
-/// us and a reader that does not read is full, the proxy's queues included); returns
-/// the bytes written.
-fn push_until_stuck(s: &mut TcpStream, seed: u64) -> usize {
-    s.set_nonblocking(true).unwrap();
-    let mut g = Stream(seed);
-    let mut buf = vec![0u8; CHUNK];
-    let mut carry = 0;
-    let mut sent = 0;
-    let mut last_progress = Instant::now();
-    while last_progress.elapsed() < Duration::from_millis(300) {
-        if carry == 0 {
-            g.fill(&mut buf);
-            carry = CHUNK;
-        }
-        match s.write(&buf[CHUNK - carry..]) {
-            Ok(n) => {
-                sent += n;
-                carry -= n;
-                last_progress = Instant::now();
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("{e}"),
-        }
-        assert!(sent < 256 << 20, "the proxy buffered without bound");
-    }
-    s.set_nonblocking(false).unwrap();
-    sent
-}
-
-/// Closes `s` with a reset (`SO_LINGER` 0), as a crashing or aborting peer does.
-fn reset(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(s);
-}
-
 /// The upstream sends its answer and closes; the client, not reading yet, uploads
 /// afterwards, so the proxy's write to the upstream fails (the upstream's kernel
 /// answers with a reset). The answer the proxy holds for the client must still reach
@@ -768,7 +658,7 @@ fn upstream_write_failure_keeps_the_download() {
         closed_tx.send(()).unwrap();
     });
     let (proxy, counters, server) = start_proxy(forward_opts(up_addr));
-    let mut c = small_buffer_connect(proxy);
+    let mut c = small_buffer_connect(proxy, T);
     closed_rx.recv_timeout(T).unwrap();
     thread::sleep(Duration::from_millis(200)); // the proxy reads the rest and the FIN
     for _ in 0..10 {
@@ -811,7 +701,7 @@ fn upstream_reset_after_its_last_bytes_keeps_them() {
         ..ConnConfig::default()
     };
     let (proxy, counters, server) = start_proxy(opts);
-    let c = small_buffer_connect(proxy);
+    let c = small_buffer_connect(proxy, T);
     let acked = reset_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     thread::sleep(Duration::from_millis(200));
     assert_eq!(
@@ -1038,10 +928,8 @@ fn start_probed_proxy(
     (addr, counters, peak, running)
 }
 
-/// Small kernel buffers on the test's own ends, so that its writers get stuck after a
-/// few hundred KiB in flight instead of many MiB.
-const SMALL_SOCKET_BUFFER: usize = 64 * 1024;
-
+/// A listener whose accepted connections have small kernel buffers (see
+/// [`SMALL_SOCKET_BUFFER`]).
 fn small_buffer_listener() -> TcpListener {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.set_recv_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
@@ -1049,17 +937,6 @@ fn small_buffer_listener() -> TcpListener {
     s.bind(&local(0).into()).unwrap();
     s.listen(16).unwrap();
     s.into()
-}
-
-fn small_buffer_connect(to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
-    s.set_send_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
-    s.connect_timeout(&to.into(), T).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(T)).unwrap();
-    s.set_write_timeout(Some(T)).unwrap();
-    s
 }
 
 /// Writes `total` bytes of stream `seed`, counting progress in `sent`, then
@@ -1119,7 +996,7 @@ fn both_ways_before_reading(upstream: TcpListener, via: Option<SocketAddr>, n: u
     let c_sent = client_sent.clone();
     thread::spawn(move || {
         let r = std::panic::catch_unwind(move || {
-            let mut s = small_buffer_connect(to);
+            let mut s = small_buffer_connect(to, T);
             send_counted(&mut s, 21, n, &c_sent, "client");
             check_stream(s, 22)
         });

@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Server, example_bin, pseudo_random_bytes, run_loop};
+use common::{
+    Server, check_stream, example_bin, pseudo_random_bytes, push_until_stuck, reset, run_loop,
+    send_stream, small_buffer_connect, unacked,
+};
 use reactor::Config;
 use reactor::echo::{EchoOptions, echo_listener};
 use reactor::relay::proto::{self, Message, Reason};
@@ -86,6 +89,14 @@ impl Peer {
     fn connect(addr: SocketAddr) -> Peer {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Peer { s, buf: Vec::new() }
+    }
+
+    /// A connection with small kernel buffers (and a write timeout), so that what
+    /// this end does not read piles up in the relay rather than in our kernel.
+    fn small(addr: SocketAddr) -> Peer {
+        let s = small_buffer_connect(addr, IO_TIMEOUT);
         s.set_nodelay(true).unwrap();
         Peer { s, buf: Vec::new() }
     }
@@ -184,7 +195,17 @@ fn reserved(id: &str) -> Got {
 /// Opens a circuit to `id`, whose reserver's control connection is `control`.
 /// Returns (connector end, reserver end), both past `CONNECTED`.
 fn open_circuit(addr: SocketAddr, control: &mut Peer, id: &str) -> (Peer, Peer) {
-    let mut connector = Peer::connect(addr);
+    open_circuit_from(Peer::connect(addr), addr, control, id)
+}
+
+/// [`open_circuit`] with `connector` (a fresh connection to the relay at `addr`)
+/// as the connector's end.
+fn open_circuit_from(
+    mut connector: Peer,
+    addr: SocketAddr,
+    control: &mut Peer,
+    id: &str,
+) -> (Peer, Peer) {
     connector.send(&Message::Connect { id });
     let Got::Incoming(c, got_id) = control.recv() else {
         panic!("no INCOMING on the control connection");
@@ -368,6 +389,30 @@ fn circuit_byte_limit_closes_the_circuit() {
     assert_eq!(&buf, b"again");
 }
 
+/// Sends `CONNECT id` on a new connection until the relay opens the circuit (it
+/// waits for the reserver instead of answering) rather than refusing it with
+/// `CircuitLimit`, for at most `within`; `holder` names who holds the slot meanwhile.
+/// Returns the connection, waiting for the reserver.
+fn connect_when_free(addr: SocketAddr, id: &str, within: Duration, holder: &str) -> Peer {
+    let start = Instant::now();
+    let mut next = Peer::connect(addr);
+    loop {
+        next.send(&Message::Connect { id });
+        match next.recv_within(secs(0.2)) {
+            // Waiting for the reserver: the circuit was opened.
+            None => return next,
+            Some(Got::Refused(Reason::CircuitLimit)) => {}
+            Some(other) => panic!("{holder}: CONNECT answered {other:?}"),
+        }
+        assert!(
+            start.elapsed() < within,
+            "{holder} still holds its circuit after {:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(secs(0.02));
+    }
+}
+
 /// How a connector leaves while it waits for the reserver's `ACCEPT`.
 #[derive(Debug, Clone, Copy)]
 enum Leave {
@@ -414,24 +459,12 @@ fn connector_leaves_while_waiting(leave: Leave) {
     }
     // The slot comes back well before the accept timeout: another connector
     // is let through instead of refused with CircuitLimit.
-    let left = Instant::now();
-    let mut next = Peer::connect(addr);
-    loop {
-        next.send(&Message::Connect { id: "svc" });
-        match next.recv_within(secs(0.2)) {
-            // Waiting for the reserver: the circuit was opened.
-            None => break,
-            Some(Got::Refused(Reason::CircuitLimit)) => {}
-            Some(other) => panic!("{leave:?}: CONNECT answered {other:?}"),
-        }
-        assert!(
-            left.elapsed() < secs(NOTICED_WITHIN),
-            "{leave:?}: the connector that left still holds its circuit after {:?} \
-             (accept timeout {ACCEPT_TIMEOUT} s)",
-            left.elapsed()
-        );
-        std::thread::sleep(secs(0.02));
-    }
+    let mut next = connect_when_free(
+        addr,
+        "svc",
+        secs(NOTICED_WITHIN),
+        &format!("{leave:?}: the connector that left (accept timeout {ACCEPT_TIMEOUT} s)"),
+    );
     // Every INCOMING but the last is for the dead connector (in CloseAtOnce the
     // relay may have seen it leave before telling the reserver at all). The
     // reserver's ACCEPT of it is refused: it is not bridged to a dead socket.
@@ -893,4 +926,475 @@ fn circuit_forwarding_does_not_allocate_per_message() {
     eprintln!("{allocs} allocations on the relay loop for {MIB} MiB each way");
     // Reads are at most 64 KiB, so 2 x 64 MiB is over 2,000 messages.
     assert!(allocs < 50, "{allocs} allocations for {MIB} MiB each way");
+}
+
+// ---- A circuit end that fails: the other end still gets what the relay holds ----
+
+/// A relay without a byte budget (these tests move more than the default), whose
+/// queues count as congested at 256 KiB, so a stuck end holds the relay back early.
+fn unlimited_relay() -> (SocketAddr, common::Running) {
+    relay(cfg(|c| {
+        c.circuits.max_bytes_per_direction = 0;
+        c.conn.high_watermark = 256 * 1024;
+        c.conn.low_watermark = 64 * 1024;
+    }))
+}
+
+/// The reserver's end sends its last bytes and closes while the connector, not
+/// reading yet, is still uploading; the relay's writes to the closed end fail (its
+/// kernel answers with a reset). Everything the relay took from the reserver must
+/// still reach the connector, followed by a clean end of file.
+#[test]
+fn reserver_closing_after_its_last_bytes_still_delivers_them() {
+    const D: usize = 768 << 10;
+    let (addr, _relay) = unlimited_relay();
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let (a, b) = open_circuit_from(Peer::small(addr), addr, &mut owner, "svc");
+    assert!(a.buf.is_empty() && b.buf.is_empty());
+    b.s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    // All of it, a FIN, and a close with nothing unread: no reset yet.
+    drop(send_stream(b.s, 51, D));
+    std::thread::sleep(secs(0.2)); // the relay reads the rest and the FIN
+    let mut up = a.s.try_clone().unwrap();
+    for _ in 0..10 {
+        if up.write_all(&[1u8; 16 * 1024]).is_err() {
+            break;
+        }
+        std::thread::sleep(secs(0.02));
+    }
+    assert_eq!(
+        check_stream(a.s, 51),
+        D,
+        "the connector's download was cut short"
+    );
+}
+
+/// The reserver's end sends until everything is stuck (the connector does not read
+/// yet, so the relay holds a full queue for it and stops reading the reserver), then
+/// resets. Every byte the relay's side acknowledged reaches the connector, then a
+/// clean end of file; only what the reserver's kernel still held is lost, as over a
+/// direct TCP connection.
+#[test]
+fn reserver_reset_after_its_last_bytes_keeps_them() {
+    let (addr, _relay) = unlimited_relay();
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let (a, mut b) = open_circuit_from(Peer::small(addr), addr, &mut owner, "svc");
+    let sent = push_until_stuck(&mut b.s, 52);
+    let acked = sent - unacked(&b.s);
+    reset(b.s);
+    std::thread::sleep(secs(0.2));
+    assert_eq!(
+        check_stream(a.s, 52),
+        acked,
+        "the connector's download was cut short"
+    );
+}
+
+/// The same the other way: the connector uploads until stuck and resets; the
+/// reserver still gets every byte the relay acknowledged, then end of file.
+#[test]
+fn connector_reset_after_its_last_bytes_keeps_the_upload() {
+    let (addr, _relay) = unlimited_relay();
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let (mut a, b) = open_circuit_from(Peer::connect(addr), addr, &mut owner, "svc");
+    let sent = push_until_stuck(&mut a.s, 53);
+    let acked = sent - unacked(&a.s);
+    reset(a.s);
+    std::thread::sleep(secs(0.2));
+    assert_eq!(
+        check_stream(b.s, 53),
+        acked,
+        "the reserver's upload was cut short"
+    );
+}
+
+/// A half-close travels through a circuit in both directions, the other direction
+/// going on after it, and a circuit whose two directions have both ended closes by
+/// itself (with one circuit per peer, the next one could not open otherwise).
+#[test]
+fn half_close_travels_through_the_relay_both_ways() {
+    let (addr, _relay) = relay(cfg(|c| c.circuits.max_per_peer = 1));
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+
+    // 1: the connector half-closes first; the reserver answers after its end of file.
+    let (mut a, mut b) = open_circuit(addr, &mut owner, "svc");
+    a.raw(b"request body");
+    a.s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(b.read_to_end(100), b"request body");
+    b.raw(b"got 12 bytes");
+    b.s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(a.read_to_end(100), b"got 12 bytes");
+
+    // 2: the reserver half-closes first; the connector still reaches it afterwards.
+    let next = connect_when_free(addr, "svc", secs(2.0), "a circuit that both ends finished");
+    let Got::Incoming(c, _) = owner.recv() else {
+        panic!("no INCOMING for the second circuit");
+    };
+    let mut b = Peer::connect(addr);
+    b.send(&Message::Accept { circuit: c });
+    assert_eq!(b.recv(), Got::Connected(c));
+    let mut a = next;
+    assert_eq!(a.recv(), Got::Connected(c));
+    b.raw(b"banner");
+    b.s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(a.read_to_end(100), b"banner");
+    a.raw(b"after your FIN");
+    a.s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(b.read_to_end(100), b"after your FIN");
+    drop(connect_when_free(
+        addr,
+        "svc",
+        secs(2.0),
+        "the second finished circuit",
+    ));
+}
+
+/// A relay, a hand-written reserver (`owner`, holding "svc"), and the connecting
+/// client library (`connect_listener`, setup timeout 15 s) in a loop of its own.
+/// Returns (relay address, owner, local listening address, the loops).
+fn tunnel(
+    relay_cfg: RelayConfig,
+) -> (
+    SocketAddr,
+    Peer,
+    SocketAddr,
+    (common::Running, common::Running),
+) {
+    use reactor::relay::client::connect_listener;
+    let (addr, relay_loop) = relay(relay_cfg);
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let (local, client_loop) = run_loop(Config::default(), move |r| {
+        let conn = reactor::ConnConfig {
+            high_watermark: 256 * 1024,
+            low_watermark: 64 * 1024,
+            ..reactor::ConnConfig::default()
+        };
+        let l = connect_listener(
+            "127.0.0.1:0".parse().unwrap(),
+            addr,
+            "svc",
+            Default::default(),
+            conn,
+            SETUP_TIMEOUT,
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    (addr, owner, local, (relay_loop, client_loop))
+}
+
+/// The client library's default setup timeout, which the tests below must beat.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The client's circuit end is a bridge too: a local application that uploads
+/// until stuck and resets still has every byte the client acknowledged delivered
+/// to the reserver, then end of file.
+#[test]
+fn client_circuit_end_keeps_the_upload_of_a_local_reset() {
+    let (addr, mut owner, local, _loops) = tunnel(cfg(|c| c.circuits.max_bytes_per_direction = 0));
+    let mut app = TcpStream::connect(local).unwrap();
+    let Got::Incoming(c, _) = owner.recv() else {
+        panic!("no INCOMING for the local connection");
+    };
+    let mut b = Peer::connect(addr);
+    b.send(&Message::Accept { circuit: c });
+    assert_eq!(b.recv(), Got::Connected(c));
+    std::thread::sleep(secs(0.1)); // CONNECTED reaches the client too: bridged
+    let sent = push_until_stuck(&mut app, 54);
+    let acked = sent - unacked(&app);
+    reset(app);
+    std::thread::sleep(secs(0.2));
+    assert!(b.buf.is_empty());
+    assert_eq!(check_stream(b.s, 54), acked, "the upload was cut short");
+}
+
+/// How a local application leaves while its circuit is being set up.
+#[derive(Debug, Clone, Copy)]
+enum LocalLeave {
+    /// A close with nothing sent: a FIN.
+    Close,
+    /// A reset (`SO_LINGER` 0).
+    Reset,
+}
+
+/// A local application connects to the client's listener and leaves (as `leave`
+/// says) while the reserver has not accepted yet. The client must notice at once,
+/// well before its setup timeout, and close its relay connection, so the relay
+/// frees the circuit: the reserving peer's only circuit slot is free again and an
+/// `ACCEPT` of the abandoned circuit is refused.
+fn local_app_leaves_during_setup(leave: LocalLeave) {
+    const NOTICED_WITHIN: f64 = 2.0;
+    let (addr, mut owner, local, _loops) = tunnel(cfg(|c| {
+        c.circuits.accept_timeout = secs(30.0);
+        c.circuits.max_per_peer = 1;
+    }));
+    let app = TcpStream::connect(local).unwrap();
+    let Got::Incoming(c, _) = owner.recv() else {
+        panic!("{leave:?}: no INCOMING for the local connection");
+    };
+    match leave {
+        LocalLeave::Close => drop(app),
+        LocalLeave::Reset => reset(app),
+    }
+    let mut next = connect_when_free(
+        addr,
+        "svc",
+        secs(NOTICED_WITHIN),
+        &format!(
+            "{leave:?}: the client's circuit end whose local application left \
+             (setup timeout {SETUP_TIMEOUT:?})"
+        ),
+    );
+    let mut acceptor = Peer::connect(addr);
+    acceptor.send(&Message::Accept { circuit: c });
+    assert_eq!(
+        acceptor.recv(),
+        Got::Refused(Reason::UnknownCircuit),
+        "{leave:?}: the abandoned circuit could still be accepted"
+    );
+    // The relay and the reserver carry on.
+    let Got::Incoming(live, _) = owner.recv() else {
+        panic!("{leave:?}: no INCOMING for the next connector");
+    };
+    let mut acceptor = Peer::connect(addr);
+    acceptor.send(&Message::Accept { circuit: live });
+    assert_eq!(acceptor.recv(), Got::Connected(live));
+    assert_eq!(next.recv(), Got::Connected(live));
+}
+
+#[test]
+fn client_notices_a_local_close_during_setup_at_once() {
+    local_app_leaves_during_setup(LocalLeave::Close);
+}
+
+#[test]
+fn client_notices_a_local_reset_during_setup_at_once() {
+    local_app_leaves_during_setup(LocalLeave::Reset);
+}
+
+/// A local application that sends its request and half-closes before the circuit
+/// is set up has not left: it waits for the answer. Its bytes and its end of file
+/// reach the reserver once it accepts, and the answer comes back.
+#[test]
+fn client_keeps_a_local_half_close_with_data_during_setup() {
+    let (addr, mut owner, local, _loops) = tunnel(RelayConfig::default());
+    let mut app = TcpStream::connect(local).unwrap();
+    app.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let Got::Incoming(c, _) = owner.recv() else {
+        panic!("no INCOMING for the local connection");
+    };
+    app.write_all(b"request").unwrap();
+    app.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(secs(0.3)); // the client sees the end of file while waiting
+    let mut b = Peer::connect(addr);
+    b.send(&Message::Accept { circuit: c });
+    assert_eq!(b.recv(), Got::Connected(c));
+    assert_eq!(b.read_to_end(100), b"request");
+    b.raw(b"answer");
+    b.s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    app.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"answer");
+}
+
+/// A listener whose accept queue is full (backlog 0 and connections nobody
+/// accepts), so that a connect to it waits (its SYNs are dropped) until the
+/// listener closes, and is then refused at its next SYN (about a second after it
+/// started). Returns the listener and what must stay open with it.
+fn stalling_listener() -> (socket2::Socket, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let to = l.local_addr().unwrap();
+    let connect = || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&to); // in progress
+        s
+    };
+    let mut held: Vec<Socket> = (0..4).map(|_| connect()).collect();
+    std::thread::sleep(secs(0.1));
+    // The precondition of the tests that use it: a further connect stalls.
+    let probe = connect();
+    std::thread::sleep(secs(0.3));
+    assert!(
+        probe.peer_addr().is_err() && probe.take_error().unwrap().is_none(),
+        "a connect to the full listener did not stall"
+    );
+    held.push(probe);
+    (l, held)
+}
+
+/// The reserving client's circuit end connects to its forward target only after
+/// sending `ACCEPT`, so the relay may have bridged the circuit (and told the
+/// connector `CONNECTED`) before that connect fails. A connect refused then must
+/// close the circuit at once, not after the client's setup timeout.
+#[test]
+fn reserve_client_notices_a_late_refused_forward_connect() {
+    use reactor::relay::client::{ClientEvent, ReserveClient, ReserveOptions};
+    let (target, held) = stalling_listener();
+    let forward = target.local_addr().unwrap().as_socket().unwrap();
+    let (addr, _relay) = relay(RelayConfig::default());
+    let (tx, rx) = mpsc::channel::<()>();
+    let (_, _client) = run_loop(Config::default(), move |r| {
+        let opts = ReserveOptions::new(addr, "p", "svc", &forward.to_string());
+        assert_eq!(opts.setup_timeout, SETUP_TIMEOUT);
+        let hook = Box::new(move |_: &mut reactor::Context<'_>, ev: &ClientEvent<'_>| {
+            if matches!(ev, ClientEvent::Reserved { .. }) {
+                let _ = tx.send(());
+            }
+        });
+        r.spawn(ReserveClient::new(opts, hook).unwrap());
+    });
+    rx.recv_timeout(IO_TIMEOUT).expect("not reserved");
+    let mut c = Peer::connect(addr);
+    c.send(&Message::Connect { id: "svc" });
+    assert!(matches!(c.recv(), Got::Connected(_)));
+    std::thread::sleep(secs(0.3));
+    // Refused at the connect's next SYN, about a second after it started.
+    drop(target);
+    drop(held);
+    let refused = Instant::now();
+    assert!(c.read_to_end(100).is_empty());
+    assert!(
+        refused.elapsed() < secs(4.0),
+        "the circuit closed only {:?} after its forward connect was refused \
+         (setup timeout {SETUP_TIMEOUT:?})",
+        refused.elapsed()
+    );
+}
+
+/// A client that floods requests (here `HEARTBEAT`s) and never reads the answers
+/// is held back once its answers pile up: the relay stops reading it, so the
+/// kernel's buffers fill and its writes stop, rather than the relay queueing
+/// answers without bound. Once it reads, everything is answered.
+#[test]
+fn control_connection_that_never_reads_is_held_back() {
+    const BOUND: usize = 48 << 20; // kernel buffers are a few MiB; the relay's queue 64 KiB
+    let (addr, _relay) = relay(cfg(|c| {
+        c.conn.high_watermark = 64 * 1024;
+        c.conn.low_watermark = 16 * 1024;
+    }));
+    let mut frame = Vec::new();
+    proto::encode(&Message::Heartbeat, &mut frame).unwrap();
+    let flood = frame.repeat(64 * 1024 / frame.len());
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let (mut sent, mut off) = (0, 0);
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed() < secs(0.3) {
+        match s.write(&flood[off..]) {
+            Ok(n) => {
+                sent += n;
+                off = (off + n) % flood.len();
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(secs(0.005)),
+            Err(e) => panic!("after {sent} bytes: {e}"),
+        }
+        assert!(
+            sent < BOUND,
+            "the relay took {sent} bytes of requests whose answers nobody reads"
+        );
+    }
+    // Every whole frame is answered once we read (a partial last one waits).
+    eprintln!("the relay took {sent} bytes of requests nobody reads the answers of");
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut ack = Vec::new();
+    proto::encode(&Message::HeartbeatAck, &mut ack).unwrap();
+    let want = sent / frame.len() * ack.len();
+    let mut got = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    while got < want {
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed after {got} of {want} bytes of answers"),
+            Ok(n) => {
+                for (i, b) in buf[..n].iter().enumerate() {
+                    assert_eq!(*b, ack[(got + i) % ack.len()], "answer byte {}", got + i);
+                }
+                got += n;
+            }
+            Err(e) => panic!("after {got} of {want} bytes of answers: {e}"),
+        }
+    }
+    assert_eq!(got, want);
+}
+
+/// A relay (here a fake one) that offers a reserving client circuits faster than
+/// they finish cannot make it open connections without bound: at most
+/// `max_circuits` circuit ends exist at once, the other `INCOMING`s are ignored,
+/// and a circuit end that closes makes room for the next offer.
+#[test]
+fn reserve_client_serves_at_most_max_circuits_at_once() {
+    use reactor::relay::client::{ReserveClient, ReserveOptions};
+    const MAX: usize = 4;
+    let (echo, _echo_loop) = run_loop(Config::default(), |r| {
+        let l = echo_listener("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    let (_, _client) = run_loop(Config::default(), move |r| {
+        let mut opts = ReserveOptions::new(fake_addr, "p", "svc", &echo.to_string());
+        opts.max_circuits = MAX;
+        r.spawn(ReserveClient::new(opts, Box::new(|_, _| {})).unwrap());
+    });
+    let (s, _) = fake.accept().unwrap();
+    let mut control = Peer { s, buf: Vec::new() };
+    control.s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // Read the RESERVE, grant it.
+    let mut tmp = [0u8; 1024];
+    while proto::decode(&control.buf).unwrap().is_none() {
+        let n = control.s.read(&mut tmp).unwrap();
+        assert!(n > 0, "the client closed its control connection");
+        control.buf.extend_from_slice(&tmp[..n]);
+    }
+    control.send(&Message::Reserved {
+        id: "svc",
+        ttl_secs: 3600,
+    });
+    let offer = |control: &mut Peer, from: u64, n: u64| {
+        for circuit in from..from + n {
+            control.send(&Message::Incoming { circuit, id: "svc" });
+        }
+    };
+    // The circuit ends that connect within `t`; the fake relay never answers them.
+    fake.set_nonblocking(true).unwrap();
+    let accept_for = |t: Duration| {
+        let end = Instant::now() + t;
+        let mut ends = Vec::new();
+        while Instant::now() < end {
+            match fake.accept() {
+                Ok((s, _)) => ends.push(s),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(secs(0.01)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        ends
+    };
+    offer(&mut control, 1, 200);
+    let ends = accept_for(secs(1.5));
+    assert_eq!(ends.len(), MAX, "circuit ends open at once");
+    // A circuit whose relay connection closes before CONNECTED ends; its place
+    // serves the next offers.
+    drop(ends);
+    std::thread::sleep(secs(0.3));
+    offer(&mut control, 1000, 10);
+    assert_eq!(
+        accept_for(secs(1.5)).len(),
+        MAX,
+        "after the first ones closed"
+    );
 }

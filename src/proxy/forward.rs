@@ -17,6 +17,11 @@
 //! holds, reaches the other side, followed by end of file (see
 //! [`Pipe::on_event`]).
 //!
+//! A pipe may also cap the bytes of each direction ([`Pipe::with_limit`]): a cap
+//! has to be applied where the bytes are read, so it lives here, but what to do
+//! once a direction reaches it (stop everything with [`Pipe::stop`], say) is the
+//! handler's call. The relay's circuits ([`crate::relay::bridge::Bridge`]) use that.
+//!
 //! It must not decide anything else: connecting, timeouts, limits, logging and
 //! closing the session belong to the handler that owns the two [`Conn`]s.
 //!
@@ -104,12 +109,27 @@ pub struct Pipe {
     failed: [bool; 2],
     bytes: [u64; 2],
     failure: Option<(usize, io::Error)>,
+    /// Bytes each direction may carry; 0 is no limit.
+    limit: u64,
+    /// The first direction that had more to carry than `limit`.
+    over: Option<usize>,
 }
 
 impl Pipe {
     /// A pipe whose paused side resumes once the other side's write queue is at or
     /// below `low_watermark` bytes (use the connections' `ConnConfig::low_watermark`).
     pub fn new(low_watermark: usize) -> Pipe {
+        Pipe::with_limit(low_watermark, 0)
+    }
+
+    /// [`Pipe::new`], carrying at most `max_bytes_per_direction` bytes each way (0:
+    /// no limit). A direction that has more to carry forwards exactly up to the
+    /// limit, drops the rest of what it read, and ends there as if its sender had
+    /// half-closed: the receiver gets the limit's worth and then end of file, and
+    /// that sender is not read any more. The other direction carries on;
+    /// [`over_limit`](Pipe::over_limit) tells the handler, which usually
+    /// [`stop`](Pipe::stop)s it too.
+    pub fn with_limit(low_watermark: usize, max_bytes_per_direction: u64) -> Pipe {
         Pipe {
             low_watermark,
             ended: [false; 2],
@@ -117,7 +137,25 @@ impl Pipe {
             failed: [false; 2],
             bytes: [0; 2],
             failure: None,
+            limit: max_bytes_per_direction,
+            over: None,
         }
+    }
+
+    /// The first direction ([`UP`] or [`DOWN`]) that had more bytes than the limit
+    /// of [`Pipe::with_limit`], if any.
+    pub fn over_limit(&self) -> Option<usize> {
+        self.over
+    }
+
+    /// Stops forwarding: neither side is read any more, and each side's write side
+    /// is shut down once what is queued for it is written (the session is then
+    /// [`is_done`](Pipe::is_done)). For a session the handler ends on its own terms
+    /// (a limit, a deadline); bytes still unread in the kernel stay there.
+    pub fn stop(&mut self, cx: &mut Context<'_>, client: &mut Conn, upstream: &mut Conn) {
+        self.ended = [true; 2];
+        self.drain(cx, UP, upstream, client);
+        self.drain(cx, DOWN, client, upstream);
     }
 
     /// `cfg` for the two connections of a pipe: the same limits, with
@@ -211,7 +249,21 @@ impl Pipe {
             let r = from.fill(cx);
             // Bytes read before an error are delivered like any others.
             moved = from.read_buf().len();
-            if moved > 0 {
+            let left = match self.limit {
+                0 => u64::MAX,
+                limit => limit - self.bytes[d], // never above the limit
+            };
+            if moved as u64 > left {
+                // `left < moved`, so it fits a usize. The one copy of a capped
+                // session, made once.
+                let fits = left as usize;
+                to.queue(cx, &from.read_buf()[..fits]);
+                from.consume(moved);
+                moved = fits;
+                self.bytes[d] += left;
+                self.ended[d] = true;
+                self.over.get_or_insert(d);
+            } else if moved > 0 {
                 from.move_read_buf_to(to);
                 self.bytes[d] += moved as u64;
             }

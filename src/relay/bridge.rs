@@ -1,31 +1,57 @@
 //! Two connections joined into one byte pipe: a relay circuit, or either client
 //! end of one (relay connection and local socket).
 //!
-//! [`Bridge`] is not a handler: the handler that owns both sockets calls
-//! [`Bridge::pump`] on every event of either, and the bridge moves what was read
-//! on one side to the other's write queue by swapping buffers (no copy, no
-//! allocation), reads a side only while the other's queue is empty (so the
-//! kernel's socket buffers do the queueing and a slow side holds back a fast
-//! one), passes a half-close on, and counts bytes against a [`CircuitBudget`]. It must not parse anything or decide when to close: it
-//! reports, the handler acts.
+//! [`Bridge`] is not a handler: the handler that owns both sockets passes it every
+//! readiness event of either ([`Bridge::on_event`]). The forwarding itself is the
+//! proxy's [`Pipe`], so a circuit behaves like a proxied TCP connection:
+//!
+//! - bytes move by swapping buffers (no copy, no allocation), each direction on
+//!   its own: a side is paused while the *other* side's write queue is above its
+//!   high watermark, never for its own queue, so an end that uploads before it
+//!   reads its download keeps uploading (the connections must be made with
+//!   [`Bridge::conn_config`]);
+//! - a half-close is passed on, after what was queued before it;
+//! - a socket error (a reset, a broken pipe) ends that side only: what the bridge
+//!   already read from it, what its kernel still holds and what is queued for the
+//!   other side still reach the other side, then end of file. Before, any error
+//!   closed the circuit and dropped all of that;
+//! - each direction is capped at [`CircuitLimits::max_bytes_per_direction`]
+//!   exactly ([`Pumped::OverBudget`]).
+//!
+//! It must not parse anything or decide when to close: it reports, the handler
+//! acts (closing on [`Pumped::Done`], bounding [`Pumped::Lingering`] with a timer,
+//! stopping the circuit on [`Pumped::OverBudget`]).
 
 use std::io;
+use std::time::Duration;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, ConnConfig};
+use crate::handler::Event;
+use crate::proxy::forward::{DOWN, Pipe, UP};
 use crate::reactor::Context;
 
-use super::table::{BudgetExceeded, CircuitBudget, CircuitLimits, Direction};
+use super::table::{BudgetExceeded, CircuitLimits, Direction};
 
-/// What [`Bridge::pump`] found.
+/// How long a bridge that has delivered everything it could after one side
+/// failed waits for the healthy side to close before the handler closes it (and
+/// how long a stopped bridge may take to deliver its last bytes).
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// What [`Bridge::on_event`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pumped {
     /// Bytes may still flow.
     Open,
-    /// Both sides sent end of file and everything was delivered: close.
+    /// A side failed and the other side got everything it could (then end of
+    /// file); what it still sends is read and dropped until it closes, which it
+    /// may never do. Close after [`LINGER`] at most.
+    Lingering,
+    /// Both directions ended and everything deliverable was delivered: close.
     Done,
     /// A side sent more than its budget; the bytes up to the limit were queued
-    /// and nothing more will be read. Call [`Bridge::shut_down`] and close once
-    /// [`Bridge::is_flushed`].
+    /// and nothing more is read from it. Reported once. Call
+    /// [`Bridge::shut_down`] and close once [`Bridge::is_done`] (or after
+    /// [`LINGER`]).
     OverBudget(BudgetExceeded),
 }
 
@@ -37,72 +63,96 @@ pub struct Bridge {
     pub a: Conn,
     /// The reserver's side.
     pub b: Conn,
-    budget: CircuitBudget,
-    stopped: bool,
+    pipe: Pipe,
+    limit: u64,
+    /// The budget was reported exceeded (once).
+    over_reported: bool,
 }
 
 impl Bridge {
+    /// `cfg` for a bridge's two connections: the same limits, with
+    /// [`ConnConfig::pause_on_own_queue`] off (see the module docs). A connection
+    /// made with `pause_on_own_queue` on still works, but stops being read while
+    /// its own download is queued.
+    pub fn conn_config(cfg: ConnConfig) -> ConnConfig {
+        Pipe::conn_config(cfg)
+    }
+
     /// Joins `a` and `b` (both already registered with the owning handler under
-    /// different sources), with `limits.max_bytes_per_direction` as budget.
-    pub fn new(a: Conn, b: Conn, limits: &CircuitLimits) -> Bridge {
+    /// different sources, made with [`Bridge::conn_config`] of `cfg`), with
+    /// `limits.max_bytes_per_direction` as budget (0: none). A side paused for the
+    /// other's queue resumes at `cfg.low_watermark`. Call [`start`](Bridge::start)
+    /// next.
+    pub fn new(a: Conn, b: Conn, cfg: &ConnConfig, limits: &CircuitLimits) -> Bridge {
         Bridge {
+            pipe: Pipe::with_limit(cfg.low_watermark, limits.max_bytes_per_direction),
             a,
             b,
-            budget: CircuitBudget::new(limits),
-            stopped: false,
+            limit: limits.max_bytes_per_direction,
+            over_reported: false,
         }
+    }
+
+    /// Starts forwarding: bytes already buffered on either side (read together
+    /// with a frame) and frames already queued are moved on a re-queued event of
+    /// each side, which then reads on to `WouldBlock`.
+    pub fn start(&mut self, cx: &mut Context<'_>) {
+        cx.requeue(Event::readable(self.a.source()));
+        cx.requeue(Event::readable(self.b.source()));
     }
 
     /// Bytes forwarded so far in `dir`.
     pub fn transferred(&self, dir: Direction) -> u64 {
-        self.budget.transferred(dir)
+        self.pipe.bytes(match dir {
+            Direction::ToReserver => UP,
+            Direction::ToConnector => DOWN,
+        })
     }
 
-    /// Moves whatever both sides have to offer. Call it for every event of
-    /// either connection (and once after setting up, for bytes already
-    /// buffered). Errors are socket errors of either side.
-    pub fn pump(&mut self, cx: &mut Context<'_>) -> io::Result<Pumped> {
-        if self.stopped {
-            self.a.flush(cx)?;
-            self.b.flush(cx)?;
-            return Ok(Pumped::Open);
+    /// The first socket failure, if any: the side that failed (`'a'` or `'b'`)
+    /// and its error, for the log.
+    pub fn failure(&self) -> Option<(char, &io::Error)> {
+        self.pipe
+            .failure()
+            .map(|(side, e)| (if side == UP { 'a' } else { 'b' }, e))
+    }
+
+    /// Handles one readiness event of either connection (told apart by source)
+    /// and says what the handler should do. Socket errors are not returned: they
+    /// end one side (see the module docs).
+    pub fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> Pumped {
+        self.pipe.on_event(cx, ev, &mut self.a, &mut self.b);
+        if self.pipe.is_done(&self.a, &self.b) {
+            return Pumped::Done;
         }
-        if let Err(e) = forward(
-            &mut self.a,
-            &mut self.b,
-            cx,
-            &mut self.budget,
-            Direction::ToReserver,
-        )? {
-            self.stopped = true;
-            return Ok(Pumped::OverBudget(e));
+        if !self.over_reported
+            && let Some(d) = self.pipe.over_limit()
+        {
+            self.over_reported = true;
+            return Pumped::OverBudget(BudgetExceeded {
+                direction: if d == UP {
+                    Direction::ToReserver
+                } else {
+                    Direction::ToConnector
+                },
+                limit: self.limit,
+            });
         }
-        if let Err(e) = forward(
-            &mut self.b,
-            &mut self.a,
-            cx,
-            &mut self.budget,
-            Direction::ToConnector,
-        )? {
-            self.stopped = true;
-            return Ok(Pumped::OverBudget(e));
+        if self.pipe.is_lingering(&self.a, &self.b) {
+            return Pumped::Lingering;
         }
-        if self.a.is_done() && self.b.is_done() {
-            return Ok(Pumped::Done);
-        }
-        Ok(Pumped::Open)
+        Pumped::Open
     }
 
     /// Stops forwarding and half-closes both sides once their queues drain.
-    pub fn shut_down(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        self.stopped = true;
-        self.a.shutdown_write(cx)?;
-        self.b.shutdown_write(cx)
+    pub fn shut_down(&mut self, cx: &mut Context<'_>) {
+        self.pipe.stop(cx, &mut self.a, &mut self.b);
     }
 
-    /// True when nothing waits to be written on either side.
-    pub fn is_flushed(&self) -> bool {
-        self.a.write_pending() == 0 && self.b.write_pending() == 0
+    /// True when the circuit can close: both directions ended (or were stopped)
+    /// and everything deliverable was delivered.
+    pub fn is_done(&self) -> bool {
+        self.pipe.is_done(&self.a, &self.b)
     }
 
     /// Gives both connections' buffers back to the loop's pool.
@@ -110,49 +160,4 @@ impl Bridge {
         self.a.release(cx);
         self.b.release(cx);
     }
-}
-
-/// Moves bytes from `src` to `dst`. The outer error is a socket error; the
-/// inner one means `src` went over its budget (what fits was queued).
-///
-/// At most one read buffer is in flight per direction: `src` is read only
-/// when `dst`'s queue is empty, so the buffer is handed over by swapping (no
-/// copy, no growth, no allocation) and goes back to the loop's pool once
-/// written. The kernel's socket buffers do the queueing; a `dst` that cannot
-/// take more leaves the bytes in `src`'s socket, which is the backpressure.
-fn forward(
-    src: &mut Conn,
-    dst: &mut Conn,
-    cx: &mut Context<'_>,
-    budget: &mut CircuitBudget,
-    dir: Direction,
-) -> io::Result<Result<(), BudgetExceeded>> {
-    dst.flush(cx)?;
-    if dst.write_pending() > 0 {
-        // Its writable edge (or requeued write) pumps again once it drains.
-        return Ok(Ok(()));
-    }
-    let st = src.fill(cx)?;
-    let n = src.read_buf().len();
-    if n > 0 {
-        match budget.remaining(dir) {
-            Some(left) if n as u64 > left => {
-                let left = left as usize; // < n, so it fits
-                dst.queue(cx, &src.read_buf()[..left]);
-                src.consume(n);
-                let over = budget.record(dir, n);
-                dst.flush(cx)?;
-                return Ok(over);
-            }
-            _ => {
-                let _ = budget.record(dir, n);
-                src.move_read_buf_to(dst);
-            }
-        }
-        dst.flush(cx)?;
-    }
-    if st.eof && src.read_buf().is_empty() && !dst.is_write_shut() {
-        dst.shutdown_write(cx)?;
-    }
-    Ok(Ok(()))
 }

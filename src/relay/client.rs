@@ -4,9 +4,9 @@
 //!   under a stable peer identity, refreshes it before its TTL, sends
 //!   heartbeats, and reconnects (with backoff) when the connection drops, so
 //!   the relay's grace period gives it its slot back. For every `INCOMING` it
-//!   spawns a [`CircuitEnd`] that opens a new connection to the relay, sends
-//!   `ACCEPT`, connects to the forward target (resolved on the worker pool) and
-//!   bridges the two.
+//!   spawns a [`CircuitEnd`] (at most [`ReserveOptions::max_circuits`] at once)
+//!   that opens a new connection to the relay, sends `ACCEPT`, connects to the
+//!   forward target (resolved on the worker pool) and bridges the two.
 //! - [`connect_listener`] accepts local connections and makes each a
 //!   [`CircuitEnd`] that sends `CONNECT id` to the relay and bridges the local
 //!   socket to the circuit (a reverse tunnel).
@@ -21,13 +21,13 @@ use std::time::Duration;
 use mio::net::TcpStream;
 
 use crate::conn::{Conn, ConnConfig};
-use crate::handler::{Handler, HandlerResult, SourceId};
+use crate::handler::{Event, Handler, HandlerId, HandlerResult, SourceId};
 use crate::listener::{ListenOptions, Listener};
 use crate::pool::{JobId, JobResult, take};
 use crate::reactor::Context;
 use crate::timer::TimerId;
 
-use super::bridge::{Bridge, Pumped};
+use super::bridge::{Bridge, LINGER, Pumped};
 use super::proto::{self, Message, Reason};
 use super::table::CircuitLimits;
 
@@ -56,13 +56,19 @@ pub struct ReserveOptions {
     pub max_reconnect_delay: Duration,
     /// Time a circuit has to be bridged (relay answer and target connect).
     pub setup_timeout: Duration,
+    /// Circuits served at once at most (each is a connection to the relay and
+    /// one to the forward target). An `INCOMING` beyond it is ignored (the
+    /// relay's accept timeout drops it), so neither a flood of connectors nor a
+    /// hostile relay can make the client open connections without bound. Zero:
+    /// no limit.
+    pub max_circuits: usize,
     /// Buffers of every connection.
     pub conn: ConnConfig,
 }
 
 impl ReserveOptions {
     /// Options with the defaults: heartbeat every 10 s, reconnect after 0.5 s
-    /// up to 10 s, 15 s to set up a circuit.
+    /// up to 10 s, 15 s to set up a circuit, 64 circuits at once.
     pub fn new(relay: SocketAddr, peer: &str, id: &str, forward: &str) -> ReserveOptions {
         ReserveOptions {
             relay,
@@ -73,6 +79,7 @@ impl ReserveOptions {
             reconnect_delay: Duration::from_millis(500),
             max_reconnect_delay: Duration::from_secs(10),
             setup_timeout: Duration::from_secs(15),
+            max_circuits: 64,
             conn: ConnConfig::default(),
         }
     }
@@ -120,6 +127,10 @@ pub struct ReserveClient {
     reconnect: Option<TimerId>,
     backoff: Duration,
     out: Vec<u8>,
+    /// Circuit ends spawned and not closed yet.
+    circuits: usize,
+    /// `INCOMING`s ignored at `max_circuits` since the last warning.
+    ignored: u64,
 }
 
 impl ReserveClient {
@@ -140,6 +151,8 @@ impl ReserveClient {
             refresh: None,
             reconnect: None,
             out: Vec::new(),
+            circuits: 0,
+            ignored: 0,
         })
     }
 
@@ -252,8 +265,30 @@ impl ReserveClient {
                     conn.queue(cx, &self.out);
                     continue;
                 }
+                Message::Incoming { circuit, id }
+                    if self.opts.max_circuits != 0 && self.circuits >= self.opts.max_circuits =>
+                {
+                    // Warned once per time the limit is reached, not per frame: a
+                    // flood must not become a flood of log lines.
+                    if self.ignored == 0 {
+                        log::warn!(
+                            "incoming circuit {circuit:016x} to {id:?} ignored: {} circuits \
+                             open already (max_circuits)",
+                            self.circuits
+                        );
+                    }
+                    self.ignored += 1;
+                }
                 Message::Incoming { circuit, id } => {
                     log::info!("incoming circuit {circuit:016x} to {id:?}");
+                    if self.ignored > 1 {
+                        log::warn!(
+                            "{} more incoming circuits were ignored at max_circuits",
+                            self.ignored - 1
+                        );
+                    }
+                    self.ignored = 0;
+                    self.circuits += 1;
                     let mut hello = Vec::new();
                     proto::encode(&Message::Accept { circuit }, &mut hello)?;
                     cx.spawn(CircuitEnd::new(
@@ -325,6 +360,12 @@ impl Handler for ReserveClient {
         Ok(())
     }
 
+    fn on_child_closed(&mut self, _cx: &mut Context<'_>, _child: HandlerId) -> HandlerResult {
+        // Only circuit ends are spawned.
+        self.circuits = self.circuits.saturating_sub(1);
+        Ok(())
+    }
+
     fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
         cx.close();
         Ok(())
@@ -341,13 +382,22 @@ impl Handler for ReserveClient {
 pub enum Target {
     /// `HOST:PORT` to resolve on the worker pool and connect to.
     Resolve(String),
-    /// An accepted local connection (registered as source 1).
+    /// An accepted local connection, made as source 1 with
+    /// [`Bridge::conn_config`] (so its upload is not held up by its download).
     Accepted(Conn),
 }
 
 /// One end of a circuit on the client side: a new connection to the relay
 /// (source 0) that sends `ACCEPT` or `CONNECT`, waits for `CONNECTED`, then
 /// is bridged to a local connection (source 1).
+///
+/// While it waits, the local connection is not read (its bytes stay in the
+/// kernel) but its events are watched: a local connection that resets, that
+/// closes without having sent anything, or whose connect fails, ends the circuit
+/// end at once, which closes its relay connection, so the relay frees the circuit
+/// rather than holding it until the setup timeout. A local connection that sent
+/// bytes and then half-closed is waiting for an answer: its bytes and its end of
+/// file are delivered once the circuit is up.
 pub struct CircuitEnd {
     relay_addr: SocketAddr,
     hello: Vec<u8>,
@@ -359,11 +409,13 @@ pub struct CircuitEnd {
     cfg: ConnConfig,
     setup_timeout: Duration,
     timer: Option<TimerId>,
+    linger: Option<TimerId>,
 }
 
 impl CircuitEnd {
     /// A circuit end that sends `hello` (an encoded `ACCEPT` or `CONNECT`
-    /// frame) on a new connection to `relay` and bridges it to `target`.
+    /// frame) on a new connection to `relay` and bridges it to `target`. Its
+    /// connections are made with [`Bridge::conn_config`] of `cfg`.
     pub fn new(
         relay: SocketAddr,
         hello: Vec<u8>,
@@ -383,9 +435,10 @@ impl CircuitEnd {
             local,
             connected: false,
             bridge: None,
-            cfg,
+            cfg: Bridge::conn_config(cfg),
             setup_timeout,
             timer: None,
+            linger: None,
         }
     }
 
@@ -437,18 +490,50 @@ impl CircuitEnd {
                 max_bytes_per_direction: 0,
                 ..CircuitLimits::default()
             };
-            self.bridge = Some(Bridge::new(relay, local, &unlimited));
-            return self.pump(cx);
+            // A forward target still connecting is fine: the bridge sends what it
+            // holds for it once connected, and a failed connect ends that side.
+            let mut bridge = Bridge::new(relay, local, &self.cfg, &unlimited);
+            bridge.start(cx);
+            self.bridge = Some(bridge);
         }
         Ok(())
     }
 
-    fn pump(&mut self, cx: &mut Context<'_>) -> HandlerResult {
-        if let Some(b) = self.bridge.as_mut() {
-            match b.pump(cx)? {
-                Pumped::Open => {}
-                Pumped::Done | Pumped::OverBudget(_) => cx.close(),
-            }
+    /// An event of the local connection while the circuit is being set up: is it
+    /// still worth setting up? If not, the handler closes (and with it its relay
+    /// connection, which the relay sees as the circuit's end leaving). A local
+    /// application that leaves is normal, so it is logged at debug level; a
+    /// failed connect to the forward target is a handler error.
+    fn watch_local(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+        let Some(local) = self.local.as_mut() else {
+            return Ok(());
+        };
+        if local.is_connecting() {
+            // A connect that failed reports it here (an error event, which may
+            // come after the relay's answer and nothing else would look at).
+            local.flush(cx)?;
+            return Ok(());
+        }
+        if !ev.is_polled() || !(ev.is_error() || ev.is_read_closed()) {
+            // Bytes: they wait in the kernel until bridged.
+            return Ok(());
+        }
+        // A reset, or an end of file: with bytes before it the peer only
+        // half-closed and waits for an answer; with none it left (or asks for
+        // nothing, which a circuit could only carry as end of file after a
+        // useless setup). Peeking leaves the bytes for the bridge.
+        let gone = match local.stream().take_error() {
+            Ok(Some(e)) | Err(e) => Some(e.to_string()),
+            Ok(None) => match local.stream().peek(&mut [0u8; 1]) {
+                Ok(0) => Some("end of file".to_string()),
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if let Some(why) = gone {
+            log::debug!("the local connection left before its circuit was up ({why}); closing");
+            cx.close();
         }
         Ok(())
     }
@@ -465,6 +550,9 @@ impl Handler for CircuitEnd {
         relay.queue(cx, &self.hello);
         self.relay = Some(relay);
         if let Some(local) = self.local.as_mut() {
+            // One that left before this is reported by the registration itself
+            // (the poller reports a new registration's current state), so
+            // `watch_local` sees it too.
             local.register(cx)?;
         }
         if let Some(target) = self.forward.clone() {
@@ -493,33 +581,43 @@ impl Handler for CircuitEnd {
         self.setup(cx)
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, source: SourceId) -> HandlerResult {
-        if self.bridge.is_some() {
-            self.pump(cx)
-        } else if source == RELAY {
-            self.setup(cx)
-        } else {
-            // The local side waits (its bytes stay in the kernel) until bridged.
-            Ok(())
+    fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+        if let Some(b) = self.bridge.as_mut() {
+            match b.on_event(cx, ev) {
+                Pumped::Open => {}
+                Pumped::Lingering => {
+                    if self.linger.is_none() {
+                        self.linger = Some(cx.timer_once(LINGER));
+                    }
+                }
+                Pumped::Done | Pumped::OverBudget(_) => cx.close(),
+            }
+            return Ok(());
         }
-    }
-
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
-        if self.bridge.is_some() {
-            return self.pump(cx);
+        if ev.source() == LOCAL {
+            return self.watch_local(cx, ev);
         }
-        if let Some(r) = self.relay.as_mut() {
+        // The relay connection: its answer (or its failure, which the read
+        // reports), and the `hello` going out.
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.setup(cx)?;
+        }
+        if self.bridge.is_none()
+            && (ev.is_writable() || ev.is_write_closed())
+            && let Some(r) = self.relay.as_mut()
+        {
             r.flush(cx)?;
-        }
-        if let Some(l) = self.local.as_mut() {
-            l.flush(cx)?;
         }
         Ok(())
     }
 
-    fn on_timer(&mut self, _cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
         if Some(t) == self.timer {
             return Err(format!("circuit not set up within {:?}", self.setup_timeout).into());
+        }
+        if Some(t) == self.linger {
+            log::debug!("circuit end: the other side did not close within {LINGER:?}");
+            cx.close();
         }
         Ok(())
     }
@@ -555,7 +653,7 @@ pub fn connect_listener(
         Some(CircuitEnd::new(
             relay,
             hello.clone(),
-            Target::Accepted(Conn::new(stream, LOCAL, cfg)),
+            Target::Accepted(Conn::new(stream, LOCAL, Bridge::conn_config(cfg))),
             cfg,
             setup_timeout,
         ))

@@ -27,17 +27,14 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use crate::conn::{Conn, ConnConfig, IdleTimeout};
-use crate::handler::{Handler, HandlerId, HandlerResult, SourceId};
+use crate::handler::{self, Handler, HandlerId, HandlerResult, SourceId};
 use crate::listener::{ListenOptions, Listener};
 use crate::reactor::{Context, Reactor};
 use crate::timer::TimerId;
 
-use super::bridge::{Bridge, Pumped};
+use super::bridge::{Bridge, LINGER, Pumped};
 use super::proto::{self, Message, Reason};
 use super::table::{CircuitId, CircuitLimits, ConnId, Direction, Event, Limits, Table};
-
-/// How long a closing connection may take to deliver its last bytes.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// Settings of a relay.
 #[derive(Debug, Clone)]
@@ -81,6 +78,9 @@ struct Shared {
     sweeper: Option<HandlerId>,
     /// Deadline the sweeper's timer is set for.
     armed: Option<Instant>,
+    /// Every connection's settings: [`Bridge::conn_config`], since any of them may
+    /// end up in a circuit. A control connection therefore pauses itself while its
+    /// own answers pile up (see [`RelayConn::control`]).
     conn_cfg: ConnConfig,
     request_timeout: Duration,
     circuits_bridged: u64,
@@ -168,7 +168,7 @@ pub fn spawn(reactor: &mut Reactor, addr: SocketAddr, cfg: RelayConfig) -> io::R
         next_conn: 0,
         sweeper: None,
         armed: None,
-        conn_cfg: cfg.conn,
+        conn_cfg: Bridge::conn_config(cfg.conn),
         request_timeout,
         circuits_bridged: 0,
         circuits_over_budget: 0,
@@ -335,6 +335,8 @@ pub struct RelayConn {
     reserved: bool,
     idle: IdleTimeout,
     linger: Option<TimerId>,
+    /// Where a paused control connection resumes (`ConnConfig::low_watermark`).
+    low_watermark: usize,
     /// Frames to send, reused.
     out: Vec<u8>,
     /// The circuit ids this handler must close when it closes.
@@ -358,6 +360,7 @@ impl RelayConn {
             reserved: false,
             idle: IdleTimeout::new(timeout),
             linger: None,
+            low_watermark: cfg.low_watermark,
             out: Vec::new(),
             circuit: None,
             acceptor: None,
@@ -429,7 +432,13 @@ impl RelayConn {
                 self.idle.touch(cx);
             }
         }
-        conn.flush(cx)?;
+        flush_control(conn, cx, self.low_watermark)?;
+        if conn.is_congested() {
+            // A client that sends requests without reading the answers stops
+            // being read once they pile up (the kernel's buffers then hold it
+            // back), until they drain: its answers never grow without bound.
+            conn.pause_reading();
+        }
         match next {
             Next::Continue => {
                 if st.eof {
@@ -479,8 +488,8 @@ impl RelayConn {
             flushed &= c.write_pending() == 0;
         }
         if let Some(b) = bridge.as_mut() {
-            let _ = b.shut_down(cx);
-            flushed &= b.is_flushed();
+            b.shut_down(cx);
+            flushed &= b.is_done();
         }
         if flushed {
             cx.close();
@@ -491,19 +500,45 @@ impl RelayConn {
         Ok(())
     }
 
-    fn pump(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    /// Passes an event of either end to the circuit's bridge and acts on what it
+    /// says.
+    fn pump(&mut self, cx: &mut Context<'_>, ev: handler::Event) -> HandlerResult {
         let State::Bridged(bridge, c) = &mut self.state else {
             return Ok(());
         };
-        match bridge.pump(cx)? {
+        match bridge.on_event(cx, ev) {
             Pumped::Open => Ok(()),
+            Pumped::Lingering => {
+                if self.linger.is_none() {
+                    if let Some((side, e)) = bridge.failure() {
+                        log::debug!(
+                            "circuit {:016x}: the {} failed ({e}); the other end has \
+                             everything, waiting {LINGER:?} at most for it to close",
+                            c.0,
+                            end_name(side)
+                        );
+                    }
+                    self.linger = Some(cx.timer_once(LINGER));
+                }
+                Ok(())
+            }
             Pumped::Done => {
-                log::debug!(
-                    "circuit {:016x} finished: {} bytes to the reserver, {} back",
-                    c.0,
+                let (up, down) = (
                     bridge.transferred(Direction::ToReserver),
-                    bridge.transferred(Direction::ToConnector)
+                    bridge.transferred(Direction::ToConnector),
                 );
+                match bridge.failure() {
+                    None => log::debug!(
+                        "circuit {:016x} finished: {up} bytes to the reserver, {down} back",
+                        c.0
+                    ),
+                    Some((side, e)) => log::debug!(
+                        "circuit {:016x} finished after the {} failed ({e}): {up} bytes \
+                         to the reserver, {down} back",
+                        c.0,
+                        end_name(side)
+                    ),
+                }
                 cx.close();
                 Ok(())
             }
@@ -553,8 +588,32 @@ impl RelayConn {
                 .peer_addr()
                 .map_or_else(|_| "?".to_string(), |a| a.to_string())
         );
-        self.state = State::Bridged(Bridge::new(conn, theirs, &limits), c);
-        self.pump(cx)
+        let cfg = self.shared.borrow().conn_cfg;
+        let mut bridge = Bridge::new(conn, theirs, &cfg, &limits);
+        bridge.start(cx);
+        self.state = State::Bridged(bridge, c);
+        Ok(())
+    }
+}
+
+/// Writes a control connection's queue and lifts the pause of
+/// [`RelayConn::control`] once it is down to `low_watermark`. Every flush of a
+/// control connection goes through here: a queue that drains during some other
+/// flush makes no writable edge later, so a pause not lifted then never would be.
+fn flush_control(conn: &mut Conn, cx: &mut Context<'_>, low_watermark: usize) -> io::Result<()> {
+    conn.flush(cx)?;
+    if conn.is_paused() && conn.write_pending() <= low_watermark {
+        conn.resume_reading(cx);
+    }
+    Ok(())
+}
+
+/// "connector's end" or "reserver's end", for a side of a [`Bridge`].
+fn end_name(side: char) -> &'static str {
+    if side == 'a' {
+        "connector's end"
+    } else {
+        "reserver's end"
     }
 }
 
@@ -718,6 +777,31 @@ impl Handler for RelayConn {
         "RelayConn"
     }
 
+    fn on_event(&mut self, cx: &mut Context<'_>, ev: handler::Event) -> HandlerResult {
+        match &mut self.state {
+            // A bridge needs the whole event (an error flag ends one side only).
+            State::Bridged(..) => return self.pump(cx, ev),
+            State::Closing(_, Some(b)) => {
+                if b.on_event(cx, ev) == Pumped::Done {
+                    cx.close();
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        // The trait's default split, for frames.
+        if ev.is_error() {
+            return self.on_error(cx, ev.source());
+        }
+        if ev.is_readable() || ev.is_read_closed() {
+            self.on_readable(cx, ev.source())?;
+        }
+        if (ev.is_writable() || ev.is_write_closed()) && !cx.is_closing() {
+            self.on_writable(cx, ev.source())?;
+        }
+        Ok(())
+    }
+
     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
         self.shared.borrow_mut().handlers.insert(self.id, cx.id());
         if let State::Control(conn) = &mut self.state {
@@ -730,7 +814,8 @@ impl Handler for RelayConn {
     fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
         match self.state {
             State::Control(_) => self.control(cx),
-            State::Bridged(..) => self.pump(cx),
+            // `on_event` passes their events to the bridge.
+            State::Bridged(..) => Ok(()),
             State::Closing(..) => self.on_writable(cx, 0),
             State::Connecting(ref conn, c) => {
                 if event_says_peer_left(cx, conn.source()) {
@@ -757,23 +842,19 @@ impl Handler for RelayConn {
     fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
         match &mut self.state {
             State::Control(conn) | State::Connecting(conn, _) => {
-                conn.flush(cx)?;
+                flush_control(conn, cx, self.low_watermark)?;
                 Ok(())
             }
-            State::Bridged(..) => self.pump(cx),
-            State::Closing(conn, bridge) => {
-                let mut flushed = true;
+            // `on_event` passes their events to the bridge.
+            State::Bridged(..) | State::Closing(_, Some(_)) => Ok(()),
+            State::Closing(conn, None) => {
                 if let Some(c) = conn {
                     c.flush(cx)?;
-                    flushed &= c.write_pending() == 0;
+                    if c.write_pending() > 0 {
+                        return Ok(());
+                    }
                 }
-                if let Some(b) = bridge {
-                    b.pump(cx)?;
-                    flushed &= b.is_flushed();
-                }
-                if flushed {
-                    cx.close();
-                }
+                cx.close();
                 Ok(())
             }
             State::Gone => Ok(()),
@@ -810,7 +891,7 @@ impl Handler for RelayConn {
             Notice::Incoming(frame) => {
                 if let State::Control(conn) = &mut self.state {
                     conn.queue(cx, &frame);
-                    conn.flush(cx)?;
+                    flush_control(conn, cx, self.low_watermark)?;
                 }
                 Ok(())
             }
@@ -821,7 +902,7 @@ impl Handler for RelayConn {
                         truncate(&format!("reservation {id} expired"), proto::MAX_DETAIL_LEN);
                     refuse(&mut self.out, Reason::NoReservation, Some(&detail));
                     conn.queue(cx, &self.out);
-                    conn.flush(cx)?;
+                    flush_control(conn, cx, self.low_watermark)?;
                     self.idle.touch(cx);
                 }
                 Ok(())

@@ -85,7 +85,7 @@ pub struct CircuitLimits {
     pub max_total: usize,
     /// Lifetime of a bridged circuit, counted from the accept.
     pub max_duration: Duration,
-    /// Bytes forwarded per direction (see [`CircuitBudget`]).
+    /// Bytes forwarded per direction, 0 for no limit (see [`CircuitBudget`]).
     pub max_bytes_per_direction: u64,
     /// Time the reserver has to `Accept` after `Incoming`. Always enforced:
     /// otherwise a connector could wait forever.
@@ -143,7 +143,10 @@ impl fmt::Display for BudgetExceeded {
 
 impl std::error::Error for BudgetExceeded {}
 
-/// Per-circuit byte counter, one per bridged circuit, owned by the handler.
+/// Per-circuit byte counter, one per bridged circuit, owned by the handler, for
+/// a handler that forwards by itself. The relay's own circuits apply the same
+/// limit where they read, inside their [`Pipe`](crate::proxy::forward::Pipe)
+/// (see [`super::bridge::Bridge`]), which this counter cannot do from outside.
 /// Time limits are enforced by the [`Table`] (one timer for everything).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CircuitBudget {

@@ -2,8 +2,8 @@
 //! example binaries as child processes. Everything binds 127.0.0.1:0.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -249,4 +249,140 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> (Option<i32>, String)
         std::thread::sleep(Duration::from_millis(20));
     };
     (code, reader.join().unwrap())
+}
+
+/// A deterministic byte stream (xorshift), generated in chunks so 100 MiB never
+/// sits in memory. The same seed always gives the same bytes, so a reader can check
+/// what a writer sent without either holding all of it.
+pub struct Stream(pub u64);
+
+impl Stream {
+    /// Fills `buf` with the next bytes of the stream.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+    }
+}
+
+/// The size of one write or read of the stream helpers.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Writes `total` bytes of stream `seed` on `w`, then half-closes it; returns it.
+pub fn send_stream(mut w: TcpStream, seed: u64, total: usize) -> TcpStream {
+    let mut g = Stream(seed);
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        g.fill(&mut buf[..n]);
+        w.write_all(&buf[..n]).expect("send stream");
+        left -= n;
+    }
+    w.shutdown(Shutdown::Write).unwrap();
+    w
+}
+
+/// Reads to end of file, checking every byte against stream `seed`; returns the
+/// count. A reset or timeout instead of end of file panics.
+pub fn check_stream(mut r: TcpStream, seed: u64) -> usize {
+    let mut g = Stream(seed);
+    let mut want = vec![0u8; CHUNK];
+    let mut got = vec![0u8; CHUNK];
+    let mut pending = 0; // bytes of `want` not yet matched
+    let mut off = 0;
+    let mut total = 0;
+    loop {
+        if pending == 0 {
+            g.fill(&mut want);
+            pending = CHUNK;
+            off = 0;
+        }
+        let n = match r.read(&mut got[..pending]) {
+            Ok(0) => return total,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => panic!("after {total} bytes: {e}"),
+        };
+        assert!(
+            got[..n] == want[off..off + n],
+            "stream corrupted near byte {total}"
+        );
+        off += n;
+        pending -= n;
+        total += n;
+    }
+}
+
+/// Bytes written on `s` that the peer's kernel has not acknowledged yet
+/// (`SIOCOUTQ`): a reset from us destroys those, and only those.
+pub fn unacked(s: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int through the pointer.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(r, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    n as usize
+}
+
+/// Writes stream `seed` on `s` until nothing moves for 300 ms (every buffer between
+/// us and a reader that does not read is full, the forwarder's queues included);
+/// returns the bytes written.
+pub fn push_until_stuck(s: &mut TcpStream, seed: u64) -> usize {
+    s.set_nonblocking(true).unwrap();
+    let mut g = Stream(seed);
+    let mut buf = vec![0u8; CHUNK];
+    let mut carry = 0;
+    let mut sent = 0;
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed() < Duration::from_millis(300) {
+        if carry == 0 {
+            g.fill(&mut buf);
+            carry = CHUNK;
+        }
+        match s.write(&buf[CHUNK - carry..]) {
+            Ok(n) => {
+                sent += n;
+                carry -= n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(sent < 256 << 20, "the forwarder buffered without bound");
+    }
+    s.set_nonblocking(false).unwrap();
+    sent
+}
+
+/// Closes `s` with a reset (`SO_LINGER` 0), as a crashing or aborting peer does.
+pub fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// Small kernel buffers on the test's own ends, so that its writers get stuck after a
+/// few hundred KiB in flight instead of many MiB.
+pub const SMALL_SOCKET_BUFFER: usize = 64 * 1024;
+
+/// A connection to `to` with [`SMALL_SOCKET_BUFFER`] kernel buffers and `timeout`
+/// for connecting, reading and writing.
+pub fn small_buffer_connect(to: SocketAddr, timeout: Duration) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.set_send_buffer_size(SMALL_SOCKET_BUFFER).unwrap();
+    s.connect_timeout(&to.into(), timeout).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.set_write_timeout(Some(timeout)).unwrap();
+    s
 }
