@@ -409,6 +409,41 @@ fn greet_as_seed(s: &mut TcpStream, info_hash: &[u8; 20]) -> bool {
     true
 }
 
+/// The rest of a fake seeder's connection: answers every request (index, begin,
+/// length) with the block `answer` gives, until the peer goes, a write fails or
+/// `answer` has nothing.
+fn serve_requests(s: &mut TcpStream, mut answer: impl FnMut(u32, u32, u32) -> Option<Vec<u8>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if buf.len() < 4 + len {
+                break;
+            }
+            if len == 13 && buf[4] == 6 {
+                let field = |at: usize| {
+                    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+                };
+                let (index, begin, blen) = (field(5), field(9), field(13));
+                let Some(block) = answer(index, begin, blen) else {
+                    return;
+                };
+                let mut p = buf[5..13].to_vec();
+                p.extend_from_slice(&block);
+                if s.write_all(&msg(7, &p)).is_err() {
+                    return;
+                }
+            }
+            buf.drain(..4 + len);
+        }
+    }
+}
+
 /// A seeder that claims every piece and answers every request with zeros.
 fn lying_seeder(info_hash: [u8; 20]) -> (SocketAddr, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -419,32 +454,7 @@ fn lying_seeder(info_hash: [u8; 20]) -> (SocketAddr, std::thread::JoinHandle<()>
         if !greet_as_seed(&mut s, &info_hash) {
             return;
         }
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 65536];
-        loop {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            while buf.len() >= 4 {
-                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if buf.len() < 4 + len {
-                    break;
-                }
-                if len == 13 && buf[4] == 6 {
-                    let index = &buf[5..9];
-                    let begin = &buf[9..13];
-                    let blen = u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]);
-                    let mut p = index.to_vec();
-                    p.extend_from_slice(begin);
-                    p.extend(std::iter::repeat_n(0u8, blen as usize));
-                    if s.write_all(&msg(7, &p)).is_err() {
-                        return;
-                    }
-                }
-                buf.drain(..4 + len);
-            }
-        }
+        serve_requests(&mut s, |_index, _begin, len| Some(vec![0u8; len as usize]));
     });
     (addr, t)
 }
@@ -516,46 +526,22 @@ fn selective_liar(
             if !greet_as_seed(&mut s, &info_hash) {
                 continue;
             }
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 65536];
-            'conn: loop {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            serve_requests(&mut s, |index, begin, blen| {
+                let at = index as usize * piece_length + begin as usize;
+                let mut block = data.get(at..at + blen as usize)?.to_vec();
+                let rank = asked.iter().position(|&p| p == index).unwrap_or_else(|| {
+                    asked.push(index);
+                    asked.len() - 1
+                });
+                if rank % 2 == 0 {
+                    block[0] ^= 0xff;
+                    seen.bad_blocks.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    seen.good_blocks.fetch_add(1, Ordering::Relaxed);
                 }
-                while buf.len() >= 4 {
-                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                    if buf.len() < 4 + len {
-                        break;
-                    }
-                    if len == 13 && buf[4] == 6 {
-                        let index = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
-                        let begin = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]);
-                        let blen = u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]);
-                        let at = index as usize * piece_length + begin as usize;
-                        let Some(block) = data.get(at..at + blen as usize) else {
-                            break 'conn;
-                        };
-                        let mut p = buf[5..13].to_vec();
-                        p.extend_from_slice(block);
-                        let rank = asked.iter().position(|&p| p == index).unwrap_or_else(|| {
-                            asked.push(index);
-                            asked.len() - 1
-                        });
-                        if rank % 2 == 0 {
-                            p[8] ^= 0xff;
-                            seen.bad_blocks.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            seen.good_blocks.fetch_add(1, Ordering::Relaxed);
-                        }
-                        std::thread::sleep(delay);
-                        if s.write_all(&msg(7, &p)).is_err() {
-                            break 'conn;
-                        }
-                    }
-                    buf.drain(..4 + len);
-                }
-            }
+                std::thread::sleep(delay);
+                Some(block)
+            });
         }
     });
     (addr, log, t)
