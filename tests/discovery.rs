@@ -246,6 +246,41 @@ fn three_nodes_join_then_killed_and_terminated_nodes_leave() {
     );
 }
 
+/// A newcomer hears of the nodes already running within milliseconds, not at their
+/// next regular announcement: they answer its first announcement early. With a 20 s
+/// interval the regular announcements are at least 15 s apart, so seeing every old
+/// node within 3 s is only possible through the early answer; a second newcomer
+/// inside the early-answer gap (at most 1 s) is answered too.
+#[test]
+fn newcomers_are_answered_at_once_not_at_the_next_interval() {
+    let interval = 20.0;
+    let mut a = Node::start("alpha", 0, interval, &["--tcp-port", "1001"]);
+    let port = a.port;
+    // alpha's first announcement goes out on start; let it pass, so beta can only
+    // learn of alpha from an answer.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = Node::start("beta", port, interval, &["--tcp-port", "1002"]);
+    let by = Instant::now() + Duration::from_secs(3);
+    assert!(
+        b.wait_line("joined alpha 127.0.0.1:1001", by).is_some(),
+        "beta did not hear alpha within 3 s: {:?}",
+        b.drain()
+    );
+    assert!(a.wait_line("joined beta 127.0.0.1:1002", by).is_some());
+    let mut c = Node::start("gamma", port, interval, &["--tcp-port", "1003"]);
+    let by = Instant::now() + Duration::from_secs(3);
+    for line in ["joined alpha 127.0.0.1:1001", "joined beta 127.0.0.1:1002"] {
+        assert!(
+            c.wait_line(line, by).is_some(),
+            "gamma did not print {line:?} within 3 s: {:?}",
+            c.drain()
+        );
+    }
+    for n in [&mut a, &mut b, &mut c] {
+        assert_only_event_lines(n);
+    }
+}
+
 #[test]
 fn bad_arguments_exit_nonzero_with_one_line() {
     for args in [

@@ -215,6 +215,10 @@ pub struct Discovery {
     hello: Vec<u8>,
     bye: Vec<u8>,
     announce_timer: Option<TimerId>,
+    /// When [`announce_timer`](Self::announce_timer) fires.
+    announce_at: Instant,
+    /// When the last announcement brought forward for a newcomer went (or goes) out.
+    last_early: Option<Instant>,
     expiry_timer: Option<(TimerId, Instant)>,
     expired: Vec<PeerEvent>,
     rejects: RateLimit,
@@ -312,6 +316,8 @@ impl Discovery {
             hello,
             bye,
             announce_timer: None,
+            announce_at: Instant::now(),
+            last_early: None,
             expiry_timer: None,
             expired: Vec::new(),
             rejects: RateLimit::default(),
@@ -392,7 +398,12 @@ impl Discovery {
                 }
             }
         }
-        self.announce_timer = Some(cx.timer_once(self.jitter.next_delay()));
+        let delay = self.jitter.next_delay();
+        // An interval too long for an Instant is, for comparisons, "never".
+        self.announce_at = now
+            .checked_add(delay)
+            .unwrap_or_else(|| now + Duration::from_secs(1 << 30));
+        self.announce_timer = Some(cx.timer_once(delay));
     }
 
     /// Receives every waiting datagram (under the budget), appending membership
@@ -403,6 +414,7 @@ impl Discovery {
         events: &mut Vec<PeerEvent>,
     ) -> io::Result<()> {
         let now = cx.now();
+        let first = events.len();
         let table = &mut self.table;
         let rejects = &mut self.rejects;
         let every = self.reject_every;
@@ -443,8 +455,51 @@ impl Discovery {
                 }
             }
         })?;
+        if events[first..]
+            .iter()
+            .any(|e| matches!(e, PeerEvent::Joined { .. } | PeerEvent::Restarted { .. }))
+        {
+            self.greet_newcomer(cx, now);
+        }
         self.arm_expiry(cx);
         Ok(())
+    }
+
+    /// Brings the next announcement forward when a node joins (or restarts), so the
+    /// newcomer learns of this node within milliseconds instead of waiting up to
+    /// 1.25 intervals for the regular one. The delay is random (between 0.6 and 1
+    /// times an eighth of the interval, at most 50 ms) so that every node hearing
+    /// the same newcomer does not answer in the same instant. Early announcements
+    /// are at least a quarter interval (at most 1 s) apart, so a flood of forged
+    /// joins cannot make this node broadcast faster than that; a newcomer arriving
+    /// inside that gap is answered at its end, and joins while one is pending
+    /// share it.
+    fn greet_newcomer(&mut self, cx: &mut Context<'_>, now: Instant) {
+        if self.left || !self.started {
+            return;
+        }
+        let cap = (self.interval / 8).min(Duration::from_millis(50));
+        let gap = (self.interval / 4).min(Duration::from_secs(1));
+        // The jitter's delay is uniform in [0.75, 1.25] intervals; scaled by
+        // cap / (1.25 interval) it lands in [0.6 cap, cap].
+        let delay = self
+            .jitter
+            .next_delay()
+            .mul_f64(cap.as_secs_f64() / (1.25 * self.interval.as_secs_f64()))
+            .min(cap);
+        let mut at = now + delay;
+        if let Some(last) = self.last_early {
+            at = at.max(last + gap);
+        }
+        if self.announce_timer.is_some() && self.announce_at <= at {
+            return;
+        }
+        if let Some(t) = self.announce_timer.take() {
+            cx.cancel_timer(t);
+        }
+        self.last_early = Some(at);
+        self.announce_at = at;
+        self.announce_timer = Some(cx.timer_once(at.saturating_duration_since(now)));
     }
 
     /// Sends queued announcements. Call it on writable events of
