@@ -481,6 +481,76 @@ fn bad_pieces_are_refetched_and_the_sender_dropped() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A peer that keeps us choked and pushes corrupted blocks nobody asked for (one
+/// per piece, at the start of each) while an honest seeder serves the requests: the pushed blocks
+/// are dropped, never stored, so no piece fails its hash check, the download is
+/// byte-exact and the pusher is closed for breaking BEP 3. (Stored, they made the
+/// first pieces fail, and let a liar mix itself into pieces that the blame logic
+/// had given to one peer alone.)
+#[test]
+fn unrequested_blocks_are_dropped_and_the_pusher_closed() {
+    let d = tmpdir("pusher");
+    let data = pseudo_random_bytes(31, 2 * 1024 * 1024);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    let meta = make_torrent(&src, 64 * 1024, &torrent);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pusher = l.local_addr().unwrap();
+    let ih = meta.info_hash;
+    let pushed = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hs = [0u8; 68];
+        if s.read_exact(&mut hs).is_err() {
+            return (0, false);
+        }
+        // A seed that keeps the leecher choked: it is never asked for anything,
+        // so every block it sends is unrequested.
+        let _ = s.write_all(&handshake(&ih, true));
+        let _ = s.write_all(&msg(14, &[])); // have_all
+        let mut n = 0;
+        for piece in 0..8u32 {
+            let mut p = piece.to_be_bytes().to_vec();
+            p.extend_from_slice(&0u32.to_be_bytes());
+            p.extend_from_slice(&[0xa5; 16 * 1024]);
+            if s.write_all(&msg(7, &p)).is_err() {
+                break;
+            }
+            n += 1;
+        }
+        // Then it answers nothing: does the leecher hang up on it?
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut sink = [0u8; 4096];
+        let closed = loop {
+            match s.read(&mut sink) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        (n, closed)
+    });
+    let seed = seeder(&torrent, &src, &[]);
+    let out = d.join("out.bin");
+    let (code, err) = run_bounded(
+        leech(&torrent, &out, &[pusher, seed.addr], &["--timeout", "20"]),
+        Duration::from_secs(40),
+    );
+    let (n, closed) = pushed.join().unwrap();
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(n >= 5, "the pusher pushed only {n} blocks: {err}");
+    assert!(closed, "the pusher was never closed: {err}");
+    assert!(!err.contains("failed its hash check"), "a pushed block was stored: {err}");
+    assert!(
+        err.contains("blocks we never requested"),
+        "no protocol error logged for the pusher: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// What a [`selective_liar`] saw.
 #[derive(Debug, Default)]
 struct LiarLog {

@@ -32,6 +32,14 @@ use crate::timer::TimerId;
 /// Largest block a peer may request from us; larger requests are rejected.
 pub const MAX_REQUEST_LEN: u32 = 16 * 1024;
 
+/// Blocks a peer may push without our request before it is closed (each is
+/// dropped); a few are tolerated for peers that resend after a reconnect race.
+const UNSOLICITED_LIMIT: u32 = 4;
+
+/// Cap on excused late blocks: a choke forgets at most the request window, so more
+/// than a few windows' worth is never legitimately on the way.
+const MAX_EXCUSED: u32 = 256;
+
 /// Stop filling the write queue with piece data above this many bytes; the rest
 /// is served as the socket drains (bounded memory per peer). Below four I/O
 /// buffers, so the queue's buffer goes back to the loop's pool for reuse.
@@ -80,6 +88,12 @@ struct Peer {
     /// Our requests to the peer, oldest first.
     inflight: VecDeque<BlockRef>,
     max_inflight: usize,
+    /// Requests we forgot without the peer's word (we cancelled them, or it choked
+    /// us): that many blocks we no longer expect may still arrive legitimately.
+    excused: u32,
+    /// Blocks that arrived although we never asked for them (nor had forgotten
+    /// asking): a protocol violation, tolerated up to [`UNSOLICITED_LIMIT`].
+    unsolicited: u32,
     /// The peer's requests to us, oldest first.
     serve_q: VecDeque<BlockRef>,
     /// How much of the torrent's verified-piece log we have announced.
@@ -469,6 +483,8 @@ impl Peer {
             waiting_slot: false,
             inflight: VecDeque::new(),
             max_inflight: 64,
+            excused: 0,
+            unsolicited: 0,
             serve_q: VecDeque::new(),
             have_idx: 0,
             stats: ConnStats::default(),
@@ -572,6 +588,9 @@ impl Peer {
             Message::Choke => {
                 self.peer_choking = true;
                 if !self.inflight.is_empty() {
+                    // Without the fast extension the peer discards them silently, but
+                    // blocks it had already sent are still on the wire.
+                    Self::excuse(&mut self.excused, self.inflight.len());
                     self.inflight.clear();
                     self.sh.borrow_mut().picker.requests_dropped(self.key);
                 }
@@ -762,8 +781,11 @@ impl Peer {
             begin,
             len: block.len() as u32,
         };
-        if let Some(i) = self.inflight.iter().position(|q| *q == r) {
-            self.inflight.remove(i);
+        match self.inflight.iter().position(|q| *q == r) {
+            Some(i) => {
+                self.inflight.remove(i);
+            }
+            None => return self.on_unrequested_block(r),
         }
         let now = cx.now();
         self.last_block = now;
@@ -809,6 +831,49 @@ impl Peer {
         Ok(())
     }
 
+    /// A block we have no request for is dropped, never stored: accepting one would
+    /// let a peer write into a piece another peer was chosen to fetch alone after a
+    /// hash failure (mixing senders again, so the liar is never the sole sender and
+    /// honest peers lose trust), and every block of a piece not yet started would
+    /// make us allocate the whole piece. Blocks we cancelled or that a choke dropped
+    /// may still be on the way, so those are excused; beyond that a peer pushing
+    /// blocks breaks BEP 3 and is closed after [`UNSOLICITED_LIMIT`] of them.
+    fn on_unrequested_block(&mut self, r: BlockRef) -> Result<(), Close> {
+        if self.excused > 0 {
+            self.excused -= 1;
+            log::debug!(
+                "peer {}: late block (piece {}, begin {}) after a cancel or choke; dropped",
+                self.addr,
+                r.piece,
+                r.begin
+            );
+            return Ok(());
+        }
+        self.unsolicited += 1;
+        if self.unsolicited > UNSOLICITED_LIMIT {
+            return Err(format!(
+                "sent {} blocks we never requested (the last: piece {}, begin {}, length {})",
+                self.unsolicited, r.piece, r.begin, r.len
+            )
+            .into());
+        }
+        log::debug!(
+            "peer {}: unrequested block (piece {}, begin {}, length {}); dropped",
+            self.addr,
+            r.piece,
+            r.begin,
+            r.len
+        );
+        Ok(())
+    }
+
+    /// Remembers in `excused` that `n` of our requests were forgotten without the
+    /// peer's word (a function of the field alone, so it works while `sh` is held).
+    fn excuse(excused: &mut u32, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        *excused = excused.saturating_add(n).min(MAX_EXCUSED);
+    }
+
     /// Catches up with the torrent: cancels from end-game, new pieces to
     /// announce, interest, the upload slot.
     fn sync(&mut self, now: Instant) {
@@ -823,6 +888,7 @@ impl Peer {
         for r in cancels {
             if let Some(i) = self.inflight.iter().position(|q| *q == r) {
                 self.inflight.remove(i);
+                Self::excuse(&mut self.excused, 1);
                 let _ = Message::Cancel {
                     index: r.piece,
                     begin: r.begin,
