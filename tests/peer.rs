@@ -543,7 +543,10 @@ fn unrequested_blocks_are_dropped_and_the_pusher_closed() {
     assert!(std::fs::read(&out).unwrap() == data, "file differs");
     assert!(n >= 5, "the pusher pushed only {n} blocks: {err}");
     assert!(closed, "the pusher was never closed: {err}");
-    assert!(!err.contains("failed its hash check"), "a pushed block was stored: {err}");
+    assert!(
+        !err.contains("failed its hash check"),
+        "a pushed block was stored: {err}"
+    );
     assert!(
         err.contains("blocks we never requested"),
         "no protocol error logged for the pusher: {err}"

@@ -19,10 +19,17 @@
 //!   5 min, 15 min, 30 min, 1 h, then 2 h. A successful TCP connect resets it.
 //! * A *banned* peer (it sent data that failed the hash check; see
 //!   [`super::blame`]) is never dialled or accepted again, whoever announces it.
+//!   The ban is on the host (its IP address), not the address and port, because
+//!   an inbound peer's port is whatever its kernel picked for that connection: a
+//!   liar banned by port would simply reconnect. Loopback is the exception: every
+//!   process on the machine shares its address, so there a ban names the port.
+//!   Bans are kept apart from the peer table, at most [`MAX_BANS`] of them (the
+//!   oldest is forgotten first), so they can neither be evicted by a flood of
+//!   announced peers nor fill the table and lock out honest ones.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Delay before redialling after the n-th consecutive useless connection
@@ -55,6 +62,54 @@ fn backoff(table: &[Duration; 7], n: u32) -> Duration {
         .get(i)
         .copied()
         .unwrap_or(Duration::from_secs(2 * 60 * 60))
+}
+
+/// Most bans a [`PeerManager`] remembers; past it the oldest ban is forgotten.
+pub const MAX_BANS: usize = 1024;
+
+/// What a ban names: a host, or on loopback (one address for every process) a
+/// host and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BanKey {
+    Host(IpAddr),
+    Addr(SocketAddr),
+}
+
+fn ban_key(addr: &SocketAddr) -> BanKey {
+    // An IPv4 peer reaching a dual-stack socket shows up as ::ffff:a.b.c.d.
+    let ip = addr.ip().to_canonical();
+    if ip.is_loopback() {
+        BanKey::Addr(SocketAddr::new(ip, addr.port()))
+    } else {
+        BanKey::Host(ip)
+    }
+}
+
+/// The bans, bounded, oldest first out.
+#[derive(Debug, Default)]
+struct Bans {
+    set: HashSet<BanKey>,
+    order: VecDeque<BanKey>,
+}
+
+impl Bans {
+    fn contains(&self, addr: &SocketAddr) -> bool {
+        !self.set.is_empty() && self.set.contains(&ban_key(addr))
+    }
+
+    fn insert(&mut self, addr: &SocketAddr) -> bool {
+        let k = ban_key(addr);
+        if !self.set.insert(k) {
+            return false;
+        }
+        self.order.push_back(k);
+        if self.order.len() > MAX_BANS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
 }
 
 /// What happened on a connection, reported at [`PeerManager::disconnected`].
@@ -107,7 +162,8 @@ pub struct PeerStats {
     /// We may dial it (false for peers only seen as inbound connections,
     /// whose source port is usually ephemeral).
     pub dialable: bool,
-    /// Banned for bad data: never dialled or accepted again.
+    /// Banned for bad data (this address, or its host): never dialled or
+    /// accepted again.
     pub banned: bool,
 }
 
@@ -132,6 +188,7 @@ impl PeerStats {
 #[derive(Debug)]
 pub struct PeerManager {
     peers: HashMap<SocketAddr, PeerStats>,
+    bans: Bans,
     connection_limit: usize,
     max_known: usize,
     active: usize,
@@ -143,6 +200,7 @@ impl PeerManager {
     pub fn new(connection_limit: usize, max_known: usize) -> Self {
         PeerManager {
             peers: HashMap::new(),
+            bans: Bans::default(),
             connection_limit,
             max_known: max_known.max(1),
             active: 0,
@@ -171,7 +229,19 @@ impl PeerManager {
 
     /// What is known about `addr`.
     pub fn peer(&self, addr: &SocketAddr) -> Option<PeerStats> {
-        self.peers.get(addr).copied()
+        let mut p = self.peers.get(addr).copied()?;
+        p.banned = self.bans.contains(addr);
+        Some(p)
+    }
+
+    /// `addr` (or its host, off loopback) is banned.
+    pub fn is_banned(&self, addr: &SocketAddr) -> bool {
+        self.bans.contains(addr)
+    }
+
+    /// Bans recorded (at most [`MAX_BANS`]).
+    pub fn ban_count(&self) -> usize {
+        self.bans.order.len()
     }
 
     fn fresh(now: Instant, dialable: bool) -> PeerStats {
@@ -189,19 +259,23 @@ impl PeerManager {
         }
     }
 
-    /// Make room for a new peer by evicting the worst idle penalised one.
+    /// Make room for a new peer by evicting the worst idle one that is banned,
+    /// penalised or undialable (banned first: the ban itself lives elsewhere).
     fn make_room(&mut self) -> bool {
         if self.peers.len() < self.max_known {
             return true;
         }
+        let bans = &self.bans;
         let worst = self
             .peers
             .iter()
-            .filter(|(_, p)| p.state == ConnState::Idle && !p.banned)
-            .filter(|(_, p)| {
-                p.consecutive_failures.saturating_add(p.consecutive_useless) > 0 || !p.dialable
+            .filter(|(_, p)| p.state == ConnState::Idle)
+            .filter(|(a, p)| {
+                p.consecutive_failures.saturating_add(p.consecutive_useless) > 0
+                    || !p.dialable
+                    || bans.contains(a)
             })
-            .max_by_key(|(a, p)| (!p.dialable, p.rank(), **a))
+            .max_by_key(|(a, p)| (bans.contains(a), !p.dialable, p.rank(), **a))
             .map(|(a, _)| *a);
         match worst {
             Some(a) => {
@@ -252,29 +326,21 @@ impl PeerManager {
         }
     }
 
-    /// Bans `addr` for sending bad data: it is never offered for dialling again,
-    /// nor accepted, even if a tracker or discovery announces it again. Its
-    /// current connection, if any, is the caller's to close (and report with
-    /// [`PeerManager::disconnected`] as usual). Banned peers are never evicted,
-    /// so the ban holds; returns false if the table was full and the ban could not
-    /// be recorded.
-    pub fn ban(&mut self, addr: SocketAddr, now: Instant) -> bool {
-        if !self.peers.contains_key(&addr) {
-            if !self.make_room() {
-                return false;
-            }
-            self.peers.insert(addr, Self::fresh(now, false));
-        }
-        if let Some(p) = self.peers.get_mut(&addr) {
-            p.banned = true;
-        }
-        true
+    /// Bans `addr`'s host (off loopback; on loopback the address itself) for
+    /// sending bad data: no address of it is offered for dialling again, nor
+    /// accepted, even if a tracker or discovery announces it again. Current
+    /// connections are the caller's to close (every one for which
+    /// [`is_banned`](PeerManager::is_banned) is now true) and report with
+    /// [`PeerManager::disconnected`] as usual. Returns false if it was banned
+    /// already.
+    pub fn ban(&mut self, addr: SocketAddr) -> bool {
+        self.bans.insert(&addr)
     }
 
     /// An inbound connection arrived. Returns false if it should be refused
     /// (limit reached, already connected to that address, banned, or table full).
     pub fn accept_incoming(&mut self, addr: SocketAddr, now: Instant) -> bool {
-        if self.active >= self.connection_limit {
+        if self.active >= self.connection_limit || self.bans.contains(&addr) {
             return false;
         }
         if !self.peers.contains_key(&addr) {
@@ -286,7 +352,7 @@ impl PeerManager {
         let Some(p) = self.peers.get_mut(&addr) else {
             return false;
         };
-        if p.state != ConnState::Idle || p.banned {
+        if p.state != ConnState::Idle {
             return false;
         }
         p.state = ConnState::Connected;
@@ -304,11 +370,15 @@ impl PeerManager {
             return;
         }
         let start = out.len();
+        let bans = &self.bans;
         out.extend(
             self.peers
                 .iter()
-                .filter(|(_, p)| {
-                    p.state == ConnState::Idle && p.dialable && !p.banned && p.next_attempt <= now
+                .filter(|(a, p)| {
+                    p.state == ConnState::Idle
+                        && p.dialable
+                        && p.next_attempt <= now
+                        && !bans.contains(a)
                 })
                 .map(|(a, _)| *a),
         );
@@ -379,9 +449,9 @@ impl PeerManager {
             return None;
         }
         self.peers
-            .values()
-            .filter(|p| p.state == ConnState::Idle && p.dialable && !p.banned)
-            .map(|p| p.next_attempt.max(now))
+            .iter()
+            .filter(|(a, p)| p.state == ConnState::Idle && p.dialable && !self.bans.contains(a))
+            .map(|(_, p)| p.next_attempt.max(now))
             .min()
     }
 }
@@ -428,7 +498,8 @@ mod tests {
         assert_eq!(v, vec![liar, good]);
         m.connected(liar, t0);
         m.connected(good, t0);
-        assert!(m.ban(liar, t0));
+        assert!(m.ban(liar));
+        assert!(!m.ban(liar), "banned twice");
         m.disconnected(liar, t0, USEFUL);
         assert!(m.peer(&liar).unwrap().banned);
         // Announced again, hours later: still not dialled, nor accepted.
@@ -437,15 +508,78 @@ mod tests {
         assert!(cands(&mut m, later, 5).is_empty());
         assert_eq!(m.next_wake(later), None);
         assert!(!m.accept_incoming(liar, later));
-        // A full table evicts others, never the ban.
+        // A full table evicts the banned entry first; the ban itself stays.
         m.disconnected(good, t0, USELESS);
         assert!(m.add_peer(addr(3), later));
         assert!(m.add_peer(addr(4), later));
-        assert!(m.peer(&liar).is_some_and(|p| p.banned));
-        // An address first seen as a ban (an inbound peer) is recorded too.
+        assert!(
+            m.peer(&liar).is_none(),
+            "the banned entry was kept over others"
+        );
+        assert!(m.is_banned(&liar));
+        assert!(!m.accept_incoming(liar, later));
+        // An address never seen before can be banned too (an inbound peer).
         let mut n = PeerManager::new(10, 10);
-        assert!(n.ban(addr(9), t0));
+        assert!(n.ban(addr(9)));
         assert!(!n.accept_incoming(addr(9), t0));
+    }
+
+    #[test]
+    fn a_ban_covers_the_host_on_every_port_except_on_loopback() {
+        let mut m = PeerManager::new(10, 100);
+        let t0 = Instant::now();
+        let liar: SocketAddr = "192.0.2.7:51413".parse().unwrap();
+        assert!(m.accept_incoming(liar, t0));
+        assert!(m.ban(liar));
+        m.disconnected(liar, t0, USEFUL);
+        // The same host back from another ephemeral port, or announced on its
+        // listen port, or as an IPv4-mapped IPv6 address: all refused.
+        for again in [
+            "192.0.2.7:40001",
+            "192.0.2.7:6881",
+            "[::ffff:192.0.2.7]:40002",
+        ] {
+            let a: SocketAddr = again.parse().unwrap();
+            assert!(m.is_banned(&a), "{a}");
+            assert!(!m.accept_incoming(a, t0), "{a} accepted");
+            assert!(m.add_peer(a, t0));
+        }
+        assert!(cands(&mut m, t0, 10).is_empty());
+        // Other hosts are not touched.
+        let other: SocketAddr = "192.0.2.8:40001".parse().unwrap();
+        assert!(m.accept_incoming(other, t0));
+        // On loopback every process shares the address: the ban names the port.
+        let lo_liar: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let lo_honest: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        assert!(m.ban(lo_liar));
+        assert!(!m.accept_incoming(lo_liar, t0));
+        assert!(m.accept_incoming(lo_honest, t0));
+    }
+
+    #[test]
+    fn bans_are_bounded_and_never_lock_out_honest_peers() {
+        let mut m = PeerManager::new(10, 16);
+        let t0 = Instant::now();
+        let host = |n: usize| -> SocketAddr {
+            SocketAddr::from(([198, 18, (n >> 8) as u8, n as u8], 6881))
+        };
+        // Far more bans than the table holds, each first seen as an inbound peer.
+        for n in 0..MAX_BANS + 100 {
+            let a = host(n);
+            assert!(m.accept_incoming(a, t0), "peer {n} refused");
+            assert!(m.ban(a));
+            m.disconnected(a, t0, USEFUL);
+        }
+        assert_eq!(m.ban_count(), MAX_BANS);
+        assert!(m.len() <= 16);
+        // The oldest bans were forgotten, the newest hold.
+        assert!(!m.is_banned(&host(0)));
+        assert!(m.is_banned(&host(MAX_BANS + 99)));
+        // An honest newcomer still gets in, both ways.
+        let honest: SocketAddr = "203.0.113.1:6881".parse().unwrap();
+        assert!(m.add_peer(honest, t0));
+        assert_eq!(cands(&mut m, t0, 5), vec![honest]);
+        assert!(m.accept_incoming("203.0.113.2:50000".parse().unwrap(), t0));
     }
 
     #[test]

@@ -905,12 +905,21 @@ impl Engine {
                     );
                     sh.blame.piece_failed(piece, blocks, &mut bans);
                 }
-                let now = cx.now();
                 for (addr, why) in bans {
-                    log::warn!("banning peer {addr}: {why}; closing it, never dialling it again");
-                    sh.peers.ban(addr, now);
-                    for s in sh.sessions.values_mut() {
-                        if s.addr == addr {
+                    log::warn!(
+                        "banning peer {addr}: {why}; closing it, never dialling or accepting {} again",
+                        if addr.ip().to_canonical().is_loopback() {
+                            "this address"
+                        } else {
+                            "its host"
+                        }
+                    );
+                    sh.peers.ban(addr);
+                    let Shared {
+                        sessions, peers, ..
+                    } = &mut *sh;
+                    for s in sessions.values_mut() {
+                        if peers.is_banned(&s.addr) {
                             s.penalised = true;
                             cx.close_handler(s.id);
                         }
