@@ -113,6 +113,11 @@ pub struct Conn {
     /// Paused because our own write queue is congested (`pause_on_own_queue`);
     /// [`Conn::flush`] lifts it once the queue is down to the low watermark.
     self_paused: bool,
+    /// The queue reached the high watermark and [`Conn::flush`] has not yet
+    /// reported it back down at the low one. A flag rather than a comparison at
+    /// the start of each flush, because one flush sends at most `write_budget`:
+    /// the call that crosses the low watermark is rarely one that began congested.
+    congested: bool,
     shutdown_requested: bool,
     write_shut: bool,
     /// A non-blocking connect is in progress.
@@ -132,6 +137,7 @@ impl Conn {
             eof: false,
             paused: false,
             self_paused: false,
+            congested: false,
             shutdown_requested: false,
             write_shut: false,
             connecting: false,
@@ -418,8 +424,9 @@ impl Conn {
 
     /// Writes the queue until it is empty, the socket is full, or the budget is
     /// spent (then the handler is re-queued). Performs a requested write shutdown
-    /// once empty. Returns true when the queue just fell to the low watermark after
-    /// being congested: a proxy then resumes reading the other side. Reading this
+    /// once empty. Returns true once each time the queue falls to the low watermark
+    /// after having reached the high one (on the call that brings it there, however
+    /// many calls that took): a proxy then resumes reading the other side. Reading this
     /// connection paused by its own queue (`pause_on_own_queue`) resumes by itself;
     /// a pause set with [`pause_reading`](Conn::pause_reading) stays.
     #[inline(always)]
@@ -437,9 +444,11 @@ impl Conn {
                 cx.core().bufs.put(b);
             }
             self.finish_drained(cx)?;
-            return Ok(false);
+            return Ok(std::mem::take(&mut self.congested));
         }
-        let was_congested = self.wbuf.len() >= self.cfg.high_watermark;
+        if self.wbuf.len() >= self.cfg.high_watermark {
+            self.congested = true;
+        }
         let mut written = 0;
         let result = loop {
             let queued = self.wbuf.len();
@@ -485,7 +494,11 @@ impl Conn {
         } else if self.wbuf.len() <= self.cfg.low_watermark {
             self.lift_self_pause(cx);
         }
-        Ok(was_congested && self.wbuf.len() <= self.cfg.low_watermark)
+        if self.congested && self.wbuf.len() <= self.cfg.low_watermark {
+            self.congested = false;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// The write queue is empty: resume reading paused by our own backpressure, and
@@ -543,7 +556,11 @@ impl Conn {
     /// reads end of file and can still send to us.
     pub fn shutdown_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         self.shutdown_requested = true;
-        self.flush(cx).map(|_| ())
+        if self.flush(cx)? {
+            // This returns no report, so the next flush gives it instead.
+            self.congested = true;
+        }
+        Ok(())
     }
 
     /// True when our write side has been shut down.

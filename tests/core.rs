@@ -1306,3 +1306,88 @@ fn a_buffer_consumed_in_pieces_is_read_into_whole_again() {
         "{fills} fills for 1 MiB: reads into a shrunken buffer"
     );
 }
+
+/// Queues 4 MiB at once and flushes on every writable event, recording the queue
+/// length after each flush that reported "down to the low watermark".
+struct Blaster {
+    conn: Conn,
+    payload: Arc<Vec<u8>>,
+    reports: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Blaster {
+    fn flush(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        if self.conn.flush(cx)? {
+            self.reports.lock().unwrap().push(self.conn.write_pending());
+        }
+        if self.conn.is_done() {
+            cx.close();
+        }
+        Ok(())
+    }
+}
+
+impl Handler for Blaster {
+    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        self.conn.register(cx)?;
+        self.conn.queue(cx, &self.payload);
+        self.flush(cx)?;
+        Ok(self.conn.shutdown_write(cx)?)
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+        self.flush(cx)
+    }
+}
+
+/// `flush` reports the fall to the low watermark exactly once per congestion, on
+/// the call that gets there: a regression made each call compare its own start
+/// with its end, and since one call sends at most `write_budget` (256 KiB) a queue
+/// that began at or above 1 MiB never ended a call at 256 KiB, so a proxy waiting
+/// for the report would have stayed paused for good.
+#[test]
+fn flush_reports_the_low_watermark_once_after_congestion() {
+    let payload = Arc::new(pseudo_random_bytes(23, 4 * 1024 * 1024));
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (p, rep) = (payload.clone(), reports.clone());
+    let (addr, server) = run_loop(Config::default(), move |r| {
+        let l = Listener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            move |s, _| {
+                Some(Blaster {
+                    conn: Conn::new(s, 0, ConnConfig::default()),
+                    payload: p.clone(),
+                    reports: rep.clone(),
+                })
+            },
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A slow reader, so the queue drains over many flushes.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match c.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("read failed after {} bytes: {e}", got.len()),
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(got == *payload, "received bytes differ");
+    server.stop();
+    let reports = reports.lock().unwrap().clone();
+    let low = ConnConfig::default().low_watermark;
+    assert_eq!(
+        reports.len(),
+        1,
+        "reports (queue length after each): {reports:?}"
+    );
+    assert!(reports[0] <= low, "reported at {} queued bytes", reports[0]);
+}
