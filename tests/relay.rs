@@ -619,6 +619,48 @@ fn hostile_input_closes_only_that_connection() {
     assert_eq!(&buf, b"still here");
 }
 
+/// A refusal is not lost to a reset when the client is still sending: the relay
+/// stops reading a connection it refuses, and closing a socket with unread input
+/// makes the kernel send a reset at once and throw away what it had not yet
+/// delivered, the refusal included. The client here has small buffers and reads
+/// its answers only after sending everything, so the answers are still in the
+/// relay's kernel when it decides to close.
+#[test]
+fn a_refusal_reaches_a_client_that_is_still_sending() {
+    let (addr, _relay) = relay(cfg(|c| c.limits.heartbeat_timeout = secs(30.0)));
+    let mut p = Peer::small(addr);
+    const HEARTBEATS: usize = 400_000;
+    let mut out = Vec::new();
+    for _ in 0..HEARTBEATS {
+        proto::encode(&Message::Heartbeat, &mut out).unwrap();
+    }
+    out.extend_from_slice(&[0x47, 0, 0]); // unknown message type
+    // More than the relay reads in one go, so some stays unread in its kernel.
+    out.extend_from_slice(&pseudo_random_bytes(5, 4 << 20));
+    let mut w = p.s.try_clone().unwrap();
+    // Fails once the relay stops reading (timeout) or resets us: both expected.
+    let writer = std::thread::spawn(move || w.write_all(&out).is_ok());
+    // Not reading yet: the answers fill our buffers and the relay's, so the relay
+    // stops reading us (it pauses a client whose answers pile up).
+    std::thread::sleep(Duration::from_millis(300));
+    let mut acks = 0;
+    let t0 = Instant::now();
+    loop {
+        match p.recv() {
+            Got::Ack => acks += 1,
+            Got::Refused(Reason::BadRequest) => break,
+            other => panic!(
+                "got {other:?} after {acks} of {HEARTBEATS} acks, before the refusal ({:?} in)",
+                t0.elapsed()
+            ),
+        }
+    }
+    assert_eq!(acks, HEARTBEATS);
+    // Unblocks the writer if it still waits.
+    let _ = p.s.shutdown(Shutdown::Both);
+    let _ = writer.join();
+}
+
 /// Starts `relay-client ... reserve` and waits for `reserved ID`.
 fn reserve_client(relay: SocketAddr, id: &str, peer: &str, forward: SocketAddr) -> Child {
     let mut child = Command::new(example_bin("relay-client"))

@@ -471,7 +471,11 @@ impl RelayConn {
         }
     }
 
-    /// Delivers what is queued, then closes (or after `LINGER`).
+    /// Delivers what is queued, then closes (or after `LINGER`). A control
+    /// connection is closed only once the client has closed its side too, and its
+    /// input is read and dropped meanwhile: closing a socket with unread input
+    /// makes the kernel reset the connection at once and throw away what it had
+    /// not yet sent, the refusal that explains the close included.
     fn finish(&mut self, cx: &mut Context<'_>) -> HandlerResult {
         self.idle.stop(cx);
         let state = std::mem::replace(&mut self.state, State::Gone);
@@ -484,8 +488,9 @@ impl RelayConn {
         let mut flushed = true;
         if let Some(c) = conn.as_mut() {
             // Errors here mean the peer is gone: nothing left to deliver.
-            let _ = c.shutdown_write(cx);
-            flushed &= c.write_pending() == 0;
+            let gone = c.shutdown_write(cx).is_err();
+            c.resume_reading(cx);
+            flushed &= gone || lingering_done(c, cx);
         }
         if let Some(b) = bridge.as_mut() {
             b.shut_down(cx);
@@ -606,6 +611,20 @@ fn flush_control(conn: &mut Conn, cx: &mut Context<'_>, low_watermark: usize) ->
         conn.resume_reading(cx);
     }
     Ok(())
+}
+
+/// A closing control connection: drops whatever the client sent (see
+/// [`RelayConn::finish`]) and says whether it can be closed now, i.e. our
+/// answers are handed to the kernel and the client has closed its side, or the
+/// connection failed.
+fn lingering_done(conn: &mut Conn, cx: &mut Context<'_>) -> bool {
+    let read = conn.fill(cx);
+    let n = conn.read_buf().len();
+    conn.consume(n);
+    match read {
+        Err(_) => true,
+        Ok(st) => st.eof && conn.write_pending() == 0,
+    }
 }
 
 /// "connector's end" or "reserver's end", for a side of a [`Bridge`].
@@ -816,6 +835,12 @@ impl Handler for RelayConn {
             State::Control(_) => self.control(cx),
             // `on_event` passes their events to the bridge.
             State::Bridged(..) => Ok(()),
+            State::Closing(ref mut conn, None) => {
+                if conn.as_mut().is_none_or(|c| lingering_done(c, cx)) {
+                    cx.close();
+                }
+                Ok(())
+            }
             State::Closing(..) => self.on_writable(cx, 0),
             State::Connecting(ref conn, c) => {
                 if event_says_peer_left(cx, conn.source()) {
@@ -849,8 +874,8 @@ impl Handler for RelayConn {
             State::Bridged(..) | State::Closing(_, Some(_)) => Ok(()),
             State::Closing(conn, None) => {
                 if let Some(c) = conn {
-                    c.flush(cx)?;
-                    if c.write_pending() > 0 {
+                    // An error: the client is gone, nothing left to deliver.
+                    if c.flush(cx).is_ok() && !lingering_done(c, cx) {
                         return Ok(());
                     }
                 }
