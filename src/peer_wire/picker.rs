@@ -572,11 +572,18 @@ impl Picker {
         (b < g.block_count(block.piece) && g.block(block.piece, b).len == block.len).then_some(b)
     }
 
+    /// True if `block` is exactly one block of the torrent (piece, offset and
+    /// length on the block grid).
+    pub fn is_block(&self, block: BlockRef) -> bool {
+        self.block_index(block).is_some()
+    }
+
     /// Record a block from `peer`. Other peers that still have the same
     /// block outstanding (end-game) are appended to `cancel`: send each a
     /// `Cancel`; the picker already forgot those requests, so a later
     /// `abort_block` for them is a harmless no-op. Unrequested blocks of
-    /// pieces we still need are accepted.
+    /// pieces we still need are accepted here: the session drops blocks it did
+    /// not request before they reach the picker (it alone knows what it asked).
     pub fn block_received(
         &mut self,
         peer: PeerKey,

@@ -839,6 +839,13 @@ impl Peer {
     /// may still be on the way, so those are excused; beyond that a peer pushing
     /// blocks breaks BEP 3 and is closed after [`UNSOLICITED_LIMIT`] of them.
     fn on_unrequested_block(&mut self, r: BlockRef) -> Result<(), Close> {
+        if !self.sh.borrow().picker.is_block(r) {
+            return Err(format!(
+                "block outside the torrent (piece {}, begin {}, length {})",
+                r.piece, r.begin, r.len
+            )
+            .into());
+        }
         if self.excused > 0 {
             self.excused -= 1;
             log::debug!(
@@ -1247,6 +1254,8 @@ mod tests {
             assert!(p.on_message(cx, Message::HaveAll).is_ok());
             p.peer_choking = false;
             p.am_interested = true;
+            // A short request window, so that most blocks stay unrequested.
+            p.max_inflight = 2;
             p.fill_requests();
             assert!(!p.inflight.is_empty());
             let first = p.inflight[0];
@@ -1285,9 +1294,62 @@ mod tests {
                 block: &[1],
             };
             assert!(p.on_message(cx, outside).is_err());
-            // A choke drops what we asked for; the picker may give it to others.
-            assert!(p.on_message(cx, Message::Choke).is_ok());
-            assert!(p.inflight.is_empty());
+            // A valid block we never asked for is dropped, not stored; past
+            // UNSOLICITED_LIMIT of them the peer is closed.
+            let asked: Vec<BlockRef> = p.inflight.iter().copied().collect();
+            let unasked = (0..p.sh.borrow().picker.piece_count())
+                .flat_map(|piece| {
+                    [0, 16384].map(|begin| BlockRef {
+                        piece,
+                        begin,
+                        len: 16384,
+                    })
+                })
+                .find(|b| p.sh.borrow().picker.is_block(*b) && !asked.contains(b) && *b != first)
+                .expect("a block not requested");
+            let pushed = Message::Piece {
+                index: unasked.piece,
+                begin: unasked.begin,
+                block: &data,
+            };
+            let before = p.stats.piece_bytes_down;
+            for _ in 0..UNSOLICITED_LIMIT {
+                assert!(p.on_message(cx, pushed).is_ok());
+            }
+            assert_eq!(
+                p.stats.piece_bytes_down, before,
+                "an unrequested block was stored"
+            );
+            assert!(
+                p.sh.borrow()
+                    .assembling
+                    .get(&unasked.piece)
+                    .is_none_or(|a| a.senders[(unasked.begin / 16384) as usize].is_none()),
+                "an unrequested block reached the piece buffer"
+            );
+            assert!(p.on_message(cx, pushed).is_err(), "a pusher is closed");
+            // A choke drops what we asked for; the picker may give it to others,
+            // and blocks of it still on the wire are excused.
+            let mut q = open_peer(false, true);
+            assert!(q.on_message(cx, Message::HaveAll).is_ok());
+            q.peer_choking = false;
+            q.am_interested = true;
+            q.fill_requests();
+            let late: Vec<BlockRef> = q.inflight.iter().copied().collect();
+            assert!(late.len() > UNSOLICITED_LIMIT as usize);
+            assert!(q.on_message(cx, Message::Choke).is_ok());
+            assert!(q.inflight.is_empty());
+            for b in &late {
+                let m = Message::Piece {
+                    index: b.piece,
+                    begin: b.begin,
+                    block: &data[..b.len as usize],
+                };
+                assert!(
+                    q.on_message(cx, m).is_ok(),
+                    "a late block after a choke closed it"
+                );
+            }
         });
     }
 
