@@ -49,6 +49,10 @@ enum Cmd {
         /// Seconds between heartbeats (below the relay's heartbeat timeout).
         #[arg(long, default_value_t = 10.0)]
         heartbeat: f64,
+        /// Most circuits served at once; further INCOMINGs are ignored until one
+        /// ends (0: no limit).
+        #[arg(long, default_value_t = 64)]
+        max_circuits: usize,
     },
     /// Accept local connections and open a circuit to ID for each.
     Connect {
@@ -91,6 +95,7 @@ fn run(args: Args) -> Result<(), String> {
             peer,
             forward,
             heartbeat,
+            max_circuits,
         } => {
             let mut opts =
                 ReserveOptions::new(relay, peer.as_deref().unwrap_or(&id), &id, &forward);
@@ -98,6 +103,7 @@ fn run(args: Args) -> Result<(), String> {
                 .ok()
                 .filter(|d| !d.is_zero())
                 .ok_or("--heartbeat must be a positive number")?;
+            opts.max_circuits = max_circuits;
             let failure: Rc<RefCell<Option<String>>> = Rc::default();
             let f = failure.clone();
             let hook = Box::new(

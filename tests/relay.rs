@@ -800,6 +800,17 @@ fn client_binary_rejects_bad_arguments() {
         ],
         &["--relay", "no port", "connect", "--id", "a"],
         &["--relay", "127.0.0.1:1", "reserve", "--id", "a"],
+        &[
+            "--relay",
+            "127.0.0.1:1",
+            "reserve",
+            "--id",
+            "a",
+            "--forward",
+            "x:1",
+            "--max-circuits",
+            "-1",
+        ],
     ] {
         let out = Command::new(example_bin("relay-client"))
             .args(args)
@@ -1375,7 +1386,8 @@ fn control_connection_that_never_reads_is_held_back() {
 /// A relay (here a fake one) that offers a reserving client circuits faster than
 /// they finish cannot make it open connections without bound: at most
 /// `max_circuits` circuit ends exist at once, the other `INCOMING`s are ignored,
-/// and a circuit end that closes makes room for the next offer.
+/// and a circuit end that closes makes room for the next offer. An `INCOMING` for
+/// an id the client did not reserve is never accepted.
 #[test]
 fn reserve_client_serves_at_most_max_circuits_at_once() {
     use reactor::relay::client::{ReserveClient, ReserveOptions};
@@ -1426,6 +1438,15 @@ fn reserve_client_serves_at_most_max_circuits_at_once() {
         }
         ends
     };
+    // An INCOMING for an id this client did not reserve is not accepted.
+    control.send(&Message::Incoming {
+        circuit: 999_999,
+        id: "not-svc",
+    });
+    assert!(
+        accept_for(secs(0.5)).is_empty(),
+        "a circuit to another id was accepted"
+    );
     offer(&mut control, 1, 200);
     let ends = accept_for(secs(1.5));
     assert_eq!(ends.len(), MAX, "circuit ends open at once");

@@ -265,6 +265,15 @@ impl ReserveClient {
                     conn.queue(cx, &self.out);
                     continue;
                 }
+                Message::Incoming { circuit, id } if id != self.opts.id => {
+                    // Not what we reserved: accepting would forward a stranger's
+                    // circuit to our service. A relay bug, or a hostile relay.
+                    log::warn!(
+                        "incoming circuit {circuit:016x} to {id:?} ignored: this client \
+                         reserved {:?}",
+                        self.opts.id
+                    );
+                }
                 Message::Incoming { circuit, id }
                     if self.opts.max_circuits != 0 && self.circuits >= self.opts.max_circuits =>
                 {
