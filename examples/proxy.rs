@@ -59,7 +59,8 @@ struct Args {
     /// Open sessions at most; more are refused and counted.
     #[arg(long, default_value_t = 10_000)]
     max_sessions: usize,
-    /// Open sessions per client IP at most; more are refused and counted.
+    /// Open sessions per client (IPv4 address, or IPv6 /64) at most; more are
+    /// refused and counted.
     #[arg(long, default_value_t = 1_000)]
     max_sessions_per_ip: usize,
     /// On SIGINT/SIGTERM, let open tunnels finish for up to SECS seconds.

@@ -153,7 +153,9 @@ pub struct ProxyOptions {
     pub handshake_timeout: Duration,
     /// Open sessions at most; more are refused (closed at once) and counted.
     pub max_sessions: usize,
-    /// Open sessions per client IP address at most; more are refused and counted.
+    /// Open sessions per client at most; more are refused and counted. A client
+    /// is an IPv4 address, or an IPv6 /64 network (one subscriber's usual
+    /// allocation: counted per address, a single host could take 2^64 of them).
     pub max_sessions_per_ip: usize,
 }
 
@@ -286,6 +288,19 @@ impl fmt::Display for ProxyStats {
     }
 }
 
+/// Who counts as one client for `max_sessions_per_ip`: an IPv4 address (also when
+/// it reaches a dual-stack socket as `::ffff:a.b.c.d`), or the /64 network of an
+/// IPv6 address.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Session limits and refusal logging, shared (loop thread only) by a listener's
 /// factory and its sessions.
 #[derive(Debug, Default)]
@@ -336,7 +351,7 @@ impl Shared {
     /// Admits a new session from `peer`, or says why not (and counts the refusal).
     fn admit(&self, peer: SocketAddr) -> bool {
         let mut l = self.limits.borrow_mut();
-        let ip = peer.ip();
+        let ip = client_key(peer.ip());
         let per_ip = l.per_ip.get(&ip).copied().unwrap_or(0);
         let why = if l.open >= self.opts.max_sessions {
             ProxyCounters::add(&self.counters.refused_total, 1);
@@ -353,10 +368,11 @@ impl Shared {
         };
         if let Some(held_back) = l.log.allow(Instant::now()) {
             log::warn!(
-                "refused connection from {peer}: {why} is reached ({} open, {} from {ip}; \
+                "refused connection from {peer}: {why} is reached ({} open, {} from {ip}{}; \
                  {held_back} more refusals not logged)",
                 l.open,
                 per_ip,
+                if ip.is_ipv6() { "/64" } else { "" },
             );
         }
         false
@@ -379,6 +395,7 @@ impl Shared {
 
     /// A session from `ip` closed, having relayed `up`/`down` bytes.
     pub(crate) fn release(&self, ip: IpAddr, up: u64, down: u64) {
+        let ip = client_key(ip);
         let mut l = self.limits.borrow_mut();
         l.open = l.open.saturating_sub(1);
         if let Some(n) = l.per_ip.get_mut(&ip) {
@@ -479,5 +496,35 @@ mod tests {
             st.to_string()
                 .contains("refused 1 (limit) + 1 (per-IP limit)")
         );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_its_address() {
+        let mut opts = ProxyOptions::new(Mode::Socks5 { auth: None });
+        opts.max_sessions_per_ip = 2;
+        let s = Shared {
+            opts,
+            counters: Arc::default(),
+            limits: RefCell::default(),
+            rejections: RefCell::default(),
+        };
+        // Two addresses of one /64 fill it; a third from it is refused.
+        let x1: SocketAddr = "[2001:db8:1:2::1]:1".parse().unwrap();
+        let x2: SocketAddr = "[2001:db8:1:2:ffff:0:0:9]:1".parse().unwrap();
+        let x3: SocketAddr = "[2001:db8:1:2:abcd::77]:1".parse().unwrap();
+        assert!(s.admit(x1) && s.admit(x2));
+        assert!(!s.admit(x3), "a third address of the same /64");
+        // The next /64 is another client.
+        assert!(s.admit("[2001:db8:1:3::1]:1".parse().unwrap()));
+        // Released by any address of the /64.
+        s.release(x1.ip(), 0, 0);
+        assert!(s.admit(x3));
+        // IPv4 through a dual-stack socket counts as that IPv4 address.
+        let v4: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:2".parse().unwrap();
+        assert!(s.admit(v4) && s.admit(mapped));
+        assert!(!s.admit(v4));
+        assert!(s.admit("192.0.2.2:1".parse().unwrap()));
+        assert_eq!(s.counters.snapshot().refused_per_ip, 2);
     }
 }
