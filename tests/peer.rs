@@ -482,11 +482,11 @@ fn bad_pieces_are_refetched_and_the_sender_dropped() {
 }
 
 /// A peer that keeps us choked and pushes corrupted blocks nobody asked for (one
-/// per piece, at the start of each) while an honest seeder serves the requests: the pushed blocks
-/// are dropped, never stored, so no piece fails its hash check, the download is
-/// byte-exact and the pusher is closed for breaking BEP 3. (Stored, they made the
-/// first pieces fail, and let a liar mix itself into pieces that the blame logic
-/// had given to one peer alone.)
+/// per piece, at the start of each) while an honest seeder serves the requests:
+/// the pushed blocks are dropped, never stored, so no piece fails its hash check,
+/// the download is byte-exact and the pusher is closed for breaking BEP 3.
+/// (Stored, they made the first pieces fail and the download give up, and let a
+/// liar mix itself into pieces that the blame logic had given to one peer alone.)
 #[test]
 fn unrequested_blocks_are_dropped_and_the_pusher_closed() {
     let d = tmpdir("pusher");

@@ -469,17 +469,22 @@ mod tests {
         }
     }
 
+    /// Limits and counters as a listener shares them with its sessions.
+    fn shared(opts: ProxyOptions) -> Shared {
+        Shared {
+            opts,
+            counters: Arc::default(),
+            limits: RefCell::default(),
+            rejections: RefCell::default(),
+        }
+    }
+
     #[test]
     fn limits_count_and_release() {
         let mut opts = ProxyOptions::new(Mode::Socks5 { auth: None });
         opts.max_sessions = 3;
         opts.max_sessions_per_ip = 2;
-        let s = Shared {
-            opts,
-            counters: Arc::default(),
-            limits: RefCell::default(),
-            rejections: RefCell::default(),
-        };
+        let s = shared(opts);
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.2:1".parse().unwrap();
         assert!(s.admit(a) && s.admit(a));
@@ -502,12 +507,7 @@ mod tests {
     fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_its_address() {
         let mut opts = ProxyOptions::new(Mode::Socks5 { auth: None });
         opts.max_sessions_per_ip = 2;
-        let s = Shared {
-            opts,
-            counters: Arc::default(),
-            limits: RefCell::default(),
-            rejections: RefCell::default(),
-        };
+        let s = shared(opts);
         // Two addresses of one /64 fill it; a third from it is refused.
         let x1: SocketAddr = "[2001:db8:1:2::1]:1".parse().unwrap();
         let x2: SocketAddr = "[2001:db8:1:2:ffff:0:0:9]:1".parse().unwrap();
