@@ -400,6 +400,8 @@ impl Conn {
     /// Drops every byte waiting in the write queue and gives its buffer back: the
     /// peer is gone, so they can never be delivered.
     pub fn clear_write_queue(&mut self, cx: &mut Context<'_>) {
+        // Dropped, not drained: no fall to the low watermark to report.
+        self.congested = false;
         let b = std::mem::take(&mut self.wbuf);
         cx.core().bufs.put(b);
         self.lift_self_pause(cx);

@@ -138,6 +138,14 @@ impl<K: Copy + Eq + Hash> Blame<K> {
         self.banned.contains(&peer)
     }
 
+    /// Forgets that `peer` was banned: the peer manager forgot its ban (its
+    /// bounded list dropped the oldest) and let it connect again, so it starts
+    /// over as a fresh peer. Kept banned here, every failure it took part in would
+    /// count as explained and it could never be banned again.
+    pub fn forget_ban(&mut self, peer: K) {
+        self.banned.remove(&peer);
+    }
+
     /// A failed copy of `piece` waits for comparison: when it next verifies, pass the
     /// digests of its blocks to [`Blame::piece_passed`].
     pub fn wants_digests(&self, piece: u32) -> bool {
@@ -325,6 +333,22 @@ mod tests {
         assert_eq!(bans, vec![(L, BanReason::SoleSender { piece: 4 })]);
         assert!(b.is_banned(L));
         assert_eq!(b.records(), 0);
+    }
+
+    #[test]
+    fn a_forgotten_ban_is_judged_afresh() {
+        let mut b = Blame::new();
+        let mut bans = Vec::new();
+        b.piece_failed(4, blocks(&[(L, 9), (L, 9)]), &mut bans);
+        assert_eq!(bans.len(), 1);
+        // Still banned here, a second offence would be explained and ignored.
+        b.piece_failed(6, blocks(&[(L, 9), (L, 9)]), &mut bans);
+        assert_eq!(bans.len(), 1);
+        // The peer manager forgot the ban and let it back: it is banned again.
+        b.forget_ban(L);
+        assert!(!b.is_banned(L));
+        b.piece_failed(7, blocks(&[(L, 9), (L, 9)]), &mut bans);
+        assert_eq!(bans[1], (L, BanReason::SoleSender { piece: 7 }));
     }
 
     #[test]

@@ -19,10 +19,12 @@
 //!   5 min, 15 min, 30 min, 1 h, then 2 h. A successful TCP connect resets it.
 //! * A *banned* peer (it sent data that failed the hash check; see
 //!   [`super::blame`]) is never dialled or accepted again, whoever announces it.
-//!   The ban is on the host (its IP address), not the address and port, because
-//!   an inbound peer's port is whatever its kernel picked for that connection: a
-//!   liar banned by port would simply reconnect. Loopback is the exception: every
-//!   process on the machine shares its address, so there a ban names the port.
+//!   The ban is on the host (its IPv4 address, or its IPv6 /64), not the address
+//!   and port, because an inbound peer's port is whatever its kernel picked for
+//!   that connection: a liar banned by port would simply reconnect (and one
+//!   banned by IPv6 address, from the next address of its /64). Loopback is the
+//!   exception: every process on the machine shares its address, so there a ban
+//!   names the port.
 //!   Bans are kept apart from the peer table, at most [`MAX_BANS`] of them (the
 //!   oldest is forgotten first), so they can neither be evicted by a flood of
 //!   announced peers nor fill the table and lock out honest ones.
@@ -67,8 +69,9 @@ fn backoff(table: &[Duration; 7], n: u32) -> Duration {
 /// Most bans a [`PeerManager`] remembers; past it the oldest ban is forgotten.
 pub const MAX_BANS: usize = 1024;
 
-/// What a ban names: a host, or on loopback (one address for every process) a
-/// host and port.
+/// What a ban names: a host (an IPv4 address, or an IPv6 /64, which one host
+/// usually holds whole), or on loopback (one address for every process) a host
+/// and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum BanKey {
     Host(IpAddr),
@@ -79,9 +82,11 @@ fn ban_key(addr: &SocketAddr) -> BanKey {
     // An IPv4 peer reaching a dual-stack socket shows up as ::ffff:a.b.c.d.
     let ip = addr.ip().to_canonical();
     if ip.is_loopback() {
-        BanKey::Addr(SocketAddr::new(ip, addr.port()))
-    } else {
-        BanKey::Host(ip)
+        return BanKey::Addr(SocketAddr::new(ip, addr.port()));
+    }
+    match ip {
+        IpAddr::V6(v6) => BanKey::Host(IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())),
+        v4 => BanKey::Host(v4),
     }
 }
 
@@ -548,6 +553,14 @@ mod tests {
         // Other hosts are not touched.
         let other: SocketAddr = "192.0.2.8:40001".parse().unwrap();
         assert!(m.accept_incoming(other, t0));
+        // An IPv6 host is its /64: another address of it is banned too, the next
+        // /64 is not.
+        let v6: SocketAddr = "[2001:db8:5:6::1]:6881".parse().unwrap();
+        assert!(m.ban(v6));
+        let same64: SocketAddr = "[2001:db8:5:6:dead:beef::2]:50000".parse().unwrap();
+        assert!(!m.accept_incoming(same64, t0), "{same64} accepted");
+        let next64: SocketAddr = "[2001:db8:5:7::1]:50000".parse().unwrap();
+        assert!(m.accept_incoming(next64, t0));
         // On loopback every process shares the address: the ban names the port.
         let lo_liar: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let lo_honest: SocketAddr = "127.0.0.1:7002".parse().unwrap();

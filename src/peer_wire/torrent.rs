@@ -225,6 +225,17 @@ pub(crate) fn key_of(id: HandlerId) -> PeerKey {
 }
 
 impl Shared {
+    /// A connection to `addr` is about to open, so the peer manager does not ban
+    /// it (any more): if the blame still does, its ban aged out of the manager's
+    /// bounded list, and the blame forgets it too, so a second offence is judged
+    /// (and banned) like a first one.
+    pub(crate) fn forget_aged_ban(&mut self, addr: SocketAddr) {
+        if self.blame.is_banned(addr) && !self.peers.is_banned(&addr) {
+            log::info!("peer {addr}: its ban aged out of the ban list; judged afresh");
+            self.blame.forget_ban(addr);
+        }
+    }
+
     /// Fresh state for `meta`: nothing verified, no sessions.
     pub(crate) fn new(meta: Arc<Metainfo>, cfg: TorrentConfig) -> std::io::Result<Shared> {
         let picker = Picker::new(meta.total_length, meta.piece_length)
@@ -457,9 +468,12 @@ pub fn start(
         let l = Listener::bind(addr, ListenOptions::default(), move |stream, peer| {
             let mut s = sh.borrow_mut();
             if !s.peers.accept_incoming(peer, Instant::now()) {
-                log::info!("refusing peer {peer}: connection limit reached or already connected");
+                log::info!(
+                    "refusing peer {peer}: connection limit reached, already connected, or banned"
+                );
                 return None;
             }
+            s.forget_aged_ban(peer);
             drop(s);
             Some(Session::incoming(sh.clone(), stream, peer))
         })
@@ -666,6 +680,7 @@ impl Engine {
         }
         for i in 0..self.dial_buf.len() {
             let addr = self.dial_buf[i];
+            self.sh.borrow_mut().forget_aged_ban(addr);
             match Session::outgoing(self.sh.clone(), addr) {
                 Ok(s) => {
                     log::debug!("connecting to {addr}");

@@ -131,6 +131,8 @@ pub struct ReserveClient {
     circuits: usize,
     /// `INCOMING`s ignored at `max_circuits` since the last warning.
     ignored: u64,
+    /// `INCOMING`s for ids this client did not reserve, ever.
+    foreign: u64,
 }
 
 impl ReserveClient {
@@ -153,6 +155,7 @@ impl ReserveClient {
             out: Vec::new(),
             circuits: 0,
             ignored: 0,
+            foreign: 0,
         })
     }
 
@@ -267,12 +270,18 @@ impl ReserveClient {
                 }
                 Message::Incoming { circuit, id } if id != self.opts.id => {
                     // Not what we reserved: accepting would forward a stranger's
-                    // circuit to our service. A relay bug, or a hostile relay.
-                    log::warn!(
-                        "incoming circuit {circuit:016x} to {id:?} ignored: this client \
-                         reserved {:?}",
-                        self.opts.id
-                    );
+                    // circuit to our service. A relay bug, or a hostile relay, so
+                    // warned at the 1st, 2nd, 4th, 8th... only: a flood of them
+                    // must not become a flood of log lines.
+                    self.foreign += 1;
+                    if self.foreign.is_power_of_two() {
+                        log::warn!(
+                            "incoming circuit {circuit:016x} to {id:?} ignored: this client \
+                             reserved {:?} ({} such offers so far)",
+                            self.opts.id,
+                            self.foreign
+                        );
+                    }
                 }
                 Message::Incoming { circuit, id }
                     if self.opts.max_circuits != 0 && self.circuits >= self.opts.max_circuits =>
