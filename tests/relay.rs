@@ -1326,6 +1326,38 @@ fn reserve_client_notices_a_late_refused_forward_connect() {
     );
 }
 
+/// A circuit end whose forward connect never completes is closed at the setup
+/// timeout, and a timeout is an outcome, not a handler failure: the client's loop
+/// counts no failed handler.
+#[test]
+fn reserve_client_setup_timeout_closes_without_a_handler_failure() {
+    use reactor::relay::client::{ClientEvent, ReserveClient, ReserveOptions};
+    let (target, held) = stalling_listener();
+    let forward = target.local_addr().unwrap().as_socket().unwrap();
+    let (addr, _relay) = relay(RelayConfig::default());
+    let (tx, rx) = mpsc::channel::<()>();
+    let (_, client) = run_loop(Config::default(), move |r| {
+        let mut opts = ReserveOptions::new(addr, "p", "svc", &forward.to_string());
+        opts.setup_timeout = secs(0.3);
+        let hook = Box::new(move |_: &mut reactor::Context<'_>, ev: &ClientEvent<'_>| {
+            if matches!(ev, ClientEvent::Reserved { .. }) {
+                let _ = tx.send(());
+            }
+        });
+        r.spawn(ReserveClient::new(opts, hook).unwrap());
+    });
+    rx.recv_timeout(IO_TIMEOUT).expect("not reserved");
+    let mut c = Peer::connect(addr);
+    c.send(&Message::Connect { id: "svc" });
+    assert!(matches!(c.recv(), Got::Connected(_)));
+    let t0 = Instant::now();
+    assert!(c.read_to_end(100).is_empty());
+    assert!(t0.elapsed() < secs(3.0), "closed after {:?}", t0.elapsed());
+    let stats = client.stop();
+    assert_eq!(stats.handlers_failed, 0, "{stats:?}");
+    drop((target, held));
+}
+
 /// A client that floods requests (here `HEARTBEAT`s) and never reads the answers
 /// is held back once its answers pile up: the relay stops reading it, so the
 /// kernel's buffers fill and its writes stop, rather than the relay queueing

@@ -501,7 +501,12 @@ impl CircuitEnd {
             let (Some(relay), Some(local)) = (self.relay.take(), self.local.take()) else {
                 return Ok(());
             };
-            if let Some(t) = self.timer.take() {
+            // The setup timeout also bounds a forward connect still in progress
+            // (a target that never answers would otherwise hold the circuit for
+            // the kernel's SYN retries, about two minutes).
+            if !local.is_connecting()
+                && let Some(t) = self.timer.take()
+            {
                 cx.cancel_timer(t);
             }
             let unlimited = CircuitLimits {
@@ -631,7 +636,24 @@ impl Handler for CircuitEnd {
 
     fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
         if Some(t) == self.timer {
-            return Err(format!("circuit not set up within {:?}", self.setup_timeout).into());
+            self.timer = None;
+            // An expected outcome (the relay or the service is slow or gone), not
+            // a handler failure: logged and closed, not counted as an error.
+            match self.bridge.as_ref() {
+                // Bridged, and the forward connect is done: nothing to time out.
+                Some(b) if !b.b.is_connecting() => return Ok(()),
+                Some(_) => log::warn!(
+                    "circuit end: the forward target did not accept the connection within \
+                     {:?}; closing the circuit",
+                    self.setup_timeout
+                ),
+                None => log::warn!(
+                    "circuit end: not set up within {:?}; closing it",
+                    self.setup_timeout
+                ),
+            }
+            cx.close();
+            return Ok(());
         }
         if Some(t) == self.linger {
             log::debug!("circuit end: the other side did not close within {LINGER:?}");
