@@ -446,7 +446,7 @@ impl Conn {
                 cx.core().bufs.put(b);
             }
             self.finish_drained(cx)?;
-            return Ok(std::mem::take(&mut self.congested));
+            return Ok(self.take_congested());
         }
         if self.wbuf.len() >= self.cfg.high_watermark {
             self.congested = true;
@@ -495,12 +495,22 @@ impl Conn {
             self.finish_drained(cx)?;
         } else if self.wbuf.len() <= self.cfg.low_watermark {
             self.lift_self_pause(cx);
+        } else {
+            return Ok(false);
         }
-        if self.congested && self.wbuf.len() <= self.cfg.low_watermark {
+        Ok(self.take_congested())
+    }
+
+    /// The queue is at or below the low watermark: reports (once) that it got
+    /// there from congestion. In the common case (never congested) a test of the
+    /// flag and no store: this runs on every flush that empties the queue.
+    #[inline(always)]
+    fn take_congested(&mut self) -> bool {
+        if self.congested {
             self.congested = false;
-            return Ok(true);
+            return true;
         }
-        Ok(false)
+        false
     }
 
     /// The write queue is empty: resume reading paused by our own backpressure, and
