@@ -1232,6 +1232,42 @@ fn connect_timeout_bounds_resolution_and_every_address() {
     drop(silent);
 }
 
+/// A client that resets while the upstream connect is still running (here one that
+/// never answers, with a 10 s connect timeout) ends its session at once: it does not
+/// hold a session slot until the connect times out. (A client's FIN at that point
+/// is a half-close, which must travel once connected, so only a reset counts.)
+#[test]
+fn a_client_reset_during_the_upstream_connect_ends_the_session_at_once() {
+    let (silent, keep) = silent_listener();
+    let mut opts = forward_opts(silent);
+    opts.connect_timeout = Duration::from_secs(10);
+    let (proxy, counters, server) = start_proxy(opts);
+    let c = connect(proxy);
+    let end = Instant::now() + T;
+    while counters.snapshot().active == 0 && Instant::now() < end {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(counters.snapshot().active, 1, "the session never started");
+    thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    common::reset(c);
+    while counters.snapshot().active > 0 && t0.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let took = t0.elapsed();
+    assert_eq!(
+        counters.snapshot().active,
+        0,
+        "the session outlived its client"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "closed {took:?} after the reset"
+    );
+    assert_eq!(server.stop().handlers_failed, 0);
+    drop(keep);
+}
+
 #[test]
 fn socks5_every_reply_code() {
     let web = http_server(local(0));

@@ -175,7 +175,19 @@ impl Session {
                     // Not read until the upstream is connected: the client stays
                     // paused, and the read re-queued on connecting picks up what
                     // came meanwhile (end of file included: a re-queued read goes
-                    // on to `WouldBlock`).
+                    // on to `WouldBlock`). A reset, though, means nobody waits for
+                    // the upstream any more: the session ends now, not when the
+                    // connect does (up to the connect timeout later, holding a
+                    // session slot). An end of file is only a half-close and stays.
+                    if ev.is_polled()
+                        && ev.is_error()
+                        && let Some(e) = self.client.stream().take_error()?
+                    {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("the client left while the upstream connect ran: {e}"),
+                        ));
+                    }
                 } else if self.phase == Phase::Connecting {
                     self.poll_upstream(cx)?;
                 }
