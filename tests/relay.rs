@@ -1287,20 +1287,19 @@ fn stalling_listener() -> (socket2::Socket, Vec<socket2::Socket>) {
     (l, held)
 }
 
-/// The reserving client's circuit end connects to its forward target only after
-/// sending `ACCEPT`, so the relay may have bridged the circuit (and told the
-/// connector `CONNECTED`) before that connect fails. A connect refused then must
-/// close the circuit at once, not after the client's setup timeout.
-#[test]
-fn reserve_client_notices_a_late_refused_forward_connect() {
+/// A `ReserveClient` for id `svc` at `relay`, forwarding to `forward`, on its own
+/// loop, with options adjusted by `adjust`; returns once the relay granted the
+/// reservation.
+fn reserving_client(
+    relay: SocketAddr,
+    forward: SocketAddr,
+    adjust: impl FnOnce(&mut reactor::relay::client::ReserveOptions) + Send + 'static,
+) -> common::Running {
     use reactor::relay::client::{ClientEvent, ReserveClient, ReserveOptions};
-    let (target, held) = stalling_listener();
-    let forward = target.local_addr().unwrap().as_socket().unwrap();
-    let (addr, _relay) = relay(RelayConfig::default());
     let (tx, rx) = mpsc::channel::<()>();
-    let (_, _client) = run_loop(Config::default(), move |r| {
-        let opts = ReserveOptions::new(addr, "p", "svc", &forward.to_string());
-        assert_eq!(opts.setup_timeout, SETUP_TIMEOUT);
+    let (_, client) = run_loop(Config::default(), move |r| {
+        let mut opts = ReserveOptions::new(relay, "p", "svc", &forward.to_string());
+        adjust(&mut opts);
         let hook = Box::new(move |_: &mut reactor::Context<'_>, ev: &ClientEvent<'_>| {
             if matches!(ev, ClientEvent::Reserved { .. }) {
                 let _ = tx.send(());
@@ -1309,6 +1308,21 @@ fn reserve_client_notices_a_late_refused_forward_connect() {
         r.spawn(ReserveClient::new(opts, hook).unwrap());
     });
     rx.recv_timeout(IO_TIMEOUT).expect("not reserved");
+    client
+}
+
+/// The reserving client's circuit end connects to its forward target only after
+/// sending `ACCEPT`, so the relay may have bridged the circuit (and told the
+/// connector `CONNECTED`) before that connect fails. A connect refused then must
+/// close the circuit at once, not after the client's setup timeout.
+#[test]
+fn reserve_client_notices_a_late_refused_forward_connect() {
+    let (target, held) = stalling_listener();
+    let forward = target.local_addr().unwrap().as_socket().unwrap();
+    let (addr, _relay) = relay(RelayConfig::default());
+    let _client = reserving_client(addr, forward, |opts| {
+        assert_eq!(opts.setup_timeout, SETUP_TIMEOUT)
+    });
     let mut c = Peer::connect(addr);
     c.send(&Message::Connect { id: "svc" });
     assert!(matches!(c.recv(), Got::Connected(_)));
@@ -1331,22 +1345,10 @@ fn reserve_client_notices_a_late_refused_forward_connect() {
 /// counts no failed handler.
 #[test]
 fn reserve_client_setup_timeout_closes_without_a_handler_failure() {
-    use reactor::relay::client::{ClientEvent, ReserveClient, ReserveOptions};
     let (target, held) = stalling_listener();
     let forward = target.local_addr().unwrap().as_socket().unwrap();
     let (addr, _relay) = relay(RelayConfig::default());
-    let (tx, rx) = mpsc::channel::<()>();
-    let (_, client) = run_loop(Config::default(), move |r| {
-        let mut opts = ReserveOptions::new(addr, "p", "svc", &forward.to_string());
-        opts.setup_timeout = secs(0.3);
-        let hook = Box::new(move |_: &mut reactor::Context<'_>, ev: &ClientEvent<'_>| {
-            if matches!(ev, ClientEvent::Reserved { .. }) {
-                let _ = tx.send(());
-            }
-        });
-        r.spawn(ReserveClient::new(opts, hook).unwrap());
-    });
-    rx.recv_timeout(IO_TIMEOUT).expect("not reserved");
+    let client = reserving_client(addr, forward, |opts| opts.setup_timeout = secs(0.3));
     let mut c = Peer::connect(addr);
     c.send(&Message::Connect { id: "svc" });
     assert!(matches!(c.recv(), Got::Connected(_)));
