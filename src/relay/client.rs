@@ -642,13 +642,22 @@ impl Handler for CircuitEnd {
             match self.bridge.as_ref() {
                 // Bridged, and the forward connect is done: nothing to time out.
                 Some(b) if !b.b.is_connecting() => return Ok(()),
-                // It failed (the flag stays set on a failed connect); the bridge
+                // A side failed (a failed connect leaves the flag set); the bridge
                 // was delivering what it could to the other side.
-                Some(b) if b.failure().is_some() => log::warn!(
-                    "circuit end: the forward connect failed and the circuit had not \
-                     finished within {:?}; closing it",
-                    self.setup_timeout
-                ),
+                Some(b) if b.failure().is_some() => {
+                    if let Some((side, e)) = b.failure() {
+                        log::warn!(
+                            "circuit end: the {} failed ({e}) and the circuit had not \
+                             finished within {:?}; closing it",
+                            if side == 'a' {
+                                "relay connection"
+                            } else {
+                                "forward connection"
+                            },
+                            self.setup_timeout
+                        );
+                    }
+                }
                 Some(_) => log::warn!(
                     "circuit end: the forward target did not accept the connection within \
                      {:?}; closing the circuit",
