@@ -71,8 +71,32 @@ pub fn run_loop<T: Send + 'static>(
     )
 }
 
-/// The path of a built example binary (cargo builds examples before tests).
+/// The path of a built example binary. A full `cargo test` builds the examples
+/// before the tests; `cargo test --test NAME` does not, and would run stale or
+/// missing binaries, so the first call in a test process brings them up to date
+/// with `cargo build --examples` (a no-op check when they are).
 pub fn example_bin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "--examples",
+            "--manifest-path",
+            manifest,
+        ]);
+        if !cfg!(debug_assertions) {
+            // `cargo test --release`: the binaries beside this test are release ones.
+            cmd.arg("--release");
+        }
+        let status = cmd.stdin(Stdio::null()).status();
+        match status {
+            Ok(s) if s.success() => {}
+            other => panic!("cargo build --examples failed: {other:?}"),
+        }
+    });
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join("examples").join(name);
