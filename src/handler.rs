@@ -175,19 +175,7 @@ pub trait Handler: 'static {
     /// [`on_hangup`](Handler::on_hangup) and [`on_error`](Handler::on_error), in that
     /// order of importance: an error event goes to `on_error` only.
     fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
-        if ev.is_error() {
-            return self.on_error(cx, ev.source());
-        }
-        if ev.is_readable() || ev.is_read_closed() {
-            self.on_readable(cx, ev.source())?;
-        }
-        if (ev.is_writable() || ev.is_write_closed()) && !cx.is_closing() {
-            self.on_writable(cx, ev.source())?;
-        }
-        if ev.is_hangup() && !cx.is_closing() {
-            self.on_hangup(cx, ev.source())?;
-        }
-        Ok(())
+        split_event(self, cx, ev)
     }
 
     /// The source can be read (or has reached end of file). Read until `WouldBlock`.
@@ -243,6 +231,32 @@ pub trait Handler: 'static {
 
     /// Last call before the handler is dropped, whatever the reason it closed.
     fn on_close(&mut self, cx: &mut Context<'_>) {}
+}
+
+/// The default [`Handler::on_event`]: `ev` split into
+/// [`on_error`](Handler::on_error) (an error event goes there only), then
+/// [`on_readable`](Handler::on_readable), [`on_writable`](Handler::on_writable) and
+/// [`on_hangup`](Handler::on_hangup), the last two skipped once the handler is
+/// closing. A handler that overrides `on_event` for some states (e.g. one that
+/// passes whole events to a two-socket pump) calls it for the others.
+pub fn split_event<H: Handler + ?Sized>(
+    h: &mut H,
+    cx: &mut Context<'_>,
+    ev: Event,
+) -> HandlerResult {
+    if ev.is_error() {
+        return h.on_error(cx, ev.source());
+    }
+    if ev.is_readable() || ev.is_read_closed() {
+        h.on_readable(cx, ev.source())?;
+    }
+    if (ev.is_writable() || ev.is_write_closed()) && !cx.is_closing() {
+        h.on_writable(cx, ev.source())?;
+    }
+    if ev.is_hangup() && !cx.is_closing() {
+        h.on_hangup(cx, ev.source())?;
+    }
+    Ok(())
 }
 
 /// `a::b::Foo<c::Bar>` -> `Foo<c::Bar>`: enough to recognise a handler in a log line.

@@ -808,17 +808,8 @@ impl Handler for RelayConn {
             }
             _ => {}
         }
-        // The trait's default split, for frames.
-        if ev.is_error() {
-            return self.on_error(cx, ev.source());
-        }
-        if ev.is_readable() || ev.is_read_closed() {
-            self.on_readable(cx, ev.source())?;
-        }
-        if (ev.is_writable() || ev.is_write_closed()) && !cx.is_closing() {
-            self.on_writable(cx, ev.source())?;
-        }
-        Ok(())
+        // Frames: the trait's default split.
+        handler::split_event(self, cx, ev)
     }
 
     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
