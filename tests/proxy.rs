@@ -15,8 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    CHUNK, Running, SMALL_SOCKET_BUFFER, Server, Stream, check_stream, example_bin,
-    push_until_stuck, reset, run_loop, send_stream, small_buffer_connect, unacked,
+    Pusher, Running, SMALL_SOCKET_BUFFER, Server, Stream, check_stream, example_bin,
+    push_until_stuck, reset, run_loop, send_stream, send_stream_counted, small_buffer_connect,
+    unacked,
 };
 use reactor::echo::{EchoOptions, echo_listener};
 use reactor::proxy::socks5::{
@@ -839,48 +840,18 @@ fn backpressure_bounds_buffering_and_resumes() {
     };
     let (proxy, counters, server) = start_proxy(opts);
     let mut c = connect(proxy);
-    c.set_nonblocking(true).unwrap();
-    let mut g = Stream(5);
-    let mut buf = vec![0u8; CHUNK];
-    let mut carry = 0; // unsent bytes at the end of `buf`
-    let mut sent = 0usize;
-    let mut last_progress = Instant::now();
     // Push until nothing moves for 500 ms (everything between us and the upstream's
     // receive buffer is full).
-    while last_progress.elapsed() < Duration::from_millis(500) {
-        if carry == 0 {
-            g.fill(&mut buf);
-            carry = CHUNK;
-        }
-        match c.write(&buf[CHUNK - carry..]) {
-            Ok(n) => {
-                sent += n;
-                carry -= n;
-                last_progress = Instant::now();
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("{e}"),
-        }
-        assert!(sent < 64 << 20, "the proxy buffered without bound");
-    }
+    let mut push = Pusher::new(5);
+    let sent = push.until_stuck(&mut c, Duration::from_millis(500), 64 << 20);
     assert!(
         sent > 256 * 1024,
         "only {sent} bytes went through before stalling"
     );
     // Now the upstream reads: the stalled side resumes and every byte arrives.
     go_tx.send(()).unwrap();
-    c.set_nonblocking(false).unwrap();
-    c.write_all(&buf[CHUNK - carry..]).unwrap();
-    sent += carry;
-    let more = 3 << 20;
-    let mut left = more;
-    while left > 0 {
-        g.fill(&mut buf);
-        let n = left.min(CHUNK);
-        c.write_all(&buf[..n]).unwrap();
-        left -= n;
-    }
-    sent += more;
+    push.write_more(&mut c, 3 << 20);
+    let sent = push.sent();
     c.shutdown(Shutdown::Write).unwrap();
     assert_eq!(upstream.join().unwrap(), sent);
     drop(c);
@@ -943,22 +914,9 @@ fn small_buffer_listener() -> TcpListener {
 /// half-closes. A write stuck for longer than the socket's write timeout fails with
 /// a message saying how far it got.
 fn send_counted(w: &mut TcpStream, seed: u64, total: usize, sent: &AtomicUsize, who: &str) {
-    let mut g = Stream(seed);
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        g.fill(&mut buf[..n]);
-        if let Err(e) = w.write_all(&buf[..n]) {
-            panic!(
-                "{who}: stuck after {} of {total} bytes ({e})",
-                sent.load(Ordering::Relaxed)
-            );
-        }
+    send_stream_counted(w, seed, total, who, |n| {
         sent.fetch_add(n, Ordering::Relaxed);
-        left -= n;
-    }
-    w.shutdown(Shutdown::Write).unwrap();
+    });
 }
 
 /// Full-duplex bulk where neither end reads at first, through `via` (the proxy, or

@@ -299,17 +299,33 @@ pub const CHUNK: usize = 64 * 1024;
 
 /// Writes `total` bytes of stream `seed` on `w`, then half-closes it; returns it.
 pub fn send_stream(mut w: TcpStream, seed: u64, total: usize) -> TcpStream {
+    send_stream_counted(&mut w, seed, total, "send stream", |_| {});
+    w
+}
+
+/// [`send_stream`] that reports each chunk written to `progress`. A write that fails
+/// (e.g. stuck past the socket's write timeout) panics naming `who` and how far it
+/// got.
+pub fn send_stream_counted(
+    w: &mut TcpStream,
+    seed: u64,
+    total: usize,
+    who: &str,
+    mut progress: impl FnMut(usize),
+) {
     let mut g = Stream(seed);
     let mut buf = vec![0u8; CHUNK];
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(CHUNK);
+    let mut done = 0;
+    while done < total {
+        let n = (total - done).min(CHUNK);
         g.fill(&mut buf[..n]);
-        w.write_all(&buf[..n]).expect("send stream");
-        left -= n;
+        if let Err(e) = w.write_all(&buf[..n]) {
+            panic!("{who}: stuck after {done} of {total} bytes ({e})");
+        }
+        progress(n);
+        done += n;
     }
     w.shutdown(Shutdown::Write).unwrap();
-    w
 }
 
 /// Reads to end of file, checking every byte against stream `seed`; returns the
@@ -358,32 +374,79 @@ pub fn unacked(s: &TcpStream) -> usize {
 /// us and a reader that does not read is full, the forwarder's queues included);
 /// returns the bytes written.
 pub fn push_until_stuck(s: &mut TcpStream, seed: u64) -> usize {
-    s.set_nonblocking(true).unwrap();
-    let mut g = Stream(seed);
-    let mut buf = vec![0u8; CHUNK];
-    let mut carry = 0;
-    let mut sent = 0;
-    let mut last_progress = Instant::now();
-    while last_progress.elapsed() < Duration::from_millis(300) {
-        if carry == 0 {
-            g.fill(&mut buf);
-            carry = CHUNK;
+    Pusher::new(seed).until_stuck(s, Duration::from_millis(300), 256 << 20)
+}
+
+/// A writer of stream `seed` that remembers where it stopped, so that a test can
+/// push until a reader that does not read holds everything back, then go on with
+/// the same stream once it reads.
+pub struct Pusher {
+    g: Stream,
+    buf: Vec<u8>,
+    /// Unsent bytes at the end of `buf`.
+    carry: usize,
+    sent: usize,
+}
+
+impl Pusher {
+    /// At the start of stream `seed`.
+    pub fn new(seed: u64) -> Pusher {
+        Pusher {
+            g: Stream(seed),
+            buf: vec![0u8; CHUNK],
+            carry: 0,
+            sent: 0,
         }
-        match s.write(&buf[CHUNK - carry..]) {
-            Ok(n) => {
-                sent += n;
-                carry -= n;
-                last_progress = Instant::now();
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(e) => panic!("{e}"),
-        }
-        assert!(sent < 256 << 20, "the forwarder buffered without bound");
     }
-    s.set_nonblocking(false).unwrap();
-    sent
+
+    /// Bytes written so far.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// Writes without blocking until nothing moves for `quiet`; returns the bytes
+    /// written so far. More than `limit` bytes fails the test: whatever is in
+    /// between buffered without bound. `s` is left blocking.
+    pub fn until_stuck(&mut self, s: &mut TcpStream, quiet: Duration, limit: usize) -> usize {
+        s.set_nonblocking(true).unwrap();
+        let mut last_progress = Instant::now();
+        while last_progress.elapsed() < quiet {
+            if self.carry == 0 {
+                self.g.fill(&mut self.buf);
+                self.carry = CHUNK;
+            }
+            match s.write(&self.buf[CHUNK - self.carry..]) {
+                Ok(n) => {
+                    self.sent += n;
+                    self.carry -= n;
+                    last_progress = Instant::now();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+            assert!(self.sent < limit, "the forwarder buffered without bound");
+        }
+        s.set_nonblocking(false).unwrap();
+        self.sent
+    }
+
+    /// Blocking: the rest of the chunk the last push stopped in, then `more` bytes
+    /// of the stream.
+    pub fn write_more(&mut self, s: &mut TcpStream, more: usize) {
+        s.write_all(&self.buf[CHUNK - self.carry..]).unwrap();
+        self.sent += self.carry;
+        self.carry = 0;
+        let mut left = more;
+        while left > 0 {
+            self.g.fill(&mut self.buf);
+            let n = left.min(CHUNK);
+            s.write_all(&self.buf[..n]).unwrap();
+            left -= n;
+        }
+        self.sent += more;
+    }
 }
 
 /// Closes `s` with a reset (`SO_LINGER` 0), as a crashing or aborting peer does.
