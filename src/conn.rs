@@ -342,6 +342,17 @@ impl Conn {
         &self.rbuf
     }
 
+    /// Reads what has arrived (as [`fill`](Conn::fill) does) and drops it, with
+    /// what was buffered already: for a side whose input has nowhere to go. Reading
+    /// rather than ignoring it keeps the peer from being held up, and leaves no
+    /// unread input at close, which would make the kernel reset the connection and
+    /// throw away what it had not yet delivered the other way.
+    pub fn discard_input(&mut self, cx: &mut Context<'_>) -> io::Result<ReadStatus> {
+        let r = self.fill(cx);
+        self.rbuf.clear();
+        r
+    }
+
     /// Drops `n` bytes from the front of the read buffer.
     pub fn consume(&mut self, n: usize) {
         if n >= self.rbuf.len() {

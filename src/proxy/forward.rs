@@ -142,6 +142,11 @@ impl Pipe {
         }
     }
 
+    /// The byte limit per direction of [`Pipe::with_limit`] (0: none).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// The first direction ([`UP`] or [`DOWN`]) that had more bytes than the limit
     /// of [`Pipe::with_limit`], if any.
     pub fn over_limit(&self) -> Option<usize> {
@@ -180,8 +185,10 @@ impl Pipe {
     }
 
     /// Handles one readiness event of either connection. `client` and `upstream` are
-    /// told apart by their source numbers. Returns how many bytes this call moved
-    /// (for an idle timeout).
+    /// told apart by their source numbers. Returns how many bytes this call moved,
+    /// read from either side or taken from a queue by either socket (for an idle
+    /// timeout: a slow reader draining a queue, while the other side is paused, is
+    /// not idle).
     ///
     /// A socket error (a reset, a broken pipe) is not returned: it ends that side
     /// only. Nothing more is written to the failed side, but what the proxy already
@@ -196,19 +203,15 @@ impl Pipe {
         client: &mut Conn,
         upstream: &mut Conn,
     ) -> usize {
-        let d = if ev.source() == client.source() {
-            UP
+        let (d, this, other) = if ev.source() == client.source() {
+            (UP, client, upstream)
         } else {
-            DOWN
+            (DOWN, upstream, client)
         };
-        let (this, other) = if d == UP {
-            (client, upstream)
-        } else {
-            (upstream, client)
-        };
-        let mut moved = 0;
+        let queued = this.write_pending() + other.write_pending();
+        let mut read = 0;
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            moved = self.pump(cx, d, this, other);
+            read = self.pump(cx, d, this, other);
         }
         if ev.is_error() && !self.failed[d] {
             // A reset that reading did not report (this side's input had ended, or
@@ -222,7 +225,10 @@ impl Pipe {
         if ev.is_writable() || ev.is_write_closed() {
             self.drain(cx, 1 - d, this, other);
         }
-        moved
+        // What was read went into the queues (or was dropped, and not counted):
+        // whatever the queues are short of that was written.
+        let written = (queued + read).saturating_sub(this.write_pending() + other.write_pending());
+        read + written
     }
 
     /// Direction `d`: reads `from` (unless `to` is congested), queues what was read
@@ -232,13 +238,8 @@ impl Pipe {
         let mut moved = 0;
         if !self.ended[d] {
             if self.failed[1 - d] {
-                // Nobody to deliver to. Read and drop rather than stop reading, so
-                // `from`'s peer is not held up, and our eventual close finds no
-                // unread input (which would make the kernel send a reset that can
-                // destroy what we delivered to that peer).
-                let r = from.fill(cx);
-                let n = from.read_buf().len();
-                from.consume(n);
+                // Nobody to deliver to: read and drop (see `Conn::discard_input`).
+                let r = from.discard_input(cx);
                 self.end_input(cx, d, from, to, r);
                 return 0;
             }

@@ -196,12 +196,7 @@ impl Session {
                 let Some(up) = self.upstream.as_mut() else {
                     return Err(io::Error::other("relaying without an upstream"));
                 };
-                // Progress either way keeps the session alive: bytes read, or
-                // queued bytes taken by a slow reader (a download to a client that
-                // reads slower than one buffer per idle timeout is not idle).
-                let queued = self.client.write_pending() + up.write_pending();
-                let moved = self.pipe.on_event(cx, ev, &mut self.client, up);
-                if moved > 0 || self.client.write_pending() + up.write_pending() < queued {
+                if self.pipe.on_event(cx, ev, &mut self.client, up) > 0 {
                     self.idle.touch(cx);
                 }
                 if self.pipe.is_done(&self.client, up) {
@@ -230,9 +225,7 @@ impl Session {
             }
             Phase::Refusing => {
                 if ev.source() == CLIENT {
-                    self.client.fill(cx)?;
-                    let n = self.client.read_buf().len();
-                    self.client.consume(n);
+                    self.client.discard_input(cx)?;
                     self.client.flush(cx)?;
                     if self.client.is_done() {
                         cx.close();

@@ -64,7 +64,6 @@ pub struct Bridge {
     /// The reserver's side.
     pub b: Conn,
     pipe: Pipe,
-    limit: u64,
     /// The budget was reported exceeded (once).
     over_reported: bool,
 }
@@ -88,7 +87,6 @@ impl Bridge {
             pipe: Pipe::with_limit(cfg.low_watermark, limits.max_bytes_per_direction),
             a,
             b,
-            limit: limits.max_bytes_per_direction,
             over_reported: false,
         }
     }
@@ -135,7 +133,7 @@ impl Bridge {
                 } else {
                     Direction::ToConnector
                 },
-                limit: self.limit,
+                limit: self.pipe.limit(),
             });
         }
         if self.pipe.is_lingering(&self.a, &self.b) {

@@ -644,25 +644,23 @@ impl Handler for CircuitEnd {
                 Some(b) if !b.b.is_connecting() => return Ok(()),
                 // A side failed (a failed connect leaves the flag set); the bridge
                 // was delivering what it could to the other side.
-                Some(b) if b.failure().is_some() => {
-                    if let Some((side, e)) = b.failure() {
-                        log::warn!(
-                            "circuit end: the {} failed ({e}) and the circuit had not \
-                             finished within {:?}; closing it",
-                            if side == 'a' {
-                                "relay connection"
-                            } else {
-                                "forward connection"
-                            },
-                            self.setup_timeout
-                        );
-                    }
-                }
-                Some(_) => log::warn!(
-                    "circuit end: the forward target did not accept the connection within \
-                     {:?}; closing the circuit",
-                    self.setup_timeout
-                ),
+                Some(b) => match b.failure() {
+                    Some((side, e)) => log::warn!(
+                        "circuit end: the {} failed ({e}) and the circuit had not \
+                         finished within {:?}; closing it",
+                        if side == 'a' {
+                            "relay connection"
+                        } else {
+                            "forward connection"
+                        },
+                        self.setup_timeout
+                    ),
+                    None => log::warn!(
+                        "circuit end: the forward target did not accept the connection \
+                         within {:?}; closing the circuit",
+                        self.setup_timeout
+                    ),
+                },
                 None => log::warn!(
                     "circuit end: not set up within {:?}; closing it",
                     self.setup_timeout

@@ -618,10 +618,7 @@ fn flush_control(conn: &mut Conn, cx: &mut Context<'_>, low_watermark: usize) ->
 /// answers are handed to the kernel and the client has closed its side, or the
 /// connection failed.
 fn lingering_done(conn: &mut Conn, cx: &mut Context<'_>) -> bool {
-    let read = conn.fill(cx);
-    let n = conn.read_buf().len();
-    conn.consume(n);
-    match read {
+    match conn.discard_input(cx) {
         Err(_) => true,
         Ok(st) => st.eof && conn.write_pending() == 0,
     }
