@@ -65,6 +65,7 @@ pub mod echo;
 pub mod framing;
 pub mod handler;
 pub mod listener;
+pub mod log_limit;
 pub mod peer_wire;
 pub mod pool;
 pub mod proxy;

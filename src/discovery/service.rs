@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 use super::proto::{self, Announcement, Metadata};
 use super::table::{self, Jitter, PeerTable};
 use crate::handler::{Handler, HandlerId, HandlerResult, SourceId};
+use crate::log_limit::LogLimiter;
 use crate::reactor::Context;
 use crate::timer::TimerId;
 use crate::udp::{SendOutcome, UdpConfig, UdpConn, UdpOptions, UdpStats};
@@ -172,41 +173,11 @@ pub struct DiscoveryStats {
     pub reject_logs: u64,
 }
 
-/// One log line per period for a class of problems, counting what it skipped.
-#[derive(Debug, Default)]
-struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-    logged: u64,
-}
-
-impl RateLimit {
-    /// True if a line may be written now; the caller then logs `suppressed()`.
-    fn allow(&mut self, now: Instant, every: Duration) -> bool {
-        match self.last {
-            Some(t) if now.saturating_duration_since(t) < every => {
-                self.suppressed += 1;
-                false
-            }
-            _ => {
-                self.last = Some(now);
-                self.logged += 1;
-                true
-            }
-        }
-    }
-
-    fn take_suppressed(&mut self) -> u64 {
-        std::mem::take(&mut self.suppressed)
-    }
-}
-
 /// The discovery component. See the module docs.
 #[derive(Debug)]
 pub struct Discovery {
     id: String,
     interval: Duration,
-    reject_every: Duration,
     udp: UdpConn,
     dest: SocketAddr,
     table: PeerTable,
@@ -221,8 +192,8 @@ pub struct Discovery {
     last_early: Option<Instant>,
     expiry_timer: Option<(TimerId, Instant)>,
     expired: Vec<PeerEvent>,
-    rejects: RateLimit,
-    send_fail: RateLimit,
+    rejects: LogLimiter,
+    send_fail: LogLimiter,
     announcements: u64,
     announce_failures: u64,
     started: bool,
@@ -309,7 +280,6 @@ impl Discovery {
             jitter: Jitter::new(cfg.interval, instance),
             id: cfg.id,
             interval: cfg.interval,
-            reject_every: cfg.reject_log_interval,
             udp,
             dest: SocketAddr::new(cfg.broadcast, port),
             instance,
@@ -320,8 +290,8 @@ impl Discovery {
             last_early: None,
             expiry_timer: None,
             expired: Vec::new(),
-            rejects: RateLimit::default(),
-            send_fail: RateLimit::default(),
+            rejects: LogLimiter::new(cfg.reject_log_interval),
+            send_fail: LogLimiter::new(cfg.reject_log_interval),
             announcements: 0,
             announce_failures: 0,
             started: false,
@@ -368,7 +338,7 @@ impl Discovery {
             udp: self.udp.stats(),
             announcements: self.announcements,
             announce_failures: self.announce_failures,
-            reject_logs: self.rejects.logged,
+            reject_logs: self.rejects.logged(),
         }
     }
 
@@ -388,12 +358,11 @@ impl Discovery {
             Ok(SendOutcome::Dropped) => self.announce_failures += 1,
             Err(e) => {
                 self.announce_failures += 1;
-                if self.send_fail.allow(now, self.reject_every) {
+                if let Some(more) = self.send_fail.allow(now) {
                     log::warn!(
-                        "discovery {}: cannot send announcement to {}: {e} ({} more failures not logged)",
+                        "discovery {}: cannot send announcement to {}: {e} ({more} more failures not logged)",
                         self.id,
                         self.dest,
-                        self.send_fail.take_suppressed()
                     );
                 }
             }
@@ -417,7 +386,6 @@ impl Discovery {
         let first = events.len();
         let table = &mut self.table;
         let rejects = &mut self.rejects;
-        let every = self.reject_every;
         let id = &self.id;
         self.udp.recv(cx, |data, from, _truncated| {
             // A truncated datagram holds MAX_DATAGRAM_LEN + 1 bytes: decode calls it
@@ -434,8 +402,7 @@ impl Discovery {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    if rejects.allow(now, every) {
-                        let more = rejects.take_suppressed();
+                    if let Some(more) = rejects.allow(now) {
                         let kind = if data.len() > proto::MAX_DATAGRAM_LEN {
                             "oversized"
                         } else {

@@ -45,6 +45,7 @@ use mio::net::TcpStream;
 
 use crate::conn::ConnConfig;
 use crate::listener::{ListenOptions, Listener};
+use crate::log_limit::LogLimiter;
 
 pub use rules::{Cidr, Rules};
 pub use session::Session;
@@ -301,37 +302,14 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Session limits and refusal logging, shared (loop thread only) by a listener's
-/// factory and its sessions.
+/// Session limits and refusal logging (at most one line a second, with a count of
+/// the rest: a connection flood cannot flood the log too), shared (loop thread
+/// only) by a listener's factory and its sessions.
 #[derive(Debug, Default)]
 struct Limits {
     open: usize,
     per_ip: HashMap<IpAddr, u32>,
     log: LogLimiter,
-}
-
-/// Lets a log line through at most once per [`REFUSAL_LOG_EVERY`], counting the ones
-/// held back, so a flood of connections cannot flood the log too.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl LogLimiter {
-    /// `Some(lines held back since the last one)` if a line may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
-        {
-            self.last = Some(now);
-            Some(std::mem::take(&mut self.held_back))
-        } else {
-            self.held_back += 1;
-            None
-        }
-    }
 }
 
 /// What every session of one proxy shares: its options, counters and limits.
@@ -342,10 +320,6 @@ pub(crate) struct Shared {
     limits: RefCell<Limits>,
     rejections: RefCell<LogLimiter>,
 }
-
-/// Refusals are logged at most once per this interval, with a count of the rest,
-/// so a connection flood cannot flood the log too.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl Shared {
     /// Admits a new session from `peer`, or says why not (and counts the refusal).

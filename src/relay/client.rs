@@ -23,6 +23,7 @@ use mio::net::TcpStream;
 use crate::conn::{Conn, ConnConfig};
 use crate::handler::{Event, Handler, HandlerId, HandlerResult, SourceId};
 use crate::listener::{ListenOptions, Listener};
+use crate::log_limit::LogLimiter;
 use crate::pool::{JobId, JobResult, take};
 use crate::reactor::Context;
 use crate::timer::TimerId;
@@ -131,8 +132,8 @@ pub struct ReserveClient {
     circuits: usize,
     /// `INCOMING`s ignored at `max_circuits` since the last warning.
     ignored: u64,
-    /// `INCOMING`s for ids this client did not reserve, ever.
-    foreign: u64,
+    /// Warnings about `INCOMING`s for ids this client did not reserve.
+    foreign_log: LogLimiter,
 }
 
 impl ReserveClient {
@@ -155,7 +156,7 @@ impl ReserveClient {
             out: Vec::new(),
             circuits: 0,
             ignored: 0,
-            foreign: 0,
+            foreign_log: LogLimiter::default(),
         })
     }
 
@@ -271,15 +272,12 @@ impl ReserveClient {
                 Message::Incoming { circuit, id } if id != self.opts.id => {
                     // Not what we reserved: accepting would forward a stranger's
                     // circuit to our service. A relay bug, or a hostile relay, so
-                    // warned at the 1st, 2nd, 4th, 8th... only: a flood of them
-                    // must not become a flood of log lines.
-                    self.foreign += 1;
-                    if self.foreign.is_power_of_two() {
+                    // rate-limited: a flood of them must not flood the log.
+                    if let Some(more) = self.foreign_log.allow(cx.now()) {
                         log::warn!(
                             "incoming circuit {circuit:016x} to {id:?} ignored: this client \
-                             reserved {:?} ({} such offers so far)",
+                             reserved {:?} ({more} more such offers since the last warning)",
                             self.opts.id,
-                            self.foreign
                         );
                     }
                 }

@@ -29,6 +29,7 @@ use mio::net::TcpStream;
 use crate::conn::{Conn, ConnConfig, IdleTimeout};
 use crate::handler::{self, Handler, HandlerId, HandlerResult, SourceId};
 use crate::listener::{ListenOptions, Listener};
+use crate::log_limit::LogLimiter;
 use crate::reactor::{Context, Reactor};
 use crate::timer::TimerId;
 
@@ -88,6 +89,10 @@ struct Shared {
     /// Connectors that left before their circuit was accepted.
     circuits_abandoned: u64,
     protocol_errors: u64,
+    /// Lines about clients that misbehave or leave early, which a flood of such
+    /// clients could otherwise turn into a flood of lines (all are counted in the
+    /// stats regardless).
+    client_log: LogLimiter,
 }
 
 impl Shared {
@@ -174,6 +179,7 @@ pub fn spawn(reactor: &mut Reactor, addr: SocketAddr, cfg: RelayConfig) -> io::R
         circuits_over_budget: 0,
         circuits_abandoned: 0,
         protocol_errors: 0,
+        client_log: LogLimiter::default(),
     }));
     let s = shared.clone();
     let listener = Listener::bind(addr, cfg.listen.clone(), move |stream, peer| {
@@ -400,12 +406,17 @@ impl RelayConn {
                     (step, used)
                 }
                 Err(e) => {
-                    self.shared.borrow_mut().protocol_errors += 1;
-                    log::warn!(
-                        "relay connection {} from {}: bad frame: {e}; closing it",
-                        self.id.0,
-                        self.peer
-                    );
+                    let mut sh = self.shared.borrow_mut();
+                    sh.protocol_errors += 1;
+                    if let Some(more) = sh.client_log.allow(cx.now()) {
+                        log::warn!(
+                            "relay connection {} from {}: bad frame: {e}; closing it \
+                             ({more} more such lines held back)",
+                            self.id.0,
+                            self.peer
+                        );
+                    }
+                    drop(sh);
                     let detail = truncate(&e.to_string(), proto::MAX_DETAIL_LEN);
                     refuse(&mut self.out, Reason::BadRequest, Some(&detail));
                     (Next::Close, conn.read_buf().len())
@@ -699,7 +710,12 @@ fn handle_frame(
         }
         Message::Connect { id } if !*reserved && peer_left => {
             sh.circuits_abandoned += 1;
-            log::info!("{ip} sent CONNECT to {id:?} and left at once; no circuit opened");
+            if let Some(more) = sh.client_log.allow(now) {
+                log::info!(
+                    "{ip} sent CONNECT to {id:?} and left at once; no circuit opened \
+                     ({more} more such lines held back)"
+                );
+            }
             Next::Close
         }
         Message::Connect { id } if !*reserved => match sh.table.open_circuit(id, conn, now) {
@@ -835,14 +851,19 @@ impl Handler for RelayConn {
                     // Without this the circuit (and the reserving peer's circuit
                     // slot) would wait for the accept timeout, and a reserver
                     // that accepts meanwhile would be bridged to a dead socket.
-                    self.shared.borrow_mut().circuits_abandoned += 1;
-                    log::info!(
-                        "relay connection {} from {}: connector left before circuit {:016x} \
-                         was accepted; dropping the circuit",
-                        self.id.0,
-                        self.peer,
-                        c.0
-                    );
+                    let mut sh = self.shared.borrow_mut();
+                    sh.circuits_abandoned += 1;
+                    if let Some(more) = sh.client_log.allow(cx.now()) {
+                        log::info!(
+                            "relay connection {} from {}: connector left before circuit \
+                             {:016x} was accepted; dropping the circuit ({more} more such \
+                             lines held back)",
+                            self.id.0,
+                            self.peer,
+                            c.0
+                        );
+                    }
+                    drop(sh);
                     // on_close gives the circuit back to the table.
                     cx.close();
                 }
