@@ -22,13 +22,15 @@
 //!   are blamed on it: the other senders get their debits back, and a later
 //!   failure that includes a banned peer debits nobody.
 //!
-//! It must not do I/O, hash, or read a clock: the caller hashes blocks (on the
-//! worker pool) and acts on the bans it returns. Memory is bounded: at most
+//! It must not do I/O, hash, read a clock, or keep a ban list of its own: the
+//! caller hashes blocks (on the worker pool), acts on the bans it returns, and
+//! says who is banned (`banned`, the peer manager's list, which may also forget a
+//! ban: a peer it lets back is judged afresh). Memory is bounded: at most
 //! [`MAX_RECORDS`] failed pieces are remembered (each with one digest and sender per
 //! block) and at most [`MAX_TRACKED`] peers' trust; beyond that, new records or new
 //! peers are not tracked (a failure still bans a sole sender).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 
@@ -109,7 +111,6 @@ struct Record<K> {
 pub struct Blame<K> {
     trust: HashMap<K, i32>,
     records: VecDeque<Record<K>>,
-    banned: HashSet<K>,
 }
 
 impl<K: Copy + Eq + Hash> Default for Blame<K> {
@@ -124,26 +125,12 @@ impl<K: Copy + Eq + Hash> Blame<K> {
         Blame {
             trust: HashMap::new(),
             records: VecDeque::new(),
-            banned: HashSet::new(),
         }
     }
 
     /// The peer's trust (0 for a peer with no history).
     pub fn trust(&self, peer: K) -> i32 {
         self.trust.get(&peer).copied().unwrap_or(0)
-    }
-
-    /// The peer was banned.
-    pub fn is_banned(&self, peer: K) -> bool {
-        self.banned.contains(&peer)
-    }
-
-    /// Forgets that `peer` was banned: the peer manager forgot its ban (its
-    /// bounded list dropped the oldest) and let it connect again, so it starts
-    /// over as a fresh peer. Kept banned here, every failure it took part in would
-    /// count as explained and it could never be banned again.
-    pub fn forget_ban(&mut self, peer: K) {
-        self.banned.remove(&peer);
     }
 
     /// A failed copy of `piece` waits for comparison: when it next verifies, pass the
@@ -171,14 +158,17 @@ impl<K: Copy + Eq + Hash> Blame<K> {
     /// senders of those pieces get their debits back, and the records stay only as
     /// evidence against a second liar. A ban on trust alone proves nothing about
     /// the others, so their debits stand.
-    fn ban(&mut self, peers: &[(K, BanReason)], explains: bool, bans: &mut Vec<(K, BanReason)>) {
+    fn ban(
+        &mut self,
+        peers: &[(K, BanReason)],
+        explains: bool,
+        banned: &dyn Fn(K) -> bool,
+        bans: &mut Vec<(K, BanReason)>,
+    ) {
         let mut new = Vec::new();
         for &(peer, why) in peers {
-            if self.banned.contains(&peer) || new.contains(&peer) {
+            if banned(peer) || new.contains(&peer) {
                 continue;
-            }
-            if self.banned.len() < MAX_TRACKED {
-                self.banned.insert(peer);
             }
             self.trust.remove(&peer);
             bans.push((peer, why));
@@ -194,19 +184,21 @@ impl<K: Copy + Eq + Hash> Blame<K> {
             }
         }
         for s in refunds {
-            if !self.banned.contains(&s) && !new.contains(&s) {
+            if !banned(s) && !new.contains(&s) {
                 self.adjust(s, FAIL_DEBIT);
             }
         }
     }
 
     /// `piece` failed its hash check. `blocks` lists, for each block, its index,
-    /// who sent it and the digest of what was sent. Peers to ban are appended to
-    /// `bans` (close them and do not dial them again); the other senders are kept.
+    /// who sent it and the digest of what was sent; `banned` says who is banned
+    /// already. Peers to ban are appended to `bans` (ban them, close them and do not
+    /// dial them again); the other senders are kept.
     pub fn piece_failed(
         &mut self,
         piece: u32,
         blocks: Vec<(u32, K, Digest)>,
+        banned: &dyn Fn(K) -> bool,
         bans: &mut Vec<(K, BanReason)>,
     ) {
         let mut senders: Vec<K> = Vec::new();
@@ -215,12 +207,17 @@ impl<K: Copy + Eq + Hash> Blame<K> {
                 senders.push(s);
             }
         }
-        let explained = senders.iter().any(|&s| self.banned.contains(&s));
+        let explained = senders.iter().any(|&s| banned(s));
         let mut debited = Vec::with_capacity(senders.len());
         let mut distrusted = Vec::new();
         if !explained {
             if let [only] = senders[..] {
-                self.ban(&[(only, BanReason::SoleSender { piece })], true, bans);
+                self.ban(
+                    &[(only, BanReason::SoleSender { piece })],
+                    true,
+                    banned,
+                    bans,
+                );
                 return;
             }
             for &s in &senders {
@@ -247,22 +244,23 @@ impl<K: Copy + Eq + Hash> Blame<K> {
                 debited,
             });
         }
-        self.ban(&distrusted, false, bans);
+        self.ban(&distrusted, false, banned, bans);
     }
 
     /// `piece` verified. `senders` are the peers that sent its blocks (each once);
     /// `good` the digests of its blocks by index, if [`Blame::wants_digests`] asked
-    /// for them (`None` otherwise: no comparison). Senders of recorded blocks that
-    /// differ are appended to `bans`.
+    /// for them (`None` otherwise: no comparison); `banned` says who is banned
+    /// already. Senders of recorded blocks that differ are appended to `bans`.
     pub fn piece_passed(
         &mut self,
         piece: u32,
         senders: &[K],
         good: Option<&[Digest]>,
+        banned: &dyn Fn(K) -> bool,
         bans: &mut Vec<(K, BanReason)>,
     ) {
         for &s in senders {
-            if !self.banned.contains(&s) {
+            if !banned(s) {
                 self.adjust(s, PASS_CREDIT);
             }
         }
@@ -287,12 +285,12 @@ impl<K: Copy + Eq + Hash> Blame<K> {
                 }
             }
             for &s in &r.debited {
-                if !liars.iter().any(|&(l, _)| l == s) && !self.banned.contains(&s) {
+                if !liars.iter().any(|&(l, _)| l == s) && !banned(s) {
                     self.adjust(s, FAIL_DEBIT);
                 }
             }
         }
-        self.ban(&liars, true, bans);
+        self.ban(&liars, true, banned, bans);
     }
 
     /// A peer's connection closed. A peer with nothing against it is forgotten (so
@@ -308,6 +306,70 @@ impl<K: Copy + Eq + Hash> Blame<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    /// The blame with the caller's side of it: a ban list (the engine's is the
+    /// peer manager's) that records every ban the blame reports.
+    struct Judge<K> {
+        b: Blame<K>,
+        banned: HashSet<K>,
+    }
+
+    impl<K: Copy + Eq + Hash> Judge<K> {
+        fn new() -> Self {
+            Judge {
+                b: Blame::new(),
+                banned: HashSet::new(),
+            }
+        }
+
+        fn piece_failed(
+            &mut self,
+            piece: u32,
+            blocks: Vec<(u32, K, Digest)>,
+            bans: &mut Vec<(K, BanReason)>,
+        ) {
+            let set = &self.banned;
+            self.b
+                .piece_failed(piece, blocks, &|k| set.contains(&k), bans);
+            self.banned.extend(bans.iter().map(|&(k, _)| k));
+        }
+
+        fn piece_passed(
+            &mut self,
+            piece: u32,
+            senders: &[K],
+            good: Option<&[Digest]>,
+            bans: &mut Vec<(K, BanReason)>,
+        ) {
+            let set = &self.banned;
+            self.b
+                .piece_passed(piece, senders, good, &|k| set.contains(&k), bans);
+            self.banned.extend(bans.iter().map(|&(k, _)| k));
+        }
+
+        fn is_banned(&self, peer: K) -> bool {
+            self.banned.contains(&peer)
+        }
+
+        /// The ban list forgot `peer` (its oldest entries go first).
+        fn forget_ban(&mut self, peer: K) {
+            self.banned.remove(&peer);
+        }
+    }
+
+    impl<K> std::ops::Deref for Judge<K> {
+        type Target = Blame<K>;
+        fn deref(&self) -> &Blame<K> {
+            &self.b
+        }
+    }
+
+    impl<K> std::ops::DerefMut for Judge<K> {
+        fn deref_mut(&mut self) -> &mut Blame<K> {
+            &mut self.b
+        }
+    }
 
     const H: u8 = 1; // honest
     const L: u8 = 2; // liar
@@ -327,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_sole_sender_is_banned_at_once() {
-        let mut b = Blame::new();
+        let mut b = Judge::new();
         let mut bans = Vec::new();
         b.piece_failed(4, blocks(&[(L, 9), (L, 9), (L, 9)]), &mut bans);
         assert_eq!(bans, vec![(L, BanReason::SoleSender { piece: 4 })]);
@@ -337,7 +399,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_ban_is_judged_afresh() {
-        let mut b = Blame::new();
+        let mut b = Judge::new();
         let mut bans = Vec::new();
         b.piece_failed(4, blocks(&[(L, 9), (L, 9)]), &mut bans);
         assert_eq!(bans.len(), 1);
@@ -353,7 +415,7 @@ mod tests {
 
     #[test]
     fn shared_failure_bans_nobody_and_the_good_copy_names_the_liar() {
-        let mut b = Blame::new();
+        let mut b = Judge::new();
         let mut bans = Vec::new();
         // Blocks 0 and 2 from the honest peer are right (digest 0, 2); the liar's
         // block 1 is wrong (the good one is 1, it sent 7).
@@ -374,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_second_failure_from_a_single_peer_bans_it_and_clears_the_others() {
-        let mut b = Blame::new();
+        let mut b = Judge::new();
         let mut bans = Vec::new();
         b.piece_failed(1, blocks(&[(H, 0), (L, 7)]), &mut bans);
         b.piece_failed(2, blocks(&[(G, 0), (L, 7)]), &mut bans);
@@ -398,7 +460,7 @@ mod tests {
 
     #[test]
     fn repeated_shared_failures_ban_by_trust() {
-        let mut b = Blame::new();
+        let mut b = Judge::new();
         let mut bans = Vec::new();
         // Two peers that keep failing together, no good copy ever arriving: three
         // failures take a fresh peer to the ban threshold.
@@ -416,7 +478,7 @@ mod tests {
 
     #[test]
     fn earned_trust_absorbs_shared_failures() {
-        let mut b = Blame::new();
+        let mut b = Judge::new();
         let mut bans = Vec::new();
         for piece in 10..20 {
             b.piece_passed(piece, &[H], None, &mut bans);
@@ -436,7 +498,7 @@ mod tests {
 
     #[test]
     fn a_passing_piece_without_a_record_only_credits() {
-        let mut b = Blame::<u8>::new();
+        let mut b = Judge::<u8>::new();
         let mut bans = Vec::new();
         b.piece_passed(0, &[H, G], Some(&[d(0)]), &mut bans);
         assert!(bans.is_empty());
@@ -451,7 +513,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded() {
-        let mut b = Blame::<u32>::new();
+        let mut b = Judge::<u32>::new();
         let mut bans = Vec::new();
         for piece in 0..(MAX_RECORDS as u32 * 3) {
             // Fresh pairs each time: nobody reaches the threshold.

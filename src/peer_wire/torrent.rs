@@ -225,17 +225,6 @@ pub(crate) fn key_of(id: HandlerId) -> PeerKey {
 }
 
 impl Shared {
-    /// A connection to `addr` is about to open, so the peer manager does not ban
-    /// it (any more): if the blame still does, its ban aged out of the manager's
-    /// bounded list, and the blame forgets it too, so a second offence is judged
-    /// (and banned) like a first one.
-    pub(crate) fn forget_aged_ban(&mut self, addr: SocketAddr) {
-        if self.blame.is_banned(addr) && !self.peers.is_banned(&addr) {
-            log::info!("peer {addr}: its ban aged out of the ban list; judged afresh");
-            self.blame.forget_ban(addr);
-        }
-    }
-
     /// Fresh state for `meta`: nothing verified, no sessions.
     pub(crate) fn new(meta: Arc<Metainfo>, cfg: TorrentConfig) -> std::io::Result<Shared> {
         let picker = Picker::new(meta.total_length, meta.piece_length)
@@ -473,7 +462,6 @@ pub fn start(
                 );
                 return None;
             }
-            s.forget_aged_ban(peer);
             drop(s);
             Some(Session::incoming(sh.clone(), stream, peer))
         })
@@ -680,7 +668,6 @@ impl Engine {
         }
         for i in 0..self.dial_buf.len() {
             let addr = self.dial_buf[i];
-            self.sh.borrow_mut().forget_aged_ban(addr);
             match Session::outgoing(self.sh.clone(), addr) {
                 Ok(s) => {
                     log::debug!("connecting to {addr}");
@@ -887,15 +874,38 @@ impl Engine {
                 let mut sh = self.sh.borrow_mut();
                 sh.picker.piece_verified(piece, ok);
                 let mut bans = Vec::new();
-                if ok {
-                    let mut distinct: Vec<SocketAddr> = Vec::new();
-                    for s in senders.iter().flatten() {
-                        if !distinct.contains(s) {
-                            distinct.push(*s);
+                {
+                    // The peer manager keeps the one ban list.
+                    let Shared { blame, peers, .. } = &mut *sh;
+                    let banned = |a: SocketAddr| peers.is_banned(&a);
+                    if ok {
+                        let mut distinct: Vec<SocketAddr> = Vec::new();
+                        for s in senders.iter().flatten() {
+                            if !distinct.contains(s) {
+                                distinct.push(*s);
+                            }
                         }
+                        blame.piece_passed(
+                            piece,
+                            &distinct,
+                            digests.as_deref(),
+                            &banned,
+                            &mut bans,
+                        );
+                    } else {
+                        let digests = digests.unwrap_or_default();
+                        let blocks: Vec<_> = senders
+                            .iter()
+                            .zip(&digests)
+                            .enumerate()
+                            .filter_map(|(i, (s, d))| Some((i as u32, (*s)?, *d)))
+                            .collect();
+                        log::warn!(
+                            "piece {piece} failed its hash check; discarded, will be fetched again from a single peer; sent by {}",
+                            describe_senders(&blocks)
+                        );
+                        blame.piece_failed(piece, blocks, &banned, &mut bans);
                     }
-                    sh.blame
-                        .piece_passed(piece, &distinct, digests.as_deref(), &mut bans);
                 }
                 if ok {
                     sh.have_log.push(piece);
@@ -906,19 +916,6 @@ impl Engine {
                         let b = (a + cs as usize).min(data.len());
                         sh.cache_insert(piece, k, data.slice(a..b));
                     }
-                } else {
-                    let digests = digests.unwrap_or_default();
-                    let blocks: Vec<_> = senders
-                        .iter()
-                        .zip(&digests)
-                        .enumerate()
-                        .filter_map(|(i, (s, d))| Some((i as u32, (*s)?, *d)))
-                        .collect();
-                    log::warn!(
-                        "piece {piece} failed its hash check; discarded, will be fetched again from a single peer; sent by {}",
-                        describe_senders(&blocks)
-                    );
-                    sh.blame.piece_failed(piece, blocks, &mut bans);
                 }
                 for (addr, why) in bans {
                     log::warn!(
