@@ -105,6 +105,9 @@ pub struct Conn {
     source: SourceId,
     cfg: ConnConfig,
     rbuf: BytesMut,
+    /// How far [`Conn::next_frame`]'s decoder has searched the read buffer without
+    /// finding a frame end; 0 whenever the buffer's start moves.
+    scanned: usize,
     wbuf: BytesMut,
     eof: bool,
     /// Paused by the handler ([`Conn::pause_reading`]); only
@@ -133,6 +136,7 @@ impl Conn {
             source,
             cfg,
             rbuf: BytesMut::new(),
+            scanned: 0,
             wbuf: BytesMut::new(),
             eof: false,
             paused: false,
@@ -333,6 +337,7 @@ impl Conn {
     }
 
     fn release_read_buf(&mut self, cx: &mut Context<'_>) {
+        self.scanned = 0;
         let b = std::mem::take(&mut self.rbuf);
         cx.core().bufs.put(b);
     }
@@ -350,11 +355,13 @@ impl Conn {
     pub fn discard_input(&mut self, cx: &mut Context<'_>) -> io::Result<ReadStatus> {
         let r = self.fill(cx);
         self.rbuf.clear();
+        self.scanned = 0;
         r
     }
 
     /// Drops `n` bytes from the front of the read buffer.
     pub fn consume(&mut self, n: usize) {
+        self.scanned = 0;
         if n >= self.rbuf.len() {
             // Not advanced to the end, which would leave a buffer that reports no
             // capacity while still owning its allocation (`fill` relies on zero
@@ -367,9 +374,14 @@ impl Conn {
 
     /// The next complete frame in the read buffer, as offsets into
     /// [`read_buf`](Conn::read_buf); call [`consume`](Conn::consume) with
-    /// `frame.consumed` when done with it.
-    pub fn next_frame<D: Decoder + ?Sized>(&self, d: &D) -> Result<Option<Frame>, FrameError> {
-        d.decode(&self.rbuf)
+    /// `frame.consumed` when done with it. Where the last search stopped is kept
+    /// ([`Decoder::decode_from`]), so a long frame arriving in many reads is
+    /// searched once, not once per read. The position is reset whenever the
+    /// buffer's start moves (`consume` and the like); a handler that switches to a
+    /// decoder with another delimiter does so after consuming a frame, as a
+    /// protocol's switch is itself a frame.
+    pub fn next_frame<D: Decoder + ?Sized>(&mut self, d: &D) -> Result<Option<Frame>, FrameError> {
+        d.decode_from(&self.rbuf, &mut self.scanned)
     }
 
     /// True once the peer has closed its write side.
@@ -389,6 +401,7 @@ impl Conn {
     /// Moves everything in the read buffer to the write queue without copying when
     /// the queue is empty: an echo in one call.
     pub fn echo_read_buf(&mut self) {
+        self.scanned = 0;
         if self.wbuf.is_empty() {
             std::mem::swap(&mut self.rbuf, &mut self.wbuf);
         } else {
@@ -400,6 +413,7 @@ impl Conn {
     /// Moves everything in this connection's read buffer to `to`'s write queue
     /// (without copying when that queue is empty). For proxies.
     pub fn move_read_buf_to(&mut self, to: &mut Conn) {
+        self.scanned = 0;
         if to.wbuf.is_empty() {
             std::mem::swap(&mut self.rbuf, &mut to.wbuf);
         } else {

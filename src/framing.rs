@@ -57,6 +57,17 @@ pub trait Decoder {
     /// are needed, `Err` when the stream is malformed (close the connection).
     fn decode(&self, buf: &[u8]) -> Result<Option<Frame>, FrameError>;
 
+    /// Like [`decode`](Decoder::decode), for a decoder that can resume a search:
+    /// `*scanned` is what the previous call on the same buffer left there (0 at
+    /// first, and after the buffer's start moved), so bytes already searched need
+    /// not be searched again; see [`Delimited::decode_resume`] for the contract.
+    /// [`Conn::next_frame`](crate::conn::Conn::next_frame) keeps the cursor. The
+    /// default ignores it (a length prefix needs no search).
+    fn decode_from(&self, buf: &[u8], scanned: &mut usize) -> Result<Option<Frame>, FrameError> {
+        let _ = scanned;
+        self.decode(buf)
+    }
+
     /// The most bytes one frame (with its header) may occupy; a connection needs a
     /// read buffer at least this large.
     fn max_frame(&self) -> usize;
@@ -72,8 +83,8 @@ pub trait Decoder {
 /// at the whole buffer from the start. That rescan is bounded by the maximum frame
 /// (it never looks past `max_payload` plus the delimiter), so it costs O(max frame)
 /// per call; but a long line trickled in small reads is then scanned once per read.
-/// A handler that wants each byte looked at once keeps a cursor and calls
-/// [`Delimited::decode_resume`] instead.
+/// [`Conn::next_frame`](crate::conn::Conn::next_frame) keeps a cursor and calls
+/// [`Delimited::decode_resume`] instead, so each byte is looked at once.
 ///
 /// ```
 /// use reactor::framing::{Decoder, Delimited};
@@ -184,6 +195,10 @@ impl Decoder for Delimited {
         self.search(buf, 0)
     }
 
+    fn decode_from(&self, buf: &[u8], scanned: &mut usize) -> Result<Option<Frame>, FrameError> {
+        self.decode_resume(buf, scanned)
+    }
+
     fn max_frame(&self) -> usize {
         self.max_payload.saturating_add(self.delimiter.len())
     }
@@ -251,7 +266,7 @@ impl Decoder for LengthPrefixed {
         // frame could never be buffered.
         let Some(end) = self.header.checked_add(len as usize) else {
             return Err(FrameError::TooLarge {
-                len: usize::MAX,
+                len: len as usize,
                 max: self.max_payload,
             });
         };

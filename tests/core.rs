@@ -980,13 +980,13 @@ fn echo_binary_logs_stats_lines() {
     assert_eq!(srv.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
-/// Echoes length-prefixed frames; frames larger than the pool's buffers make the
-/// read buffer grow, frames above the maximum close the connection.
-struct FrameEcho {
+/// Echoes frames of `codec`, re-encoded with `encode`.
+struct FrameEcho<D> {
     conn: Conn,
-    codec: reactor::framing::LengthPrefixed,
+    codec: D,
+    encode: fn(&D, &[u8], &mut bytes::BytesMut),
 }
-impl Handler for FrameEcho {
+impl<D: reactor::framing::Decoder + 'static> Handler for FrameEcho<D> {
     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
         Ok(self.conn.register(cx)?)
     }
@@ -994,9 +994,7 @@ impl Handler for FrameEcho {
         let st = self.conn.fill(cx)?;
         let mut out = bytes::BytesMut::new();
         while let Some(f) = self.conn.next_frame(&self.codec)? {
-            self.codec
-                .encode(f.payload(self.conn.read_buf()), &mut out)
-                .unwrap();
+            (self.encode)(&self.codec, f.payload(self.conn.read_buf()), &mut out);
             self.conn.consume(f.consumed);
         }
         self.conn.queue(cx, &out);
@@ -1012,21 +1010,25 @@ impl Handler for FrameEcho {
     }
 }
 
-#[test]
-fn framed_connection_grows_for_big_frames_and_refuses_oversized_ones() {
-    const MAX: usize = 512 * 1024;
-    let (addr, server) = run_loop(Config::default(), |r| {
+/// A listener whose connections echo frames of `codec` (cloned per connection).
+fn frame_echo_server<D: reactor::framing::Decoder + Clone + Send + 'static>(
+    codec: D,
+    encode: fn(&D, &[u8], &mut bytes::BytesMut),
+    max_read_buffer: usize,
+) -> (SocketAddr, common::Running) {
+    run_loop(Config::default(), move |r| {
         let l = Listener::bind(
             "127.0.0.1:0".parse().unwrap(),
             ListenOptions::default(),
-            |s, _| {
+            move |s, _| {
                 let cfg = ConnConfig {
-                    max_read_buffer: MAX + 4,
+                    max_read_buffer,
                     ..ConnConfig::default()
                 };
                 Some(FrameEcho {
                     conn: Conn::new(s, 0, cfg),
-                    codec: reactor::framing::LengthPrefixed::new(4, MAX),
+                    codec: codec.clone(),
+                    encode,
                 })
             },
         )
@@ -1034,7 +1036,19 @@ fn framed_connection_grows_for_big_frames_and_refuses_oversized_ones() {
         let a = l.local_addr();
         r.spawn(l);
         a
-    });
+    })
+}
+
+/// Length-prefixed frames: frames larger than the pool's buffers make the read
+/// buffer grow, frames above the maximum close the connection.
+#[test]
+fn framed_connection_grows_for_big_frames_and_refuses_oversized_ones() {
+    const MAX: usize = 512 * 1024;
+    let (addr, server) = frame_echo_server(
+        reactor::framing::LengthPrefixed::new(4, MAX),
+        |d, p, out| d.encode(p, out).unwrap(),
+        MAX + 4,
+    );
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     for (i, size) in [1usize, 70_000, 300_000, MAX, 0, 5].into_iter().enumerate() {
@@ -1051,6 +1065,51 @@ fn framed_connection_grows_for_big_frames_and_refuses_oversized_ones() {
     expect_closed(&mut c);
     let stats = server.stop();
     assert_eq!(stats.handlers_failed, 1);
+}
+
+/// Delimited frames arriving in pieces, a delimiter split across reads included,
+/// and a long line in many small reads: `next_frame` resumes its search where the
+/// last one stopped, and finds every frame whole.
+#[test]
+fn delimited_frames_arriving_in_pieces_are_found_whole() {
+    let (addr, server) = frame_echo_server(
+        reactor::framing::Delimited::new(b"\r\n", 256 * 1024),
+        |d, p, out| d.encode(p, out),
+        512 * 1024,
+    );
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let pause = || std::thread::sleep(Duration::from_millis(20));
+    for piece in [
+        &b"hel"[..],
+        b"lo\r",
+        b"\nwor",
+        b"ld\r",
+        b"\n",
+        b"a\r\nb\r\n",
+    ] {
+        c.write_all(piece).unwrap();
+        pause();
+    }
+    let want = b"hello\r\nworld\r\na\r\nb\r\n";
+    let mut back = vec![0u8; want.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, want);
+    // 200 KiB without a delimiter, in 4 KiB writes, then its end.
+    let line: Vec<u8> = pseudo_random_bytes(77, 200 * 1024)
+        .into_iter()
+        .map(|b| b'a' + b % 26)
+        .collect();
+    for chunk in line.chunks(4096) {
+        c.write_all(chunk).unwrap();
+    }
+    c.write_all(b"\r\n").unwrap();
+    let mut back = vec![0u8; line.len() + 2];
+    c.read_exact(&mut back).unwrap();
+    assert!(back[..line.len()] == line[..] && &back[line.len()..] == b"\r\n");
+    drop(c);
+    assert_eq!(server.stop().handlers_failed, 0);
 }
 
 /// Gives its connection (with whatever it has buffered) to another handler.
