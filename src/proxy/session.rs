@@ -82,9 +82,9 @@ pub struct Session {
     handshake: Option<Handshake>,
     target: Option<Target>,
     addrs: Vec<SocketAddr>,
+    /// Index of the next address to try (the one being connected to is the one
+    /// before).
     next_addr: usize,
-    /// The address being connected to.
-    current: Option<SocketAddr>,
     last_err: Option<io::Error>,
     /// Handshake, whole-connect, refusal or linger deadline, depending on the phase.
     deadline: Option<TimerId>,
@@ -113,7 +113,6 @@ impl Session {
             target: None,
             addrs: Vec::new(),
             next_addr: 0,
-            current: None,
             last_err: None,
             deadline: None,
             connect_by: None,
@@ -401,7 +400,6 @@ impl Session {
             match attempt {
                 Ok(c) => {
                     self.upstream = Some(c);
-                    self.current = Some(addr);
                     self.phase = Phase::Connecting;
                     let after = self.addrs.len() - self.next_addr;
                     if after > 0 {
@@ -444,9 +442,15 @@ impl Session {
         }
     }
 
-    /// The address being connected to, for logs.
+    /// The address being connected to (or last tried).
+    fn current(&self) -> Option<SocketAddr> {
+        let i = self.next_addr.checked_sub(1)?;
+        self.addrs.get(i).copied()
+    }
+
+    /// [`current`](Session::current), for logs.
     fn current_addr(&self) -> String {
-        self.current.map(|a| a.to_string()).unwrap_or_default()
+        self.current().map(|a| a.to_string()).unwrap_or_default()
     }
 
     fn connected(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -455,13 +459,14 @@ impl Session {
         self.phase = Phase::Relaying;
         self.idle.start(cx);
         let socks = self.is_socks();
+        let to = self.current();
         let Some(up) = self.upstream.as_mut() else {
             return Ok(());
         };
         log::debug!(
-            "session {}: connected to {:?} via {:?}",
+            "session {}: connected to {} via {:?}",
             self.peer,
-            self.current,
+            to.map(|a| a.to_string()).unwrap_or_default(),
             up.stream().local_addr()
         );
         if socks {
