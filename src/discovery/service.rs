@@ -185,9 +185,8 @@ pub struct Discovery {
     instance: u64,
     hello: Vec<u8>,
     bye: Vec<u8>,
-    announce_timer: Option<TimerId>,
-    /// When [`announce_timer`](Self::announce_timer) fires.
-    announce_at: Instant,
+    /// The next announcement's timer and when it fires.
+    announce_timer: Option<(TimerId, Instant)>,
     /// When the last announcement brought forward for a newcomer went (or goes) out.
     last_early: Option<Instant>,
     expiry_timer: Option<(TimerId, Instant)>,
@@ -286,7 +285,6 @@ impl Discovery {
             hello,
             bye,
             announce_timer: None,
-            announce_at: Instant::now(),
             last_early: None,
             expiry_timer: None,
             expired: Vec::new(),
@@ -369,10 +367,10 @@ impl Discovery {
         }
         let delay = self.jitter.next_delay();
         // An interval too long for an Instant is, for comparisons, "never".
-        self.announce_at = now
+        let at = now
             .checked_add(delay)
             .unwrap_or_else(|| now + Duration::from_secs(1 << 30));
-        self.announce_timer = Some(cx.timer_once(delay));
+        self.announce_timer = Some((cx.timer_once(delay), at));
     }
 
     /// Receives every waiting datagram (under the budget), appending membership
@@ -447,26 +445,13 @@ impl Discovery {
         }
         let cap = (self.interval / 8).min(Duration::from_millis(50));
         let gap = (self.interval / 4).min(Duration::from_secs(1));
-        // The jitter's delay is uniform in [0.75, 1.25] intervals; scaled by
-        // cap / (1.25 interval) it lands in [0.6 cap, cap].
-        let delay = self
-            .jitter
-            .next_delay()
-            .mul_f64(cap.as_secs_f64() / (1.25 * self.interval.as_secs_f64()))
-            .min(cap);
-        let mut at = now + delay;
+        let mut at = now + self.jitter.next_between(cap * 3 / 5, cap);
         if let Some(last) = self.last_early {
             at = at.max(last + gap);
         }
-        if self.announce_timer.is_some() && self.announce_at <= at {
-            return;
+        if fire_by(cx, &mut self.announce_timer, at) {
+            self.last_early = Some(at);
         }
-        if let Some(t) = self.announce_timer.take() {
-            cx.cancel_timer(t);
-        }
-        self.last_early = Some(at);
-        self.announce_at = at;
-        self.announce_timer = Some(cx.timer_once(at.saturating_duration_since(now)));
     }
 
     /// Sends queued announcements. Call it on writable events of
@@ -488,7 +473,7 @@ impl Discovery {
         timer: TimerId,
         events: &mut Vec<PeerEvent>,
     ) -> bool {
-        if self.announce_timer == Some(timer) {
+        if self.announce_timer.map(|(t, _)| t) == Some(timer) {
             self.announce_timer = None;
             if !self.left {
                 self.announce(cx);
@@ -508,17 +493,9 @@ impl Discovery {
     /// Keeps one timer at the table's next expiry (moved earlier when a new peer
     /// brings an earlier deadline; peers refreshing never move it).
     fn arm_expiry(&mut self, cx: &mut Context<'_>) {
-        let Some(at) = self.table.next_expiry() else {
-            return;
-        };
-        if let Some((t, armed)) = self.expiry_timer {
-            if armed <= at {
-                return;
-            }
-            cx.cancel_timer(t);
+        if let Some(at) = self.table.next_expiry() {
+            fire_by(cx, &mut self.expiry_timer, at);
         }
-        let after = at.saturating_duration_since(cx.now());
-        self.expiry_timer = Some((cx.timer_once(after), at));
     }
 
     /// Broadcasts the goodbye (peers forget this node at once instead of after the
@@ -531,7 +508,7 @@ impl Discovery {
             return self.is_flushed();
         }
         self.left = true;
-        if let Some(t) = self.announce_timer.take() {
+        if let Some((t, _)) = self.announce_timer.take() {
             cx.cancel_timer(t);
         }
         match self.udp.send_to(cx, &self.bye, self.dest) {
@@ -547,6 +524,24 @@ impl Discovery {
     /// Time between announcements.
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+}
+
+/// Keeps the timer in `slot` (its id and when it fires) firing no later than `at`:
+/// armed if there is none, moved earlier if it fires later, left alone otherwise.
+/// Returns true if it now fires at `at`.
+fn fire_by(cx: &mut Context<'_>, slot: &mut Option<(TimerId, Instant)>, at: Instant) -> bool {
+    let after = at.saturating_duration_since(cx.now());
+    match slot {
+        Some((_, armed)) if *armed <= at => false,
+        Some((t, armed)) if cx.reset_timer(*t, after) => {
+            *armed = at;
+            true
+        }
+        _ => {
+            *slot = Some((cx.timer_once(after), at));
+            true
+        }
     }
 }
 

@@ -488,13 +488,23 @@ impl Jitter {
     /// Next delay, uniform in `[0.75 * interval, 1.25 * interval]`.
     pub fn next_delay(&mut self) -> Duration {
         let n = self.interval.as_nanos(); // < 2^94, so the u128 maths below cannot overflow
-        let lo = n - n / 4;
-        let hi = n + n / 4;
+        self.nanos_between(n - n / 4, n + n / 4)
+    }
+
+    /// A delay uniform in `[lo, hi]` (both included; `hi` below `lo` counts as
+    /// `lo`), from the same sequence.
+    pub fn next_between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        self.nanos_between(lo.as_nanos(), hi.as_nanos().max(lo.as_nanos()))
+    }
+
+    fn nanos_between(&mut self, lo: u128, hi: u128) -> Duration {
+        // Both below 2^95 (at most 1.25 Duration::MAX), so `hi - lo + 1` and
+        // `lo + r % span` cannot overflow.
         let span = hi - lo + 1;
         let r = (u128::from(self.next_u64()) << 64) | u128::from(self.next_u64());
         // Modulo bias is below span / 2^128, i.e. negligible.
         let nanos = lo + r % span;
-        // Above 1.0 * interval the result can exceed Duration::MAX; saturate.
+        // Past Duration::MAX (1.25 of a huge interval): saturate.
         match (
             u64::try_from(nanos / 1_000_000_000),
             u32::try_from(nanos % 1_000_000_000),

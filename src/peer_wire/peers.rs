@@ -167,9 +167,6 @@ pub struct PeerStats {
     /// We may dial it (false for peers only seen as inbound connections,
     /// whose source port is usually ephemeral).
     pub dialable: bool,
-    /// Banned for bad data (this address, or its host): never dialled or
-    /// accepted again.
-    pub banned: bool,
 }
 
 impl PeerStats {
@@ -234,9 +231,7 @@ impl PeerManager {
 
     /// What is known about `addr`.
     pub fn peer(&self, addr: &SocketAddr) -> Option<PeerStats> {
-        let mut p = self.peers.get(addr).copied()?;
-        p.banned = self.bans.contains(addr);
-        Some(p)
+        self.peers.get(addr).copied()
     }
 
     /// `addr` (or its host, off loopback) is banned.
@@ -260,7 +255,6 @@ impl PeerManager {
             bytes_up: 0,
             next_attempt: now,
             dialable,
-            banned: false,
         }
     }
 
@@ -506,7 +500,7 @@ mod tests {
         assert!(m.ban(liar));
         assert!(!m.ban(liar), "banned twice");
         m.disconnected(liar, t0, USEFUL);
-        assert!(m.peer(&liar).unwrap().banned);
+        assert!(m.peer(&liar).is_some() && m.is_banned(&liar));
         // Announced again, hours later: still not dialled, nor accepted.
         let later = t0 + Duration::from_secs(3 * 3600);
         assert!(m.add_peer(liar, later));

@@ -402,6 +402,11 @@ impl Picker {
         self.geo.piece_len(piece)
     }
 
+    /// Blocks in `piece` (the last piece may have fewer).
+    pub fn block_count(&self, piece: u32) -> u32 {
+        self.geo.block_count(piece)
+    }
+
     /// Block size in use.
     pub fn block_size(&self) -> u32 {
         self.geo.block_size

@@ -804,7 +804,7 @@ impl Peer {
             Received::Accepted { piece_complete } => {
                 let plen = sh.picker.piece_len(piece) as usize;
                 let bsize = sh.picker.block_size();
-                let blocks = sh.picker.piece_len(piece).div_ceil(bsize) as usize;
+                let blocks = sh.picker.block_count(piece) as usize;
                 let a = sh.assembling.entry(piece).or_insert_with(|| Assembly {
                     buf: bytes::BytesMut::zeroed(plen),
                     senders: vec![None; blocks],
