@@ -565,6 +565,16 @@ impl Conn {
         }
     }
 
+    /// Turns [`ConnConfig::pause_on_own_queue`] on or off for this connection, e.g.
+    /// off when it joins a proxy's pipe, which pauses each side for the other
+    /// side's queue and never for its own. Turning it off lifts a pause it had set.
+    pub fn set_pause_on_own_queue(&mut self, cx: &mut Context<'_>, on: bool) {
+        self.cfg.pause_on_own_queue = on;
+        if !on {
+            self.lift_self_pause(cx);
+        }
+    }
+
     /// Stops reading until [`resume_reading`](Conn::resume_reading) (backpressure
     /// from elsewhere, e.g. the other side of a proxy). Writing and flushing do not
     /// lift it.

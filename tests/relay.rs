@@ -993,6 +993,34 @@ fn unlimited_relay() -> (SocketAddr, common::Running) {
     }))
 }
 
+/// A circuit's directions are independent: the connector uploads 16 MiB before it
+/// reads anything while the reserver sends 16 MiB back (and reads). A relay that
+/// paused an end for its *own* unread download would stop the upload, and both
+/// ends would wait for ever.
+#[test]
+fn a_circuit_upload_is_not_held_up_by_its_own_unread_download() {
+    const N: usize = 16 << 20;
+    let (addr, _relay) = unlimited_relay();
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let (a, b) = open_circuit(addr, &mut owner, "svc");
+    for s in [&a.s, &b.s] {
+        s.set_write_timeout(Some(secs(20.0))).unwrap();
+        s.set_read_timeout(Some(secs(20.0))).unwrap();
+    }
+    let b_down = b.s.try_clone().unwrap();
+    let reserver = std::thread::spawn(move || {
+        let sent = std::thread::spawn(move || drop(send_stream(b_down, 62, N)));
+        let got = check_stream(b.s, 61);
+        sent.join().unwrap();
+        got
+    });
+    // The connector: everything up first, only then its download.
+    let up = send_stream(a.s, 61, N);
+    assert_eq!(check_stream(up, 62), N, "the connector's download");
+    assert_eq!(reserver.join().unwrap(), N, "the reserver's upload");
+}
+
 /// The reserver's end sends its last bytes and closes while the connector, not
 /// reading yet, is still uploading; the relay's writes to the closed end fail (its
 /// kernel answers with a reset). Everything the relay took from the reserver must

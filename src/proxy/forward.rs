@@ -9,8 +9,8 @@
 //! resumes when that queue drains to the low watermark. The two directions are
 //! independent, as over a direct TCP connection: a side is never paused for its
 //! *own* queue, so a client that uploads while not yet reading its download keeps
-//! uploading. That is why a pipe's connections are made with
-//! [`Pipe::conn_config`], which turns [`ConnConfig::pause_on_own_queue`] off.
+//! uploading. That is why [`Pipe::start`] turns [`ConnConfig::pause_on_own_queue`](crate::conn::ConnConfig::pause_on_own_queue)
+//! off on the two connections it is given.
 //!
 //! A socket error ends one side, not the session: nothing more is written to the
 //! failed side, but everything already read from it, and what its kernel still
@@ -48,6 +48,7 @@
 //!         if self.upstream.is_connecting() {
 //!             // The client stays paused until then; resuming re-queues its read.
 //!             if ev.source() == 1 && self.upstream.poll_connect()? {
+//!                 self.pipe.start(cx, &mut self.client, &mut self.upstream);
 //!                 self.client.resume_reading(cx);
 //!                 cx.requeue(Event::readable(1));
 //!             }
@@ -65,7 +66,7 @@
 //!
 //! fn main() -> std::io::Result<()> {
 //!     let to: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-//!     let cfg = Pipe::conn_config(ConnConfig::default());
+//!     let cfg = ConnConfig::default();
 //!     let mut r = Reactor::new()?;
 //!     let l = Listener::bind("127.0.0.1:0".parse().unwrap(), ListenOptions::default(),
 //!         move |stream, _peer| Some(Forward {
@@ -81,7 +82,7 @@
 
 use std::io;
 
-use crate::conn::{Conn, ConnConfig, ReadStatus};
+use crate::conn::{Conn, ReadStatus};
 use crate::handler::Event;
 use crate::reactor::Context;
 
@@ -163,14 +164,15 @@ impl Pipe {
         self.drain(cx, DOWN, client, upstream);
     }
 
-    /// `cfg` for the two connections of a pipe: the same limits, with
-    /// [`ConnConfig::pause_on_own_queue`] off, because a pipe pauses each side for
-    /// the other side's queue and never for its own (see the module docs).
-    pub fn conn_config(cfg: ConnConfig) -> ConnConfig {
-        ConnConfig {
-            pause_on_own_queue: false,
-            ..cfg
-        }
+    /// Makes `client` and `upstream` this pipe's two sides: turns
+    /// [`ConnConfig::pause_on_own_queue`](crate::conn::ConnConfig::pause_on_own_queue) off on both (lifting a pause it had set),
+    /// because a pipe pauses each side for the other side's queue and never for
+    /// its own (see the module docs). Call it once, when forwarding starts; the
+    /// connections may be made with any `ConnConfig` (a handshake before it, such
+    /// as SOCKS5's, runs with their own settings).
+    pub fn start(&self, cx: &mut Context<'_>, client: &mut Conn, upstream: &mut Conn) {
+        client.set_pause_on_own_queue(cx, false);
+        upstream.set_pause_on_own_queue(cx, false);
     }
 
     /// Bytes moved in direction [`UP`] or [`DOWN`].

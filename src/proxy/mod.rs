@@ -126,9 +126,9 @@ pub struct ProxyOptions {
     /// addresses; runs on the worker pool.
     pub resolver: Resolver,
     /// Buffer limits of each of the two connections (watermarks for backpressure).
-    /// Its `pause_on_own_queue` is ignored: a proxy pauses a side only while the
-    /// *other* side's queue is congested, never for its own (see
-    /// [`forward::Pipe::conn_config`]).
+    /// Its `pause_on_own_queue` holds during the SOCKS5 handshake only: once
+    /// relaying, a proxy pauses a side only while the *other* side's queue is
+    /// congested, never for its own (see [`forward::Pipe::start`]).
     pub conn: ConnConfig,
     /// Listener settings. Its `max_connections` is a hard accept pause; the session
     /// limits below refuse (close) connections instead, and count them.

@@ -102,7 +102,7 @@ pub struct Session {
 impl Session {
     pub(crate) fn new(shared: Rc<Shared>, stream: TcpStream, peer: SocketAddr) -> Session {
         // Never paused for its own queue: the pipe pauses a side for the other's.
-        let cfg = Pipe::conn_config(shared.opts.conn);
+        let cfg = shared.opts.conn;
         let idle = IdleTimeout::new(shared.opts.idle_timeout);
         Session {
             client: Conn::new(stream, CLIENT, cfg),
@@ -395,7 +395,7 @@ impl Session {
         self.disarm_attempt(cx);
         while let Some(&addr) = self.addrs.get(self.next_addr) {
             self.next_addr += 1;
-            let attempt = Conn::connect(addr, UPSTREAM, Pipe::conn_config(self.shared.opts.conn))
+            let attempt = Conn::connect(addr, UPSTREAM, self.shared.opts.conn)
                 .and_then(|mut c| c.register(cx).map(|()| c));
             match attempt {
                 Ok(c) => {
@@ -480,6 +480,7 @@ impl Session {
         // may have arrived with edges we already consumed.
         // Bytes that came with the request wait in the read buffer: pump them even
         // if no new edge comes.
+        self.pipe.start(cx, &mut self.client, up);
         self.client.resume_reading(cx);
         cx.requeue(Event::readable(CLIENT));
         cx.requeue(Event::readable(UPSTREAM));

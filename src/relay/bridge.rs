@@ -8,8 +8,8 @@
 //! - bytes move by swapping buffers (no copy, no allocation), each direction on
 //!   its own: a side is paused while the *other* side's write queue is above its
 //!   high watermark, never for its own queue, so an end that uploads before it
-//!   reads its download keeps uploading (the connections must be made with
-//!   [`Bridge::conn_config`]);
+//!   reads its download keeps uploading ([`Bridge::start`] turns each
+//!   connection's own-queue pause off);
 //! - a half-close is passed on, after what was queued before it;
 //! - a socket error (a reset, a broken pipe) ends that side only: what the bridge
 //!   already read from it, what its kernel still holds and what is queued for the
@@ -69,16 +69,8 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// `cfg` for a bridge's two connections: the same limits, with
-    /// [`ConnConfig::pause_on_own_queue`] off (see the module docs). A connection
-    /// made with `pause_on_own_queue` on still works, but stops being read while
-    /// its own download is queued.
-    pub fn conn_config(cfg: ConnConfig) -> ConnConfig {
-        Pipe::conn_config(cfg)
-    }
-
     /// Joins `a` and `b` (both already registered with the owning handler under
-    /// different sources, made with [`Bridge::conn_config`] of `cfg`), with
+    /// different sources), with
     /// `limits.max_bytes_per_direction` as budget (0: none). A side paused for the
     /// other's queue resumes at `cfg.low_watermark`. Call [`start`](Bridge::start)
     /// next.
@@ -91,10 +83,12 @@ impl Bridge {
         }
     }
 
-    /// Starts forwarding: bytes already buffered on either side (read together
-    /// with a frame) and frames already queued are moved on a re-queued event of
-    /// each side, which then reads on to `WouldBlock`.
+    /// Starts forwarding ([`Pipe::start`]: neither side pauses for its own queue
+    /// from now on): bytes already buffered on either side (read together with a
+    /// frame) and frames already queued are moved on a re-queued event of each
+    /// side, which then reads on to `WouldBlock`.
     pub fn start(&mut self, cx: &mut Context<'_>) {
+        self.pipe.start(cx, &mut self.a, &mut self.b);
         cx.requeue(Event::readable(self.a.source()));
         cx.requeue(Event::readable(self.b.source()));
     }

@@ -398,8 +398,9 @@ impl Handler for ReserveClient {
 pub enum Target {
     /// `HOST:PORT` to resolve on the worker pool and connect to.
     Resolve(String),
-    /// An accepted local connection, made as source 1 with
-    /// [`Bridge::conn_config`] (so its upload is not held up by its download).
+    /// An accepted local connection, made as source 1 (any `ConnConfig`: bridging
+    /// turns its own-queue pause off, so its upload is not held up by its
+    /// download).
     Accepted(Conn),
 }
 
@@ -431,7 +432,7 @@ pub struct CircuitEnd {
 impl CircuitEnd {
     /// A circuit end that sends `hello` (an encoded `ACCEPT` or `CONNECT`
     /// frame) on a new connection to `relay` and bridges it to `target`. Its
-    /// connections are made with [`Bridge::conn_config`] of `cfg`.
+    /// connections are made with `cfg`.
     pub fn new(
         relay: SocketAddr,
         hello: Vec<u8>,
@@ -451,7 +452,7 @@ impl CircuitEnd {
             local,
             connected: false,
             bridge: None,
-            cfg: Bridge::conn_config(cfg),
+            cfg,
             setup_timeout,
             timer: None,
             linger: None,
@@ -705,7 +706,7 @@ pub fn connect_listener(
         Some(CircuitEnd::new(
             relay,
             hello.clone(),
-            Target::Accepted(Conn::new(stream, LOCAL, Bridge::conn_config(cfg))),
+            Target::Accepted(Conn::new(stream, LOCAL, cfg)),
             cfg,
             setup_timeout,
         ))

@@ -79,9 +79,9 @@ struct Shared {
     sweeper: Option<HandlerId>,
     /// Deadline the sweeper's timer is set for.
     armed: Option<Instant>,
-    /// Every connection's settings: [`Bridge::conn_config`], since any of them may
-    /// end up in a circuit. A control connection therefore pauses itself while its
-    /// own answers pile up (see [`RelayConn::control`]).
+    /// Every connection's settings. A control connection is not read while its
+    /// own answers pile up (`pause_on_own_queue`); one that becomes a circuit end
+    /// stops that when bridged ([`Bridge::start`]).
     conn_cfg: ConnConfig,
     request_timeout: Duration,
     circuits_bridged: u64,
@@ -173,7 +173,7 @@ pub fn spawn(reactor: &mut Reactor, addr: SocketAddr, cfg: RelayConfig) -> io::R
         next_conn: 0,
         sweeper: None,
         armed: None,
-        conn_cfg: Bridge::conn_config(cfg.conn),
+        conn_cfg: cfg.conn,
         request_timeout,
         circuits_bridged: 0,
         circuits_over_budget: 0,
@@ -341,8 +341,6 @@ pub struct RelayConn {
     reserved: bool,
     idle: IdleTimeout,
     linger: Option<TimerId>,
-    /// Where a paused control connection resumes (`ConnConfig::low_watermark`).
-    low_watermark: usize,
     /// Frames to send, reused.
     out: Vec<u8>,
     /// The circuit ids this handler must close when it closes.
@@ -366,7 +364,6 @@ impl RelayConn {
             reserved: false,
             idle: IdleTimeout::new(timeout),
             linger: None,
-            low_watermark: cfg.low_watermark,
             out: Vec::new(),
             circuit: None,
             acceptor: None,
@@ -443,13 +440,11 @@ impl RelayConn {
                 self.idle.touch(cx);
             }
         }
-        flush_control(conn, cx, self.low_watermark)?;
-        if conn.is_congested() {
-            // A client that sends requests without reading the answers stops
-            // being read once they pile up (the kernel's buffers then hold it
-            // back), until they drain: its answers never grow without bound.
-            conn.pause_reading();
-        }
+        // A client that sends requests without reading the answers stops being
+        // read once they pile up (its connection's own-queue pause; the kernel's
+        // buffers then hold it back), until they drain: its answers never grow
+        // without bound.
+        conn.flush(cx)?;
         match next {
             Next::Continue => {
                 if st.eof {
@@ -500,7 +495,6 @@ impl RelayConn {
         if let Some(c) = conn.as_mut() {
             // Errors here mean the peer is gone: nothing left to deliver.
             let gone = c.shutdown_write(cx).is_err();
-            c.resume_reading(cx);
             flushed &= gone || lingering_done(c, cx);
         }
         if let Some(b) = bridge.as_mut() {
@@ -610,18 +604,6 @@ impl RelayConn {
         self.state = State::Bridged(bridge, c);
         Ok(())
     }
-}
-
-/// Writes a control connection's queue and lifts the pause of
-/// [`RelayConn::control`] once it is down to `low_watermark`. Every flush of a
-/// control connection goes through here: a queue that drains during some other
-/// flush makes no writable edge later, so a pause not lifted then never would be.
-fn flush_control(conn: &mut Conn, cx: &mut Context<'_>, low_watermark: usize) -> io::Result<()> {
-    conn.flush(cx)?;
-    if conn.is_paused() && conn.write_pending() <= low_watermark {
-        conn.resume_reading(cx);
-    }
-    Ok(())
 }
 
 /// A closing control connection: drops whatever the client sent (see
@@ -876,7 +858,7 @@ impl Handler for RelayConn {
     fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
         match &mut self.state {
             State::Control(conn) | State::Connecting(conn, _) => {
-                flush_control(conn, cx, self.low_watermark)?;
+                conn.flush(cx)?;
                 Ok(())
             }
             // `on_event` passes their events to the bridge.
@@ -925,7 +907,7 @@ impl Handler for RelayConn {
             Notice::Incoming(frame) => {
                 if let State::Control(conn) = &mut self.state {
                     conn.queue(cx, &frame);
-                    flush_control(conn, cx, self.low_watermark)?;
+                    conn.flush(cx)?;
                 }
                 Ok(())
             }
@@ -936,7 +918,7 @@ impl Handler for RelayConn {
                         truncate(&format!("reservation {id} expired"), proto::MAX_DETAIL_LEN);
                     refuse(&mut self.out, Reason::NoReservation, Some(&detail));
                     conn.queue(cx, &self.out);
-                    flush_control(conn, cx, self.low_watermark)?;
+                    conn.flush(cx)?;
                     self.idle.touch(cx);
                 }
                 Ok(())
