@@ -566,6 +566,33 @@ fn half_close_travels_both_ways() {
     assert_eq!(server.stop().handlers_failed, 0);
 }
 
+/// A forwarder to `to` with small write queues (256 KiB high, 64 KiB low
+/// watermark), so that backpressure sets in after little data.
+fn forward_opts_small_queues(to: SocketAddr) -> ProxyOptions {
+    let mut opts = forward_opts(to);
+    opts.conn = ConnConfig {
+        high_watermark: 256 * 1024,
+        low_watermark: 64 * 1024,
+        ..ConnConfig::default()
+    };
+    opts
+}
+
+/// An upstream that accepts one connection and does not read it until `go` is
+/// sent; then it checks stream `seed` to end of file and returns the byte count.
+fn upstream_reading_on_go(seed: u64) -> (SocketAddr, mpsc::Sender<()>, thread::JoinHandle<usize>) {
+    let up = TcpListener::bind(local(0)).unwrap();
+    let addr = up.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let upstream = thread::spawn(move || {
+        let (s, _) = up.accept().unwrap();
+        go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        check_stream(s, seed)
+    });
+    (addr, go_tx, upstream)
+}
+
 /// Waits (bounded) until every session of the proxy has closed, and checks it.
 fn wait_idle(counters: &ProxyCounters) {
     let end = Instant::now() + T;
@@ -695,12 +722,7 @@ fn upstream_reset_after_its_last_bytes_keeps_them() {
         reset(s);
         reset_tx.send(acked).unwrap();
     });
-    let mut opts = forward_opts(up_addr);
-    opts.conn = ConnConfig {
-        high_watermark: 256 * 1024,
-        low_watermark: 64 * 1024,
-        ..ConnConfig::default()
-    };
+    let opts = forward_opts_small_queues(up_addr);
     let (proxy, counters, server) = start_proxy(opts);
     let c = small_buffer_connect(proxy, T);
     let acked = reset_rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -719,21 +741,8 @@ fn upstream_reset_after_its_last_bytes_keeps_them() {
 /// upstream, then a clean end of file.
 #[test]
 fn client_reset_after_its_last_bytes_keeps_the_upload() {
-    let up = TcpListener::bind(local(0)).unwrap();
-    let up_addr = up.local_addr().unwrap();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let upstream = thread::spawn(move || {
-        let (s, _) = up.accept().unwrap();
-        s.set_read_timeout(Some(T)).unwrap();
-        go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        check_stream(s, 43)
-    });
-    let mut opts = forward_opts(up_addr);
-    opts.conn = ConnConfig {
-        high_watermark: 256 * 1024,
-        low_watermark: 64 * 1024,
-        ..ConnConfig::default()
-    };
+    let (up_addr, go_tx, upstream) = upstream_reading_on_go(43);
+    let opts = forward_opts_small_queues(up_addr);
     let (proxy, counters, server) = start_proxy(opts);
     let mut c = connect(proxy);
     let sent = push_until_stuck(&mut c, 43);
@@ -823,21 +832,8 @@ fn failed_session_lingers_then_closes() {
 /// (proxy watermark + socket buffers), and everything arrives once it reads.
 #[test]
 fn backpressure_bounds_buffering_and_resumes() {
-    let up = TcpListener::bind(local(0)).unwrap();
-    let up_addr = up.local_addr().unwrap();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let upstream = thread::spawn(move || {
-        let (s, _) = up.accept().unwrap();
-        go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        s.set_read_timeout(Some(T)).unwrap();
-        check_stream(s, 5)
-    });
-    let mut opts = forward_opts(up_addr);
-    opts.conn = ConnConfig {
-        high_watermark: 256 * 1024,
-        low_watermark: 64 * 1024,
-        ..ConnConfig::default()
-    };
+    let (up_addr, go_tx, upstream) = upstream_reading_on_go(5);
+    let opts = forward_opts_small_queues(up_addr);
     let (proxy, counters, server) = start_proxy(opts);
     let mut c = connect(proxy);
     // Push until nothing moves for 500 ms (everything between us and the upstream's
