@@ -144,13 +144,15 @@ impl<K: Copy + Eq + Hash> Blame<K> {
         self.records.len()
     }
 
-    fn adjust(&mut self, peer: K, by: i32) -> i32 {
+    /// Moves `peer`'s trust by `by` (capped at [`TRUST_MAX`]) and returns it; `None`
+    /// if the peer is not tracked and the table is full.
+    fn adjust(&mut self, peer: K, by: i32) -> Option<i32> {
         if !self.trust.contains_key(&peer) && self.trust.len() >= MAX_TRACKED {
-            return 0;
+            return None;
         }
         let t = self.trust.entry(peer).or_insert(0);
         *t = (*t + by).min(TRUST_MAX);
-        *t
+        Some(*t)
     }
 
     /// Bans `peers` (each once). With proof (`explains`: a sole sender, a block
@@ -221,10 +223,9 @@ impl<K: Copy + Eq + Hash> Blame<K> {
                 return;
             }
             for &s in &senders {
-                if !self.trust.contains_key(&s) && self.trust.len() >= MAX_TRACKED {
+                let Some(t) = self.adjust(s, -FAIL_DEBIT) else {
                     continue;
-                }
-                let t = self.adjust(s, -FAIL_DEBIT);
+                };
                 debited.push(s);
                 if t <= BAN_TRUST {
                     distrusted.push((s, BanReason::Distrusted { trust: t }));
