@@ -17,11 +17,14 @@ struct Spinner {
 }
 
 impl Handler for Spinner {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         cx.requeue(Event::readable(0));
         Ok(())
     }
-    fn on_event(&mut self, cx: &mut Context<'_>, _ev: Event) -> HandlerResult {
+    fn on_event(&mut self, cx: &mut Context<'_, Self>, _ev: Event) -> HandlerResult {
         self.left -= 1;
         if self.left == 0 {
             cx.close();
@@ -43,11 +46,14 @@ struct Ticker {
 }
 
 impl Handler for Ticker {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         cx.timer_repeat(Duration::ZERO);
         Ok(())
     }
-    fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, _t: TimerId) -> HandlerResult {
         self.left -= 1;
         if self.left == 0 {
             cx.close();

@@ -13,8 +13,11 @@ const N: usize = 100_000;
 /// A real handler id (ids can only come from a loop).
 fn owner() -> HandlerId {
     struct Nop;
-    impl reactor::Handler for Nop {}
-    Reactor::new().expect("reactor").spawn(Nop)
+    impl reactor::Handler for Nop {
+        type Message = ();
+        type Job = ();
+    }
+    Reactor::new().expect("reactor").spawn(Nop).id()
 }
 
 fn bench(c: &mut Criterion) {

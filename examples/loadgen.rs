@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use reactor::stats::Histogram;
 use reactor::{
-    Conn, ConnConfig, Context, Handler, HandlerResult, JobId, JobResult, Reactor, SourceId, TimerId,
+    CloseReason, Conn, ConnConfig, Context, Handler, HandlerResult, JobId, JobResult, Loop,
+    Reactor, SourceId, TimerId,
 };
 
 /// Most connections one run may open.
@@ -327,7 +328,7 @@ impl Client {
     }
 
     /// Queues messages until `depth` are in flight (or the write queue is full).
-    fn top_up(&mut self, cx: &mut Context<'_>, now: Instant) {
+    fn top_up(&mut self, cx: &mut Loop<'_>, now: Instant) {
         let size = self.shared.cfg.size;
         while self.stamps.len() < self.shared.cfg.depth && self.conn.write_pending() < WRITE_LIMIT {
             let mut left = size;
@@ -341,7 +342,7 @@ impl Client {
         }
     }
 
-    fn pump(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn pump(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
         let st = self.conn.fill(cx)?;
         if self.conn.is_connecting() {
             return Ok(());
@@ -444,11 +445,14 @@ impl Client {
 }
 
 impl Handler for Client {
+    type Message = ();
+    type Job = ();
+
     fn name(&self) -> &str {
         "loadgen client"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.shared.live.set(self.shared.live.get() + 1);
         self.shared.clients.borrow_mut().push(cx.id());
         self.conn.register(cx)?;
@@ -457,11 +461,11 @@ impl Handler for Client {
         Ok(())
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.pump(cx)
     }
 
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.conn.flush(cx)?;
         if !self.conn.is_connecting() && self.shared.cfg.mode != Mode::Churn && !self.half_closed {
             self.top_up(cx, Instant::now());
@@ -470,7 +474,7 @@ impl Handler for Client {
         Ok(())
     }
 
-    fn on_timer(&mut self, _cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, _cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if self.connect_timer == Some(t) {
             self.connect_timer = None;
             if self.conn.is_connecting() {
@@ -480,14 +484,10 @@ impl Handler for Client {
         Ok(())
     }
 
-    /// The run is over: stop sending and half-close, so the server echoes what is in
+    /// The run is over (the controller's notification): stop sending and half-close, so the server echoes what is in
     /// flight, sees end of file and closes cleanly (dropping a connection with
     /// unread echoes would reset it, which the server logs as an error).
-    fn on_message(
-        &mut self,
-        cx: &mut Context<'_>,
-        _msg: Box<dyn std::any::Any + Send>,
-    ) -> HandlerResult {
+    fn on_notify(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         if !self.half_closed && !self.conn.is_connecting() {
             self.half_closed = true;
             self.conn.shutdown_write(cx)?;
@@ -495,7 +495,7 @@ impl Handler for Client {
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         self.shared.live.set(self.shared.live.get() - 1);
         let id = cx.id();
         let mut clients = self.shared.clients.borrow_mut();
@@ -525,7 +525,7 @@ struct Controller {
 }
 
 impl Controller {
-    fn begin(&mut self, cx: &mut Context<'_>) {
+    fn begin(&mut self, cx: &mut Context<'_, Self>) {
         let s = &self.shared;
         *s.hist.borrow_mut() = Histogram::default();
         s.msgs.set(0);
@@ -540,7 +540,7 @@ impl Controller {
         self.end = Some(cx.timer_once(s.cfg.duration));
     }
 
-    fn finish(&mut self, cx: &mut Context<'_>) {
+    fn finish(&mut self, cx: &mut Context<'_, Self>) {
         let s = &self.shared;
         s.measuring.set(false);
         s.stopping.set(true);
@@ -553,14 +553,14 @@ impl Controller {
         }
         let ids: Vec<_> = s.clients.borrow().clone();
         for id in ids {
-            cx.send(id, Box::new(()));
+            cx.notify(id);
         }
         self.drain = Some(cx.timer_once(DRAIN_TIMEOUT));
         self.maybe_stop(cx);
     }
 
     /// Stops once the end sample is in and every connection has drained.
-    fn maybe_stop(&mut self, cx: &mut Context<'_>) {
+    fn maybe_stop(&mut self, cx: &mut Context<'_, Self>) {
         if self.shared.stopping.get()
             && !self.sampling
             && (self.shared.live.get() == 0 || self.drain_over)
@@ -569,7 +569,7 @@ impl Controller {
         }
     }
 
-    fn sample(&self, cx: &mut Context<'_>, pid: u32) -> Option<JobId> {
+    fn sample(&self, cx: &mut Context<'_, Self>, pid: u32) -> Option<JobId> {
         match cx.offload(move || read_proc(pid)) {
             Ok(j) => Some(j),
             Err(e) => {
@@ -581,11 +581,14 @@ impl Controller {
 }
 
 impl Handler for Controller {
+    type Message = ();
+    type Job = Result<ProcSample, String>;
+
     fn name(&self) -> &str {
         "loadgen controller"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         for _ in 0..self.shared.cfg.connections {
             match Client::new(self.shared.clone()) {
                 Ok(c) => {
@@ -603,7 +606,7 @@ impl Handler for Controller {
         Ok(())
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if Some(t) == self.warm {
             self.begin(cx);
         } else if Some(t) == self.end {
@@ -627,18 +630,18 @@ impl Handler for Controller {
         Ok(())
     }
 
-    fn on_job(&mut self, cx: &mut Context<'_>, job: JobId, result: JobResult) -> HandlerResult {
+    fn on_job(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        job: JobId,
+        result: JobResult<Self::Job>,
+    ) -> HandlerResult {
         let sample = match result {
-            Ok(v) => match v.downcast::<Result<ProcSample, String>>() {
-                Ok(r) => match *r {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        log::error!("{e}");
-                        None
-                    }
-                },
-                Err(_) => None,
-            },
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                log::error!("{e}");
+                None
+            }
             Err(e) => {
                 log::error!("{e}");
                 None

@@ -192,10 +192,7 @@ fn reactor_with(workers: usize) -> Result<Reactor, String> {
     if workers == 0 {
         return Err("--workers must be at least 1".into());
     }
-    let config = Config {
-        workers,
-        ..Config::default()
-    };
+    let config = Config::default().workers(workers);
     Reactor::with_config(config).map_err(|e| format!("cannot start the event loop: {e}"))
 }
 

@@ -128,10 +128,7 @@ fn run(args: Args) -> Result<(), String> {
     opts.max_sessions = args.max_sessions;
     opts.max_sessions_per_ip = args.max_sessions_per_ip;
     let stats = secs("stats-interval", args.stats_interval)?;
-    let config = Config {
-        drain_timeout: secs("drain-timeout", args.drain_timeout)?,
-        ..Config::default()
-    };
+    let config = Config::default().drain_timeout(secs("drain-timeout", args.drain_timeout)?);
 
     let mut reactor = Reactor::with_config(config).map_err(|e| format!("event loop: {e}"))?;
     reactor

@@ -107,7 +107,7 @@ fn run(args: Args) -> Result<(), String> {
             let failure: Rc<RefCell<Option<String>>> = Rc::default();
             let f = failure.clone();
             let hook = Box::new(
-                move |cx: &mut reactor::Context<'_>, ev: &ClientEvent<'_>| match *ev {
+                move |cx: &mut reactor::Loop<'_>, ev: &ClientEvent<'_>| match *ev {
                     ClientEvent::Reserved {
                         id,
                         first,

@@ -19,7 +19,14 @@
 //!   one side while the other side's queue is full) is kept apart from that and only
 //!   [`Conn::resume_reading`] lifts it;
 //! - half-close: end of file from the peer is reported and we can keep writing;
-//!   [`Conn::shutdown_write`] closes our side once the queue drains.
+//!   [`Conn::shutdown_write`] closes our side once the queue drains;
+//! - ending a conversation ([`Conn::close_when_done`], asynchat's name): flush what
+//!   is queued, half-close, then read and drop whatever the peer still sends until
+//!   it closes too ([`Conn::is_done`]); the handler bounds that wait with a linger
+//!   timer. Closing a socket with unread input makes the kernel reset the
+//!   connection and throw away what it had not yet sent, so a plain close is never
+//!   the way to end one; a connection released with output still queued (and a
+//!   peer that was not gone) is logged and counted as truncated.
 //!
 //! It must not decide protocol matters (when to close, what to answer): the handler
 //! does. [`IdleTimeout`] is the idle-connection helper built on the loop's timers.
@@ -42,28 +49,29 @@ const SEND_FLAGS: SendFlags = SendFlags::NOSIGNAL;
 #[cfg(target_vendor = "apple")]
 const SEND_FLAGS: SendFlags = SendFlags::empty();
 
+use crate::event::{Event, SourceId};
 use crate::framing::{Decoder, Frame, FrameError};
-use crate::handler::{Event, SourceId};
-use crate::reactor::Context;
+use crate::reactor::Loop;
 use crate::timer::TimerId;
 
-/// Limits of one connection.
+/// Limits of one connection. The default of each field is in its doc.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnConfig {
     /// A write queue of this many bytes or more is congested
     /// ([`Conn::is_congested`]); with `pause_on_own_queue`, reading this connection
-    /// pauses meanwhile.
+    /// pauses meanwhile. Default 1 MiB.
     pub high_watermark: usize,
     /// A congested write queue counts as drained again at this many bytes: reading
-    /// paused by it resumes.
+    /// paused by it resumes. Default 256 KiB.
     pub low_watermark: usize,
     /// Bytes read per readiness event before yielding to other connections.
+    /// Default 256 KiB.
     pub read_budget: usize,
     /// Bytes one [`Conn::flush`] hands to the socket at most before yielding (the
-    /// rest is re-queued to run before the next poll).
+    /// rest is re-queued to run before the next poll). Default 256 KiB.
     pub write_budget: usize,
     /// The read buffer may grow to this size to hold one incomplete frame; a full
-    /// buffer the handler does not consume is an error.
+    /// buffer the handler does not consume is an error. Default 1 MiB.
     pub max_read_buffer: usize,
     /// Pause reading while this connection's *own* write queue is congested
     /// (default `true`). Right when what is read is answered on the same connection
@@ -72,7 +80,7 @@ pub struct ConnConfig {
     /// that uploads while not yet reading its download would have its upload
     /// stalled, which a direct TCP connection would not do. A proxy sets it `false`
     /// and pauses each side while the *other* side's queue is congested
-    /// ([`crate::proxy::forward::Pipe`]).
+    /// ([`crate::proxy::forward::Pipe`]). Default `true`.
     pub pause_on_own_queue: bool,
 }
 
@@ -86,6 +94,39 @@ impl Default for ConnConfig {
             max_read_buffer: 1024 * 1024,
             pause_on_own_queue: true,
         }
+    }
+}
+
+impl ConnConfig {
+    /// Sets [`ConnConfig::high_watermark`].
+    pub fn high_watermark(mut self, n: usize) -> ConnConfig {
+        self.high_watermark = n;
+        self
+    }
+    /// Sets [`ConnConfig::low_watermark`].
+    pub fn low_watermark(mut self, n: usize) -> ConnConfig {
+        self.low_watermark = n;
+        self
+    }
+    /// Sets [`ConnConfig::read_budget`].
+    pub fn read_budget(mut self, n: usize) -> ConnConfig {
+        self.read_budget = n;
+        self
+    }
+    /// Sets [`ConnConfig::write_budget`].
+    pub fn write_budget(mut self, n: usize) -> ConnConfig {
+        self.write_budget = n;
+        self
+    }
+    /// Sets [`ConnConfig::max_read_buffer`].
+    pub fn max_read_buffer(mut self, n: usize) -> ConnConfig {
+        self.max_read_buffer = n;
+        self
+    }
+    /// Sets [`ConnConfig::pause_on_own_queue`].
+    pub fn pause_on_own_queue(mut self, on: bool) -> ConnConfig {
+        self.pause_on_own_queue = on;
+        self
     }
 }
 
@@ -125,6 +166,11 @@ pub struct Conn {
     write_shut: bool,
     /// A non-blocking connect is in progress.
     connecting: bool,
+    /// [`Conn::close_when_done`] was called: input is read and dropped.
+    closing: bool,
+    /// A socket call failed (a reset, most often): queued output can never be
+    /// delivered, so dropping it is no truncation.
+    broken: bool,
 }
 
 impl Conn {
@@ -145,6 +191,8 @@ impl Conn {
             shutdown_requested: false,
             write_shut: false,
             connecting: false,
+            closing: false,
+            broken: false,
         }
     }
 
@@ -187,7 +235,7 @@ impl Conn {
 
     /// Registers the socket for both readable and writable events, once: with
     /// edge-triggered polling, interest never needs changing (no extra syscalls).
-    pub fn register(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    pub fn register(&mut self, cx: &mut Loop<'_>) -> io::Result<()> {
         cx.register(
             &mut self.stream,
             self.source,
@@ -213,7 +261,7 @@ impl Conn {
     /// Changes the source number, to move a connection from one handler to another
     /// (a relay joining two accepted connections in one handler): deregister it from
     /// the old handler first (`cx.deregister(conn.stream_mut())`), send it over with
-    /// [`Context::send`], then call this and [`register`](Conn::register) in the new
+    /// [`Loop::send`], then call this and [`register`](Conn::register) in the new
     /// handler. Buffered bytes travel with it; call [`fill`](Conn::fill) once after
     /// registering, since data that arrived meanwhile made no edge for the new token.
     pub fn set_source(&mut self, source: SourceId) {
@@ -235,12 +283,16 @@ impl Conn {
     // the instructions per echoed message went into the calls of `fill` and
     // `flush` and the state they could not share with their caller.
     #[inline(always)]
-    pub fn fill(&mut self, cx: &mut Context<'_>) -> io::Result<ReadStatus> {
+    pub fn fill(&mut self, cx: &mut Loop<'_>) -> io::Result<ReadStatus> {
         let mut st = ReadStatus {
             bytes: 0,
             eof: self.eof,
         };
-        if self.eof || self.paused || self.self_paused {
+        // One test of four flags on the hot path (`|`, not `||`: no branches).
+        if self.eof | self.paused | self.self_paused | self.closing {
+            if self.closing {
+                return self.discard_input(cx);
+            }
             return Ok(st);
         }
         if self.connecting && !self.poll_connect()? {
@@ -333,10 +385,13 @@ impl Conn {
         if self.rbuf.is_empty() {
             self.release_read_buf(cx);
         }
+        if result.is_err() {
+            self.broken = true;
+        }
         result.map(|()| st)
     }
 
-    fn release_read_buf(&mut self, cx: &mut Context<'_>) {
+    fn release_read_buf(&mut self, cx: &mut Loop<'_>) {
         self.scanned = 0;
         let b = std::mem::take(&mut self.rbuf);
         cx.core().bufs.put(b);
@@ -347,16 +402,103 @@ impl Conn {
         &self.rbuf
     }
 
-    /// Reads what has arrived (as [`fill`](Conn::fill) does) and drops it, with
-    /// what was buffered already: for a side whose input has nowhere to go. Reading
-    /// rather than ignoring it keeps the peer from being held up, and leaves no
-    /// unread input at close, which would make the kernel reset the connection and
-    /// throw away what it had not yet delivered the other way.
-    pub fn discard_input(&mut self, cx: &mut Context<'_>) -> io::Result<ReadStatus> {
-        let r = self.fill(cx);
-        self.rbuf.clear();
+    /// The read buffer and the write queue at once, so that a frame can be
+    /// answered while it is still borrowed (the framed layer's `on_frame`). A write
+    /// queue of zero capacity holds no buffer: take one from the pool
+    /// ([`queue_into`]) before writing.
+    pub(crate) fn split_io(&mut self) -> (&[u8], &mut BytesMut) {
+        (&self.rbuf, &mut self.wbuf)
+    }
+
+    /// Raises the largest frame the read buffer may grow to hold
+    /// ([`ConnConfig::max_read_buffer`]); a protocol that switches to larger
+    /// frames calls it.
+    pub fn set_max_read_buffer(&mut self, n: usize) {
+        self.cfg.max_read_buffer = n;
+    }
+
+    /// This connection's limits.
+    pub fn config(&self) -> &ConnConfig {
+        &self.cfg
+    }
+
+    /// Reads what has arrived and drops it, with what was buffered already: for a
+    /// side whose input has nowhere to go, and for a connection that is ending
+    /// ([`close_when_done`](Conn::close_when_done) makes [`fill`](Conn::fill) do
+    /// this). Reading rather than ignoring it keeps the peer from being held up,
+    /// and leaves no unread input at close, which would make the kernel reset the
+    /// connection and throw away what it had not yet delivered the other way.
+    ///
+    /// Pauses do not apply: dropped input makes no output, so neither a full write
+    /// queue nor the handler's own pause is a reason to leave it in the kernel. Up
+    /// to the read budget per call (then the handler is re-queued), to end of file
+    /// or `WouldBlock`.
+    pub fn discard_input(&mut self, cx: &mut Loop<'_>) -> io::Result<ReadStatus> {
         self.scanned = 0;
-        r
+        self.rbuf.clear();
+        let mut st = ReadStatus {
+            bytes: 0,
+            eof: self.eof,
+        };
+        if self.eof || self.connecting {
+            self.release_read_buf(cx);
+            return Ok(st);
+        }
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = cx.core().bufs.get();
+        }
+        let result = loop {
+            let spare = self.rbuf.spare_capacity_mut();
+            let want = spare
+                .len()
+                .min(self.cfg.read_budget.saturating_sub(st.bytes).max(1));
+            match rustix::io::read(&self.stream, &mut spare[..want]) {
+                Ok(([], _)) => {
+                    self.eof = true;
+                    st.eof = true;
+                    break Ok(());
+                }
+                // Not kept: the buffer is only scratch space for the kernel to fill.
+                Ok((init, _)) => st.bytes += init.len(),
+                Err(Errno::AGAIN) => break Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    self.broken = true;
+                    break Err(e.into());
+                }
+            }
+            if st.bytes >= self.cfg.read_budget {
+                cx.requeue(Event::readable(self.source));
+                break Ok(());
+            }
+        };
+        cx.core().stats.bytes_in += st.bytes as u64;
+        self.release_read_buf(cx);
+        result.map(|()| st)
+    }
+
+    /// Ends the conversation the way asynchat's `close_when_done` does: what is
+    /// queued is still sent, then our side is shut down (the peer reads end of
+    /// file), and from now on everything the peer sends is read and dropped
+    /// (unread input, including what is buffered now, is dropped too) until it
+    /// closes its side: then [`is_done`](Conn::is_done) is true and the handler
+    /// closes. Keep calling [`fill`](Conn::fill) (which now discards) and
+    /// [`flush`](Conn::flush) on events as before, and bound the wait with a
+    /// linger timer: a peer that never closes would hold the connection forever.
+    /// Closing at the linger timeout with output still queued is a truncation
+    /// (logged and counted when the connection is released).
+    pub fn close_when_done(&mut self, cx: &mut Loop<'_>) -> io::Result<()> {
+        self.closing = true;
+        self.paused = false;
+        self.self_paused = false;
+        self.shutdown_requested = true;
+        self.flush(cx)?;
+        self.discard_input(cx).map(|_| ())
+    }
+
+    /// True once [`close_when_done`](Conn::close_when_done) was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
     }
 
     /// Drops `n` bytes from the front of the read buffer.
@@ -390,12 +532,9 @@ impl Conn {
     }
 
     /// Appends bytes to the write queue (no syscall; see [`flush`](Conn::flush)).
-    pub fn queue(&mut self, cx: &mut Context<'_>, data: &[u8]) {
-        if self.wbuf.capacity() == 0 {
-            // No allocation (see `fill`): nothing to give back first.
-            self.wbuf = cx.core().bufs.get();
-        }
-        self.wbuf.extend_from_slice(data);
+    #[inline]
+    pub fn queue(&mut self, cx: &mut Loop<'_>, data: &[u8]) {
+        queue_into(&mut self.wbuf, cx, data);
     }
 
     /// Moves everything in the read buffer to the write queue without copying when
@@ -422,9 +561,22 @@ impl Conn {
         }
     }
 
+    /// Makes `buf` the write queue when the queue is empty (a buffer filled
+    /// elsewhere, e.g. an [`Outbox`](crate::framed::Outbox), sent without a copy);
+    /// otherwise appends it. The buffer left over goes back to the pool.
+    pub fn replace_write_queue(&mut self, cx: &mut Loop<'_>, buf: BytesMut) {
+        if self.wbuf.is_empty() {
+            let old = std::mem::replace(&mut self.wbuf, buf);
+            cx.core().bufs.put(old);
+        } else {
+            self.wbuf.extend_from_slice(&buf);
+            cx.core().bufs.put(buf);
+        }
+    }
+
     /// Drops every byte waiting in the write queue and gives its buffer back: the
     /// peer is gone, so they can never be delivered.
-    pub fn clear_write_queue(&mut self, cx: &mut Context<'_>) {
+    pub fn clear_write_queue(&mut self, cx: &mut Loop<'_>) {
         // Dropped, not drained: no fall to the low watermark to report.
         self.congested = false;
         let b = std::mem::take(&mut self.wbuf);
@@ -444,7 +596,7 @@ impl Conn {
     }
 
     /// Queues `data` and writes what the socket accepts now.
-    pub fn send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<bool> {
+    pub fn send(&mut self, cx: &mut Loop<'_>, data: &[u8]) -> io::Result<bool> {
         self.queue(cx, data);
         self.flush(cx)
     }
@@ -457,7 +609,7 @@ impl Conn {
     /// connection paused by its own queue (`pause_on_own_queue`) resumes by itself;
     /// a pause set with [`pause_reading`](Conn::pause_reading) stays.
     #[inline(always)]
-    pub fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+    pub fn flush(&mut self, cx: &mut Loop<'_>) -> io::Result<bool> {
         if self.connecting && !self.poll_connect()? {
             return Ok(false);
         }
@@ -512,7 +664,10 @@ impl Conn {
             }
         };
         cx.core().stats.bytes_out += written as u64;
-        result?;
+        if let Err(e) = result {
+            self.broken = true;
+            return Err(e);
+        }
         if self.wbuf.is_empty() {
             // Written out completely: the buffer goes back to the pool.
             let b = std::mem::take(&mut self.wbuf);
@@ -540,7 +695,7 @@ impl Conn {
 
     /// The write queue is empty: resume reading paused by our own backpressure, and
     /// perform a requested write shutdown.
-    fn finish_drained(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    fn finish_drained(&mut self, cx: &mut Loop<'_>) -> io::Result<()> {
         self.lift_self_pause(cx);
         if self.shutdown_requested && !self.write_shut {
             self.write_shut = true;
@@ -555,7 +710,7 @@ impl Conn {
 
     /// The write queue is down to the low watermark: a pause by our own congested
     /// queue ends.
-    fn lift_self_pause(&mut self, cx: &mut Context<'_>) {
+    fn lift_self_pause(&mut self, cx: &mut Loop<'_>) {
         if self.self_paused {
             self.self_paused = false;
             // Data may have arrived meanwhile without a new edge.
@@ -568,7 +723,7 @@ impl Conn {
     /// Turns [`ConnConfig::pause_on_own_queue`] on or off for this connection, e.g.
     /// off when it joins a proxy's pipe, which pauses each side for the other
     /// side's queue and never for its own. Turning it off lifts a pause it had set.
-    pub fn set_pause_on_own_queue(&mut self, cx: &mut Context<'_>, on: bool) {
+    pub fn set_pause_on_own_queue(&mut self, cx: &mut Loop<'_>, on: bool) {
         self.cfg.pause_on_own_queue = on;
         if !on {
             self.lift_self_pause(cx);
@@ -585,7 +740,7 @@ impl Conn {
     /// Lifts a [`pause_reading`](Conn::pause_reading) and re-queues a read, since
     /// data may have arrived meanwhile without a new edge. (A pause by this
     /// connection's own congested queue stays until that queue drains.)
-    pub fn resume_reading(&mut self, cx: &mut Context<'_>) {
+    pub fn resume_reading(&mut self, cx: &mut Loop<'_>) {
         if self.paused {
             self.paused = false;
             if !self.self_paused {
@@ -594,14 +749,20 @@ impl Conn {
         }
     }
 
-    /// True while reading is paused, for either reason.
+    /// True while reading is paused, for either reason: by the handler, or by this
+    /// connection's own congested write queue (with `pause_on_own_queue`, from the
+    /// moment the queue reaches the high watermark, not only from the next
+    /// [`fill`](Conn::fill)). A closing connection is never paused.
     pub fn is_paused(&self) -> bool {
-        self.paused || self.self_paused
+        !self.closing
+            && (self.paused
+                || self.self_paused
+                || (self.cfg.pause_on_own_queue && self.wbuf.len() >= self.cfg.high_watermark))
     }
 
     /// Shuts down our write side once the queue has drained (half-close): the peer
     /// reads end of file and can still send to us.
-    pub fn shutdown_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    pub fn shutdown_write(&mut self, cx: &mut Loop<'_>) -> io::Result<()> {
         self.shutdown_requested = true;
         if self.flush(cx)? {
             // This returns no report, so the next flush gives it instead.
@@ -623,11 +784,40 @@ impl Conn {
 
     /// Gives buffers back to the loop's pool. Call it before dropping a connection
     /// (e.g. in `on_close`) to keep the pool warm; dropping without it only frees.
-    pub fn release(&mut self, cx: &mut Context<'_>) {
+    ///
+    /// Output still queued for a peer that is not known to be gone is a
+    /// truncation: the peer will see a clean end of file without it. That is logged
+    /// (at most one line a second per loop) and counted in
+    /// [`Stats::truncated_closes`](crate::Stats::truncated_closes). End a
+    /// conversation with [`close_when_done`](Conn::close_when_done) to avoid it, or
+    /// drop the queue on purpose first with
+    /// [`clear_write_queue`](Conn::clear_write_queue) (an abort).
+    pub fn release(&mut self, cx: &mut Loop<'_>) {
         self.release_read_buf(cx);
+        if !self.wbuf.is_empty() && !self.broken {
+            cx.core().stats.truncated_closes += 1;
+            let peer = self.stream.peer_addr().ok();
+            cx.warn_limited(format_args!(
+                "connection to {} closed with {} bytes of output unsent (truncated); \
+                 end conversations with close_when_done",
+                peer.map_or_else(|| "?".to_string(), |a| a.to_string()),
+                self.wbuf.len()
+            ));
+        }
         let b = std::mem::take(&mut self.wbuf);
         cx.core().bufs.put(b);
     }
+}
+
+/// Appends `data` to a write queue, taking a buffer from the loop's pool if the
+/// queue holds none.
+#[inline]
+pub(crate) fn queue_into(wbuf: &mut BytesMut, cx: &mut Loop<'_>, data: &[u8]) {
+    if wbuf.capacity() == 0 {
+        // No allocation (see `fill`): nothing to give back first.
+        *wbuf = cx.core().bufs.get();
+    }
+    wbuf.extend_from_slice(data);
 }
 
 /// An idle timeout for a connection, pushed back for (almost) nothing on every read.
@@ -644,15 +834,17 @@ impl Conn {
 /// # use std::time::Duration;
 /// struct S { idle: IdleTimeout }
 /// impl reactor::Handler for S {
-///     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+///     type Message = ();
+///     type Job = ();
+///     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
 ///         self.idle.start(cx);
 ///         Ok(())
 ///     }
-///     fn on_readable(&mut self, cx: &mut Context<'_>, _s: u8) -> HandlerResult {
+///     fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: u8) -> HandlerResult {
 ///         self.idle.touch(cx);
 ///         Ok(())
 ///     }
-///     fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+///     fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
 ///         if self.idle.expired(cx, t) { cx.close(); }
 ///         Ok(())
 ///     }
@@ -677,7 +869,7 @@ impl IdleTimeout {
     }
 
     /// Arms the timeout: it expires `after` from now unless touched.
-    pub fn start(&mut self, cx: &mut Context<'_>) {
+    pub fn start(&mut self, cx: &mut Loop<'_>) {
         if let Some(t) = self.timer.take() {
             cx.cancel_timer(t);
         }
@@ -688,7 +880,7 @@ impl IdleTimeout {
     /// Records activity: the timeout now expires `after` from now. Arms it if it is
     /// not armed (never started, expired or stopped).
     #[inline]
-    pub fn touch(&mut self, cx: &mut Context<'_>) {
+    pub fn touch(&mut self, cx: &mut Loop<'_>) {
         self.last = Some(cx.now());
         if self.timer.is_none() {
             self.timer = Some(cx.timer_once(self.after));
@@ -699,7 +891,7 @@ impl IdleTimeout {
     /// really has been idle for the whole time (close it then). If there was
     /// activity since the timer was set, the timer is re-armed for the rest of the
     /// idle time and the answer is false; for other timers it is false too.
-    pub fn expired(&mut self, cx: &mut Context<'_>, timer: TimerId) -> bool {
+    pub fn expired(&mut self, cx: &mut Loop<'_>, timer: TimerId) -> bool {
         if self.timer != Some(timer) {
             return false;
         }
@@ -716,7 +908,7 @@ impl IdleTimeout {
     }
 
     /// Disarms the timeout.
-    pub fn stop(&mut self, cx: &mut Context<'_>) {
+    pub fn stop(&mut self, cx: &mut Loop<'_>) {
         if let Some(t) = self.timer.take() {
             cx.cancel_timer(t);
         }

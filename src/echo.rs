@@ -10,17 +10,24 @@ use std::time::Duration;
 
 use mio::net::TcpStream;
 
+use crate::CloseReason;
 use crate::conn::{Conn, ConnConfig, IdleTimeout};
-use crate::handler::{Event, Handler, HandlerResult};
 use crate::listener::{ListenOptions, Listener};
-use crate::reactor::Context;
 use crate::timer::TimerId;
+use crate::{Context, Loop};
+use crate::{Event, Handler, HandlerResult};
+
+/// How long an ending conversation waits for the client to take the last echoes
+/// and close its side.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// One echo connection.
 #[derive(Debug)]
 pub struct EchoConn {
     conn: Conn,
     idle: IdleTimeout,
+    /// Why the conversation is ending (it is, once set), and its linger timer.
+    ending: Option<(CloseReason, Option<TimerId>)>,
 }
 
 impl EchoConn {
@@ -29,60 +36,88 @@ impl EchoConn {
         EchoConn {
             conn: Conn::new(stream, 0, cfg),
             idle: IdleTimeout::new(idle),
+            ending: None,
         }
+    }
+
+    /// Ends the conversation with [`Conn::close_when_done`]: echoes still queued
+    /// are delivered, then end of file, then the connection closes once the client
+    /// has closed its side too (or after [`LINGER`]).
+    fn end(&mut self, cx: &mut Loop<'_>, reason: CloseReason) -> io::Result<()> {
+        if self.ending.is_none() {
+            let linger = (reason != CloseReason::PeerClosed).then(|| cx.timer_once(LINGER));
+            self.ending = Some((reason, linger));
+            self.idle.stop(cx);
+            self.conn.close_when_done(cx)?;
+        }
+        Ok(())
     }
 
     /// One pass for any event: read if the event says there may be something to
     /// read (or an error to collect), echo it, write what is queued. Handling
     /// readable and writable in one place means one flush per event, not two.
-    fn pump(&mut self, cx: &mut Context<'_>, ev: Event) -> io::Result<()> {
+    fn pump(&mut self, cx: &mut Loop<'_>, ev: Event) -> io::Result<()> {
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             let st = self.conn.fill(cx)?;
             if st.bytes > 0 {
                 self.idle.touch(cx);
                 self.conn.echo_read_buf();
             }
-            if st.eof && !self.conn.is_write_shut() {
+            if st.eof {
                 // Half-close: the client finished sending; finish our replies, then
                 // FIN (once the queue drains).
-                self.conn.shutdown_write(cx)?;
+                self.end(cx, CloseReason::PeerClosed)?;
             }
         }
         self.conn.flush(cx)?;
         if self.conn.is_done() {
-            cx.close();
+            let reason = self.ending.map_or(CloseReason::PeerClosed, |(r, _)| r);
+            cx.close_with(reason);
         }
         Ok(())
     }
 }
 
 impl Handler for EchoConn {
+    type Message = ();
+    type Job = ();
+
     fn name(&self) -> &str {
         "EchoConn"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.conn.register(cx)?;
         self.idle.start(cx);
         Ok(())
     }
 
-    fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+    fn on_event(&mut self, cx: &mut Context<'_, Self>, ev: Event) -> HandlerResult {
         Ok(self.pump(cx, ev)?)
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
-        if self.idle.expired(cx, t) {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
+        if let Some((reason, Some(linger))) = self.ending
+            && linger == t
+        {
+            cx.close_with(reason);
+        } else if self.idle.expired(cx, t) {
             log::debug!(
                 "echo connection idle for {:?}; closing",
                 self.idle.duration()
             );
-            cx.close();
+            self.end(cx, CloseReason::IdleTimeout)?;
+            if self.conn.is_done() {
+                cx.close_with(CloseReason::IdleTimeout);
+            }
         }
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    // No `on_shutdown`: an echo connection is served until its client finishes or
+    // the loop's drain deadline passes (the listener stops taking new ones).
+
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         self.conn.release(cx);
     }
 }

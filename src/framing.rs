@@ -285,10 +285,280 @@ impl Decoder for LengthPrefixed {
     }
 }
 
+/// Text lines: frames end with `\n`, and a `\r` just before it is not part of the
+/// line (so `\r\n` and `\n` clients both work). The limit is on the line itself
+/// (without the line end), and an over-long line is an error as soon as the bytes
+/// buffered prove it, newline or not: a peer cannot make us wait for more of a line
+/// that is already too long.
+///
+/// ```
+/// use reactor::framing::{Decoder, Lines};
+/// let d = Lines::new(5);
+/// let f = d.decode(b"hello\r\nnext").unwrap().unwrap();
+/// assert_eq!((f.end, f.consumed), (5, 7));
+/// assert_eq!(d.decode(b"hello\r").unwrap(), None); // may still end as "hello\r\n"
+/// assert!(d.decode(b"hello!").is_err()); // six bytes and no line end: too long
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Lines {
+    max_line: usize,
+}
+
+impl Lines {
+    /// Lines of at most `max_line` bytes (not counting `\r\n` or `\n`).
+    pub fn new(max_line: usize) -> Lines {
+        Lines { max_line }
+    }
+
+    /// The longest line accepted.
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    fn too_long(&self, len: usize) -> FrameError {
+        FrameError::TooLarge {
+            len,
+            max: self.max_line,
+        }
+    }
+}
+
+impl Decoder for Lines {
+    fn decode(&self, buf: &[u8]) -> Result<Option<Frame>, FrameError> {
+        let mut scanned = 0;
+        self.decode_from(buf, &mut scanned)
+    }
+
+    /// Resumes the search for `\n` at `*scanned` (see [`Delimited::decode_resume`]
+    /// for the contract).
+    fn decode_from(&self, buf: &[u8], scanned: &mut usize) -> Result<Option<Frame>, FrameError> {
+        // A legal line and its line end fit in `max_line + 2` bytes.
+        let window = &buf[..buf.len().min(self.max_frame())];
+        let from = (*scanned).min(window.len());
+        if let Some(i) = memchr::memchr(b'\n', &window[from..]) {
+            let nl = from + i;
+            let end = if nl > 0 && window[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            if end > self.max_line {
+                return Err(self.too_long(end));
+            }
+            *scanned = 0;
+            return Ok(Some(Frame {
+                start: 0,
+                end,
+                consumed: nl + 1,
+            }));
+        }
+        // No line end yet. The line is at least `len` long, or `len - 1` if the
+        // last byte is a `\r` that the next byte may make a line end.
+        let len = buf.len();
+        let shortest = if buf.last() == Some(&b'\r') {
+            len - 1
+        } else {
+            len
+        };
+        if shortest > self.max_line {
+            return Err(self.too_long(shortest));
+        }
+        *scanned = window.len();
+        Ok(None)
+    }
+
+    fn max_frame(&self) -> usize {
+        self.max_line.saturating_add(2)
+    }
+}
+
+/// The decoders the framed layer ([`crate::framed`]) knows, as one type, so a
+/// protocol can switch between them mid-stream (a fixed-size handshake, then
+/// length-prefixed messages; header lines, then a body of known length), like
+/// asynchat's `set_terminator`.
+///
+/// ```
+/// use reactor::framing::{Decoder, Delimited, Framing};
+/// let lines: Framing = Delimited::new(b"\n", 100).into();
+/// assert_eq!(lines.decode(b"hi\nyou").unwrap().unwrap().end, 2);
+/// let four = Framing::exact(4);
+/// assert_eq!(four.decode(b"abcdef").unwrap().unwrap().consumed, 4);
+/// assert_eq!(Framing::Raw.decode(b"xyz").unwrap().unwrap().end, 3);
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Framing {
+    /// Text lines ending in `\n` or `\r\n`.
+    Lines(Lines),
+    /// Frames ending with a delimiter.
+    Delimited(Delimited),
+    /// Frames preceded by their length.
+    LengthPrefixed(LengthPrefixed),
+    /// Frames of exactly this many bytes (asynchat's integer terminator).
+    Exact(std::num::NonZeroUsize),
+    /// Whatever has arrived, as one frame (asynchat's `None` terminator): for
+    /// protocols that parse a byte stream themselves, or just pass it on.
+    Raw,
+    /// A decoder of the program's own.
+    Custom(std::rc::Rc<dyn Decoder>),
+}
+
+impl Framing {
+    /// Frames of exactly `n` bytes. Panics if `n` is 0 (a program error: every
+    /// frame would be empty and none would consume input).
+    pub fn exact(n: usize) -> Framing {
+        Framing::Exact(std::num::NonZeroUsize::new(n).expect("a frame of 0 bytes"))
+    }
+}
+
+impl fmt::Debug for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Framing::Lines(d) => d.fmt(f),
+            Framing::Delimited(d) => d.fmt(f),
+            Framing::LengthPrefixed(d) => d.fmt(f),
+            Framing::Exact(n) => write!(f, "Exact({n})"),
+            Framing::Raw => f.write_str("Raw"),
+            Framing::Custom(d) => write!(f, "Custom(max_frame {})", d.max_frame()),
+        }
+    }
+}
+
+impl From<Lines> for Framing {
+    fn from(d: Lines) -> Framing {
+        Framing::Lines(d)
+    }
+}
+
+impl From<Delimited> for Framing {
+    fn from(d: Delimited) -> Framing {
+        Framing::Delimited(d)
+    }
+}
+
+impl From<LengthPrefixed> for Framing {
+    fn from(d: LengthPrefixed) -> Framing {
+        Framing::LengthPrefixed(d)
+    }
+}
+
+impl Decoder for Framing {
+    fn decode(&self, buf: &[u8]) -> Result<Option<Frame>, FrameError> {
+        let mut scanned = 0;
+        self.decode_from(buf, &mut scanned)
+    }
+
+    #[inline]
+    fn decode_from(&self, buf: &[u8], scanned: &mut usize) -> Result<Option<Frame>, FrameError> {
+        match self {
+            Framing::Raw => Ok((!buf.is_empty()).then_some(Frame {
+                start: 0,
+                end: buf.len(),
+                consumed: buf.len(),
+            })),
+            Framing::Lines(d) => d.decode_from(buf, scanned),
+            Framing::Delimited(d) => d.decode_resume(buf, scanned),
+            Framing::LengthPrefixed(d) => d.decode(buf),
+            Framing::Exact(n) => {
+                let n = n.get();
+                Ok((buf.len() >= n).then_some(Frame {
+                    start: 0,
+                    end: n,
+                    consumed: n,
+                }))
+            }
+            Framing::Custom(d) => d.decode_from(buf, scanned),
+        }
+    }
+
+    /// For [`Framing::Raw`], 1: any buffer holds a frame.
+    fn max_frame(&self) -> usize {
+        match self {
+            Framing::Raw => 1,
+            Framing::Lines(d) => d.max_frame(),
+            Framing::Delimited(d) => d.max_frame(),
+            Framing::LengthPrefixed(d) => d.max_frame(),
+            Framing::Exact(n) => n.get(),
+            Framing::Custom(d) => d.max_frame(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::BytesMut;
+
+    #[test]
+    fn lines_limit_the_line_and_tolerate_crlf() {
+        let d = Lines::new(4);
+        let f = |b: &[u8]| d.decode(b);
+        assert_eq!(f(b"abcd\n").unwrap().unwrap().end, 4);
+        assert_eq!(f(b"abcd\r\n").unwrap().unwrap().consumed, 6);
+        assert_eq!(f(b"\n").unwrap().unwrap().end, 0);
+        assert_eq!(f(b"\r\n").unwrap().unwrap().end, 0);
+        // A `\r` inside the line is part of it.
+        assert_eq!(f(b"a\rb\n").unwrap().unwrap().end, 3);
+        assert!(f(b"abcde\n").is_err());
+        assert!(f(b"abcde\r\n").is_err());
+        assert!(f(b"abcde").is_err(), "too long before any line end");
+        assert_eq!(f(b"abcd\r").unwrap(), None, "a line end may follow");
+        assert!(f(b"abcd\r\r").is_err());
+        assert_eq!(f(b"").unwrap(), None);
+        // Byte by byte, resumed: the same answers as all at once.
+        for input in [&b"ab\r\ncd\n"[..], b"abcd\r\n", b"abcdef", b"a\rbcd\r\n"] {
+            let mut scanned = 0;
+            let mut got = None;
+            for n in 1..=input.len() {
+                match d.decode_from(&input[..n], &mut scanned) {
+                    Ok(None) => continue,
+                    other => {
+                        got = Some(other);
+                        break;
+                    }
+                }
+            }
+            let whole = d.decode(input);
+            let got = got.unwrap_or(Ok(None));
+            // An error may come earlier (with a shorter length) byte by byte.
+            if whole.is_err() {
+                assert!(got.is_err(), "{input:?}");
+            } else {
+                assert_eq!(got, whole, "{input:?}");
+            }
+        }
+        // Any bytes: no panic, and a frame never exceeds the limit.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 9) as usize;
+            let buf: Vec<u8> = (0..len)
+                .map(|i| [b'a', b'\r', b'\n'][((x >> (i * 2)) % 3) as usize])
+                .collect();
+            if let Ok(Some(fr)) = d.decode(&buf) {
+                assert!(fr.end <= 4 && fr.consumed <= buf.len());
+            }
+        }
+    }
+
+    #[test]
+    fn framing_variants() {
+        let d: Framing = LengthPrefixed::new(1, 10).into();
+        assert_eq!(d.decode(&[2, b'a']).unwrap(), None);
+        assert_eq!(d.decode(&[2, b'a', b'b']).unwrap().unwrap().consumed, 3);
+        assert_eq!(Framing::Raw.decode(b"").unwrap(), None);
+        assert_eq!(Framing::exact(3).decode(b"ab").unwrap(), None);
+        let custom = Framing::Custom(std::rc::Rc::new(Delimited::new(b";", 4)));
+        assert!(custom.decode(b"abcdef").is_err());
+        assert_eq!(custom.max_frame(), 5);
+        // The delimited variant resumes its search like `Delimited::decode_resume`.
+        let lines: Framing = Delimited::new(b"\r\n", 100).into();
+        let mut scanned = 0;
+        assert_eq!(lines.decode_from(b"abc\r", &mut scanned).unwrap(), None);
+        assert_eq!(scanned, 3);
+    }
 
     #[test]
     fn delimited_cases() {

@@ -1,59 +1,72 @@
 //! `reactor`: network servers on a hand-written, single-threaded `mio` event loop.
 //!
-//! In the spirit of Python's `asyncore`/`asynchat`: you write a [`Handler`] (an
-//! object called back when its sockets are ready), register it on a [`Reactor`], and
-//! run the loop. Blocking work goes to a worker pool ([`Context::offload`]) and its
-//! result comes back to the same handler on the loop thread. [`Conn`] is the buffered
-//! connection (asynchat's role): budgeted edge-triggered reads and writes,
-//! backpressure, half-close, framing. The loop tells you when your code blocks it: a
-//! callback slower than [`Config::slow_threshold`] is logged with the handler's name.
+//! In the spirit of Python's `asyncore`/`asynchat`. Most servers implement a
+//! [`Protocol`](framed::Protocol) (asynchat's role): what to do with each frame of
+//! a connection, a line, a length-prefixed message, whatever arrived; the
+//! framed layer ([`framed`]) reads, cuts frames, writes, applies backpressure and
+//! idle timeouts, and ends every conversation without losing what was sent. Below
+//! it, a [`Handler`] (asyncore's dispatcher) is an object called back when its
+//! sockets are ready, and the [`Reactor`] is the loop. Blocking work goes to a
+//! worker pool ([`Context::offload`], [`framed::Link::offload`]) and its result
+//! comes back, typed, to the same handler on the loop thread. The loop tells you
+//! when your code blocks it: a callback slower than [`Config::slow_threshold`] is
+//! logged with the handler's name.
 //!
-//! A complete line-echo server:
+//! A complete line server that answers in upper case, and a client that checks
+//! every reply arrives (the server ends each conversation with `close_when_done`
+//! when the client stops sending, so nothing queued is lost):
 //!
-//! ```no_run
-//! use reactor::{Conn, ConnConfig, Context, Handler, HandlerResult, Listener, ListenOptions,
-//!               Reactor, framing::{Decoder, Delimited}};
+//! ```
+//! use std::io::{Read, Write};
+//! use reactor::framed::{Framed, Link, Protocol};
+//! use reactor::framing::Delimited;
+//! use reactor::{HandlerResult, ListenOptions, Listener, Reactor};
 //!
-//! struct Lines { conn: Conn, codec: Delimited }
+//! struct Upper;
 //!
-//! impl Handler for Lines {
-//!     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
-//!         Ok(self.conn.register(cx)?)
-//!     }
-//!     fn on_readable(&mut self, cx: &mut Context<'_>, _src: u8) -> HandlerResult {
-//!         let st = self.conn.fill(cx)?;
-//!         while let Some(f) = self.conn.next_frame(&self.codec)? {
-//!             let line = f.payload(self.conn.read_buf()).to_ascii_uppercase();
-//!             self.conn.consume(f.consumed);
-//!             self.conn.queue(cx, &line);
-//!             self.conn.queue(cx, b"\n");
-//!         }
-//!         self.conn.flush(cx)?;
-//!         if st.eof { cx.close(); }
-//!         Ok(())
-//!     }
-//!     fn on_writable(&mut self, cx: &mut Context<'_>, _src: u8) -> HandlerResult {
-//!         self.conn.flush(cx)?;
+//! impl Protocol for Upper {
+//!     type Message = ();
+//!     type Job = ();
+//!     fn on_frame(&mut self, link: &mut Link<'_, Self>, line: &[u8]) -> HandlerResult {
+//!         link.out().extend(line.iter().map(u8::to_ascii_uppercase));
+//!         link.send(b"\n");
 //!         Ok(())
 //!     }
 //! }
 //!
 //! fn main() -> std::io::Result<()> {
 //!     let mut reactor = Reactor::new()?;
-//!     reactor.shutdown_on_signals()?;
+//!     reactor.shutdown_on_signals()?; // SIGINT/SIGTERM: stop accepting, drain, exit
+//!     let lines = Delimited::new(b"\n", 4096);
 //!     let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), ListenOptions::default(),
-//!         |stream, _peer| Some(Lines { conn: Conn::new(stream, 0, ConnConfig::default()),
-//!                                     codec: Delimited::new(b"\n", 4096) }))?;
-//!     println!("listening on {}", listener.local_addr());
+//!         move |stream, _peer| Some(Framed::new(stream, lines.clone(), Upper)))?;
+//!     let addr = listener.local_addr();
 //!     reactor.spawn(listener);
-//!     reactor.run()
+//!
+//!     let handle = reactor.handle();
+//!     let client = std::thread::spawn(move || {
+//!         let mut s = std::net::TcpStream::connect(addr).unwrap();
+//!         let request = "a line\n".repeat(100_000); // 700 kB: more than one read
+//!         s.write_all(request.as_bytes()).unwrap();
+//!         s.shutdown(std::net::Shutdown::Write).unwrap();
+//!         let mut reply = String::new();
+//!         s.read_to_string(&mut reply).unwrap();
+//!         handle.shutdown();
+//!         assert_eq!(reply, request.to_uppercase());
+//!     });
+//!     reactor.run()?;
+//!     client.join().unwrap();
+//!     Ok(())
 //! }
 //! ```
 //!
-//! Module map: [`reactor`](mod@reactor) (the loop), [`handler`] (the trait),
-//! [`timer`], [`pool`] (offloaded jobs), [`conn`] and [`framing`] (buffered
-//! connections), [`listener`] (accepting), [`stats`], [`buf`] (buffer recycling),
-//! [`udp`] (datagram sockets), [`echo`] (the reference protocol).
+//! Module map, bottom up: [`event`] (ids, events, close reasons), [`timer`],
+//! [`pool`] (offloaded jobs), [`stats`], [`buf`] (buffer recycling),
+//! [`reactor`](mod@reactor) (the loop), [`handler`] (the trait and its typed
+//! context), [`conn`] and [`framing`] (buffered connections), [`listener`]
+//! (accepting), [`udp`] (datagram sockets), [`framed`] (the asynchat layer),
+//! [`stats_log`], [`echo`] (the reference protocol). The protocols built on it
+//! ([`proxy`], [`peer_wire`], [`relay`], [`discovery`]) use only the public API.
 
 #![deny(missing_docs)]
 
@@ -62,6 +75,8 @@ mod clock;
 pub mod conn;
 pub mod discovery;
 pub mod echo;
+pub mod event;
+pub mod framed;
 pub mod framing;
 pub mod handler;
 pub mod listener;
@@ -72,14 +87,32 @@ pub mod proxy;
 pub mod reactor;
 pub mod relay;
 pub mod stats;
+pub mod stats_log;
 pub mod timer;
 pub mod udp;
 
 pub use conn::{Conn, ConnConfig, IdleTimeout, ReadStatus};
-pub use handler::{Error, Event, Handler, HandlerId, HandlerResult, SourceId};
+pub use event::{
+    CloseReason, Error, Event, HandlerId, HandlerResult, ProtocolError, SourceId, is_peer_gone,
+};
+pub use framed::{Framed, FramedConfig, Group, Link, Protocol};
+pub use handler::{Addr, Context, Handler};
 pub use listener::{ListenOptions, Listener};
 pub use pool::{JobId, JobPanicked, JobResult, PoolFull};
-pub use reactor::{Config, Context, Reactor, ReactorHandle};
-pub use stats::{Stats, StatsLogger};
+pub use reactor::{Config, Loop, Reactor, ReactorHandle};
+pub use stats::{Counter, Gauge, Stats};
+pub use stats_log::StatsLogger;
 pub use timer::TimerId;
 pub use udp::{SendOutcome, UdpConfig, UdpConn, UdpOptions};
+
+/// The `mio` types a program names: the streams a [`Listener`]'s factory receives
+/// and [`Conn`] wraps, the listener and UDP sockets, and the interest a source is
+/// registered with. Re-exported so a program needs no direct `mio` dependency.
+pub mod net {
+    pub use mio::Interest;
+    pub use mio::net::{TcpListener, TcpStream, UdpSocket};
+}
+pub use net::TcpStream;
+
+/// The `bytes` crate, whose `BytesMut` the write queues and encoders use.
+pub use bytes;

@@ -17,27 +17,29 @@ use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::handler::{Event, Handler, HandlerId, HandlerResult, SourceId};
-use crate::reactor::Context;
 use crate::timer::TimerId;
+use crate::{CloseReason, Event, Handler, HandlerId, HandlerResult, SourceId};
+use crate::{Context, Loop};
 
 /// Connections accepted per readiness event before yielding to other handlers.
 const ACCEPT_BUDGET: usize = 128;
 
-/// How to bind and run a listener.
+/// How to bind and run a listener. The default of each field is in its doc.
 #[derive(Clone, Debug)]
 pub struct ListenOptions {
     /// Set `SO_REUSEPORT` so several loops (threads or processes) share one port and
-    /// the kernel spreads connections across them.
+    /// the kernel spreads connections across them. Default `false`.
     pub reuse_port: bool,
-    /// The `listen` backlog.
+    /// The `listen` backlog. Default 1024.
     pub backlog: i32,
     /// Open connections at most; at the cap, accepting pauses (new connections wait
-    /// in the kernel's backlog) until one closes.
+    /// in the kernel's backlog) until one closes. Default 100,000.
     pub max_connections: usize,
-    /// After `EMFILE`/`ENFILE`, wait this long before accepting again.
+    /// After `EMFILE`/`ENFILE`, wait this long before accepting again. Default
+    /// 100 ms.
     pub retry_after: Duration,
     /// Set `TCP_NODELAY` on accepted sockets (small messages go out at once).
+    /// Default `true`.
     pub nodelay: bool,
 }
 
@@ -142,7 +144,7 @@ where
         self.local
     }
 
-    fn accept_some(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn accept_some(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
         if self.retry.is_some() || cx.is_shutting_down() {
             return Ok(());
         }
@@ -209,21 +211,24 @@ where
     F: FnMut(TcpStream, SocketAddr) -> Option<H> + 'static,
     H: Handler,
 {
+    type Message = ();
+    type Job = ();
+
     fn name(&self) -> &str {
         "Listener"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         cx.register(&mut self.listener, LISTENER, Interest::READABLE)?;
         log::debug!("listening on {}", self.local);
         Ok(())
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, _source: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _source: SourceId) -> HandlerResult {
         self.accept_some(cx)
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, timer: TimerId) -> HandlerResult {
         if self.retry == Some(timer) {
             self.retry = None;
             log::info!("listener {}: retrying accepts", self.local);
@@ -232,7 +237,7 @@ where
         Ok(())
     }
 
-    fn on_child_closed(&mut self, cx: &mut Context<'_>, _child: HandlerId) -> HandlerResult {
+    fn on_child_closed(&mut self, cx: &mut Context<'_, Self>, _child: HandlerId) -> HandlerResult {
         self.open = self.open.saturating_sub(1);
         if self.at_cap && self.open < self.opts.max_connections {
             self.at_cap = false;
@@ -242,7 +247,7 @@ where
         Ok(())
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         log::info!(
             "listener {}: closing ({} accepted, {} refused, {} open)",
             self.local,
@@ -250,7 +255,7 @@ where
             self.refused,
             self.open
         );
-        cx.close();
+        cx.close_with(CloseReason::Shutdown);
         Ok(())
     }
 }

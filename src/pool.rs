@@ -1,10 +1,11 @@
 //! The worker pool: where blocking work (file I/O, DNS lookups, hashing) runs.
 //!
 //! Jobs go through a bounded `crossbeam-channel` queue to a fixed set of threads; a
-//! finished job's result travels back to the loop with the id of the handler that
-//! offloaded it, and the loop delivers it to that handler if it is still open. This
-//! module must not touch handlers itself: workers only run closures and post
-//! results.
+//! finished job's result goes into the pool's own result queue with the id of the
+//! handler that offloaded it, and the pool calls the `notify` function it was
+//! given (the loop's waker). The loop drains the results and delivers each to its
+//! handler if that handler is still open. This module must not know the loop or
+//! handlers beyond an id: workers only run closures and post results.
 
 use std::any::Any;
 use std::fmt;
@@ -14,17 +15,16 @@ use std::thread;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::handler::HandlerId;
-use crate::reactor::{Command, Wake};
+use crate::event::HandlerId;
 
 /// Identifies one offloaded job; returned by [`crate::Context::offload`] and passed
 /// back with the result.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct JobId(pub u64);
 
-/// A job's outcome: the closure's return value (downcast it with [`take`]), or the
-/// panic it raised.
-pub type JobResult = Result<Box<dyn Any + Send>, JobPanicked>;
+/// A job's outcome as it reaches [`Handler::on_job`](crate::Handler::on_job): the
+/// closure's return value, or the panic it raised.
+pub type JobResult<T> = Result<T, JobPanicked>;
 
 /// A job panicked on the worker; the worker itself survives.
 #[derive(Debug, Clone)]
@@ -58,24 +58,23 @@ impl fmt::Display for PoolFull {
 
 impl std::error::Error for PoolFull {}
 
-/// Unpacks a job result into the type the closure returned.
-///
-/// ```
-/// let r: reactor::JobResult = Ok(Box::new(42u32));
-/// assert_eq!(reactor::pool::take::<u32>(r).unwrap(), 42);
-/// ```
-pub fn take<T: 'static>(result: JobResult) -> Result<T, crate::Error> {
-    let any = result?;
-    any.downcast::<T>()
-        .map(|b| *b)
-        .map_err(|_| "job result has an unexpected type".into())
-}
-
 type Job = Box<dyn FnOnce() + Send>;
+
+/// A finished job, waiting in the pool's result queue for the loop.
+pub(crate) struct Done {
+    pub(crate) owner: HandlerId,
+    pub(crate) job: JobId,
+    /// The closure's value, boxed: its type is the owner's `Handler::Job`, which
+    /// `Context::offload` checked when the job was submitted.
+    pub(crate) result: JobResult<Box<dyn Any + Send>>,
+}
 
 pub(crate) struct Pool {
     tx: Sender<Job>,
     capacity: usize,
+    done_tx: Sender<Done>,
+    done_rx: Receiver<Done>,
+    notify: Arc<dyn Fn() + Send + Sync>,
 }
 
 pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
@@ -89,44 +88,50 @@ pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
 }
 
 impl Pool {
-    pub(crate) fn new(workers: usize, capacity: usize) -> std::io::Result<Pool> {
+    /// Starts `workers` threads behind a queue of `capacity` jobs; `notify` is
+    /// called (from a worker) after each result is posted.
+    pub(crate) fn new(
+        workers: usize,
+        capacity: usize,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<Pool> {
         let (tx, rx): (Sender<Job>, Receiver<Job>) = crossbeam_channel::bounded(capacity);
         for i in 0..workers.max(1) {
             let rx = rx.clone();
             thread::Builder::new()
                 .name(format!("reactor-worker-{i}"))
                 .spawn(move || {
-                    // Exits when the reactor (the only sender) is dropped.
+                    // Exits when the pool (the only sender) is dropped.
                     for job in rx.iter() {
                         job();
                     }
                 })?;
         }
-        Ok(Pool { tx, capacity })
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        Ok(Pool {
+            tx,
+            capacity,
+            done_tx,
+            done_rx,
+            notify,
+        })
     }
 
-    pub(crate) fn submit<F, T>(
-        &self,
-        owner: HandlerId,
-        job: JobId,
-        f: F,
-        results: Sender<Command>,
-        wake: Arc<Wake>,
-    ) -> Result<(), PoolFull>
+    /// Queues `f`; its result is posted for `owner` as `job`.
+    pub(crate) fn submit<F, T>(&self, owner: HandlerId, job: JobId, f: F) -> Result<(), PoolFull>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        let done = self.done_tx.clone();
+        let notify = self.notify.clone();
         let work: Job = Box::new(move || {
             let result = catch_unwind(AssertUnwindSafe(f))
                 .map(|v| Box::new(v) as Box<dyn Any + Send>)
                 .map_err(|p| JobPanicked(panic_message(&*p)));
             // The loop may be gone (stopped); then nobody wants the result.
-            if results
-                .send(Command::JobDone { owner, job, result })
-                .is_ok()
-            {
-                wake.wake();
+            if done.send(Done { owner, job, result }).is_ok() {
+                notify();
             }
         });
         match self.tx.try_send(work) {
@@ -135,5 +140,15 @@ impl Pool {
                 capacity: self.capacity,
             }),
         }
+    }
+
+    /// The next finished job, if any.
+    pub(crate) fn try_done(&self) -> Option<Done> {
+        self.done_rx.try_recv().ok()
+    }
+
+    /// Jobs waiting for a worker.
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.len()
     }
 }

@@ -4,14 +4,18 @@
 //! packs the handler's slab index, the slot's generation and the handler's own source
 //! number. The loop polls, decodes each token, drops it if the slot's generation has
 //! moved on (the handler closed and the slot was reused), takes the handler out of its
-//! slot, calls it with a [`Context`], times the call, and puts it back. Work that
+//! slot, calls it with a [`Loop`], times the call, and puts it back. Work that
 //! cannot finish inside one callback (a read budget ran out, a handler started, a
 //! child closed) goes on a pending list that runs before the next poll, which then
 //! does not sleep.
 //!
-//! This module must not do protocol work or blocking I/O; it only dispatches.
+//! The loop calls handlers through [`Erased`], an object-safe trait that the typed
+//! [`Handler`](crate::Handler) trait (a layer above, in `handler.rs`) implements
+//! for every handler; so this file never names the typed trait. It must not do
+//! protocol work or blocking I/O; it only dispatches.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -25,9 +29,13 @@ use slab::Slab;
 
 use crate::buf::BufPool;
 use crate::clock;
-use crate::handler::{Event, Handler, HandlerId, HandlerResult, SourceId};
-use crate::pool::{JobId, JobResult, Pool, PoolFull, panic_message};
-use crate::stats::Stats;
+use crate::event::{
+    CloseReason, Error, Event, HandlerId, HandlerResult, ProtocolError, SourceId, is_peer_gone,
+};
+use crate::framing::FrameError;
+use crate::log_limit::LogLimiter;
+use crate::pool::{Done, JobId, JobResult, Pool, PoolFull, panic_message};
+use crate::stats::{Counter, Gauge, Stats};
 use crate::timer::{TimerId, Timers};
 
 const _: () = assert!(usize::BITS == 64, "token layout needs a 64-bit usize");
@@ -53,24 +61,28 @@ fn decode_token(t: Token) -> (HandlerId, SourceId) {
     )
 }
 
-/// Settings of one loop. `Config::default()` suits most servers.
+/// Settings of one loop. `Config::default()` suits most servers; the default of
+/// each field is in its doc.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
-    /// Events taken from the poller per iteration.
+    /// Events taken from the poller per iteration. Default 1024.
     pub events_capacity: usize,
-    /// A callback running longer than this is logged as slow and counted.
+    /// A callback running longer than this is logged as slow (naming the handler)
+    /// and counted. Default 100 ms, as asyncio's debug mode.
     pub slow_threshold: Duration,
-    /// Worker threads for offloaded jobs (started on first use).
+    /// Worker threads for offloaded jobs (started on first use). Default 4.
     pub workers: usize,
-    /// Jobs that may wait in the pool's queue before `offload` fails.
+    /// Jobs that may wait in the pool's queue before `offload` fails with
+    /// [`PoolFull`]. Default 1024.
     pub job_queue: usize,
     /// After a graceful shutdown starts, how long open handlers may keep working
-    /// before they are closed.
+    /// before they are closed. Default 5 s.
     pub drain_timeout: Duration,
     /// Size of the I/O buffers [`crate::Conn`] borrows from the loop's pool; also the
-    /// most one `read` call asks for.
+    /// most one `read` call asks for. Default 64 KiB.
     pub buffer_size: usize,
-    /// Spare I/O buffers kept for reuse.
+    /// Spare I/O buffers kept for reuse. Default 256 (16 MiB at the default size).
     pub max_spare_buffers: usize,
 }
 
@@ -85,6 +97,44 @@ impl Default for Config {
             buffer_size: 64 * 1024,
             max_spare_buffers: 256,
         }
+    }
+}
+
+impl Config {
+    /// Sets [`Config::events_capacity`].
+    pub fn events_capacity(mut self, n: usize) -> Config {
+        self.events_capacity = n;
+        self
+    }
+    /// Sets [`Config::slow_threshold`].
+    pub fn slow_threshold(mut self, d: Duration) -> Config {
+        self.slow_threshold = d;
+        self
+    }
+    /// Sets [`Config::workers`].
+    pub fn workers(mut self, n: usize) -> Config {
+        self.workers = n;
+        self
+    }
+    /// Sets [`Config::job_queue`].
+    pub fn job_queue(mut self, n: usize) -> Config {
+        self.job_queue = n;
+        self
+    }
+    /// Sets [`Config::drain_timeout`].
+    pub fn drain_timeout(mut self, d: Duration) -> Config {
+        self.drain_timeout = d;
+        self
+    }
+    /// Sets [`Config::buffer_size`].
+    pub fn buffer_size(mut self, n: usize) -> Config {
+        self.buffer_size = n;
+        self
+    }
+    /// Sets [`Config::max_spare_buffers`].
+    pub fn max_spare_buffers(mut self, n: usize) -> Config {
+        self.max_spare_buffers = n;
+        self
     }
 }
 
@@ -105,19 +155,39 @@ impl Wake {
     }
 }
 
+/// How the loop calls a handler. Object-safe and untyped: the typed
+/// [`Handler`](crate::Handler) trait implements it for every handler (in
+/// `handler.rs`), turning the [`Loop`] into a typed
+/// [`Context`](crate::Context) and the boxed message or job result into the
+/// handler's own types.
+pub(crate) trait Erased: 'static {
+    fn name(&self) -> &str;
+    fn start(&mut self, lp: &mut Loop<'_>) -> HandlerResult;
+    fn event(&mut self, lp: &mut Loop<'_>, ev: Event) -> HandlerResult;
+    fn timer(&mut self, lp: &mut Loop<'_>, t: TimerId) -> HandlerResult;
+    fn job(
+        &mut self,
+        lp: &mut Loop<'_>,
+        job: JobId,
+        result: JobResult<Box<dyn Any + Send>>,
+    ) -> HandlerResult;
+    fn message(&mut self, lp: &mut Loop<'_>, msg: Box<dyn Any>) -> HandlerResult;
+    fn notify(&mut self, lp: &mut Loop<'_>) -> HandlerResult;
+    fn child_closed(&mut self, lp: &mut Loop<'_>, child: HandlerId) -> HandlerResult;
+    fn shutdown(&mut self, lp: &mut Loop<'_>) -> HandlerResult;
+    fn close(&mut self, lp: &mut Loop<'_>, reason: CloseReason);
+}
+
 pub(crate) enum Command {
     Stop,
     Shutdown,
-    Spawn(Box<dyn Handler + Send>),
+    Spawn(Box<dyn Erased + Send>),
     Message(HandlerId, Box<dyn Any + Send>),
-    JobDone {
-        owner: HandlerId,
-        job: JobId,
-        result: JobResult,
-    },
 }
 
-/// A `Send + Clone` handle that controls a loop from any thread.
+/// A `Send + Clone` handle that controls a loop from any thread: stop it, shut it
+/// down, spawn a handler into it ([`ReactorHandle::spawn`]) or send a handler a
+/// message ([`ReactorHandle::send`]).
 #[derive(Clone)]
 pub struct ReactorHandle {
     tx: Sender<Command>,
@@ -125,7 +195,7 @@ pub struct ReactorHandle {
 }
 
 impl ReactorHandle {
-    fn send_cmd(&self, c: Command) -> bool {
+    pub(crate) fn send_cmd(&self, c: Command) -> bool {
         let ok = self.tx.send(c).is_ok();
         if ok {
             self.wake.wake();
@@ -143,34 +213,26 @@ impl ReactorHandle {
     pub fn shutdown(&self) -> bool {
         self.send_cmd(Command::Shutdown)
     }
-
-    /// Adds a handler to the loop from another thread.
-    pub fn spawn<H: Handler + Send>(&self, handler: H) -> bool {
-        self.send_cmd(Command::Spawn(Box::new(handler)))
-    }
-
-    /// Delivers `msg` to the handler's [`Handler::on_message`]; dropped if that
-    /// handler has closed.
-    pub fn send(&self, to: HandlerId, msg: Box<dyn Any + Send>) -> bool {
-        self.send_cmd(Command::Message(to, msg))
-    }
 }
 
 enum Pending {
     Start(HandlerId),
     Ready(HandlerId, Event),
     ChildClosed { parent: HandlerId, child: HandlerId },
-    Message(HandlerId, Box<dyn Any + Send>),
-    Close(HandlerId),
+    Message(HandlerId, Box<dyn Any>),
+    Notify(HandlerId),
+    Close(HandlerId, CloseReason),
     Shutdown(HandlerId),
 }
 
 struct Slot {
     generation: u32,
     /// `None` while the handler is being called (it is on the stack then).
-    handler: Option<Box<dyn Handler>>,
+    handler: Option<Box<dyn Erased>>,
     parent: Option<HandlerId>,
     timers: Vec<TimerId>,
+    /// Re-queued events pending for this handler ([`Event::requeue_bit`]).
+    requeued: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -180,7 +242,7 @@ enum RunState {
     Stopping,
 }
 
-/// The loop's state, lent to handlers through [`Context`].
+/// The loop's state, lent to handlers through [`Loop`].
 pub(crate) struct Core {
     registry: Registry,
     slots: Slab<Slot>,
@@ -210,18 +272,28 @@ pub(crate) struct Core {
     cmd_rx: Receiver<Command>,
     wake: Arc<Wake>,
     pub(crate) bufs: BufPool,
+    /// Bounds the log lines for peers' protocol errors and truncated closes, which
+    /// a flood of bad clients could otherwise turn into a flood of lines.
+    peer_log: LogLimiter,
+    warn_log: LogLimiter,
 }
 
-/// What a handler callback can do to the loop: register sources, set timers, offload
-/// work, spawn and message other handlers, close itself, stop the loop.
-pub struct Context<'a> {
+/// What any callback can do to the loop: register sources, set timers, spawn,
+/// message and wake other handlers, close itself, stop the loop.
+///
+/// Every callback of a [`Handler`](crate::Handler) gets a
+/// [`Context`](crate::Context), which is this plus the handler's own types (its
+/// typed address, typed offloading) and dereferences to it. Helpers that work for
+/// any handler, such as [`Conn`](crate::Conn) or [`IdleTimeout`](crate::IdleTimeout),
+/// take `&mut Loop<'_>`; pass them the callback's `cx` and it converts.
+pub struct Loop<'a> {
     core: &'a mut Core,
     id: HandlerId,
-    closing: bool,
+    closing: Option<CloseReason>,
     event: Option<Event>,
 }
 
-impl<'a> Context<'a> {
+impl<'a> Loop<'a> {
     /// The id of the handler being called.
     pub fn id(&self) -> HandlerId {
         self.id
@@ -271,41 +343,72 @@ impl<'a> Context<'a> {
     /// Runs this handler's `on_event` again with `ev` before the next poll sleeps.
     /// Use it when a per-event budget stopped reading or writing before `WouldBlock`:
     /// no new edge will come for data that is already there.
+    ///
+    /// A re-queue that is already pending (same source, and both read-like or both
+    /// write-only) is not added again: a busy peer whose every new segment makes a
+    /// new edge would otherwise pile up re-queues, one more per poll, and be read
+    /// that many budgets per pass, starving the others. So a source is read at
+    /// most twice per pass: once for a poller event, once re-queued.
     pub fn requeue(&mut self, ev: Event) {
+        if let Some(bit) = ev.requeue_bit()
+            && let Some(slot) = self.core.slots.get_mut(self.id.index as usize)
+        {
+            if slot.requeued & bit != 0 {
+                return;
+            }
+            slot.requeued |= bit;
+        }
         self.core.pending.push(Pending::Ready(self.id, ev));
     }
 
-    /// Closes this handler once the current callback returns.
+    /// Closes this handler once the current callback returns, as
+    /// [`CloseReason::Local`] (unless a reason was given already).
+    ///
+    /// This is immediate: a [`Conn`](crate::Conn) dropped with output still queued
+    /// loses it (logged and counted as truncated when the handler releases it). To
+    /// end a conversation so the peer gets everything, use
+    /// [`Conn::close_when_done`](crate::Conn::close_when_done) or the framed layer's
+    /// [`Link::close_when_done`](crate::framed::Link::close_when_done).
     pub fn close(&mut self) {
-        self.closing = true;
+        self.closing.get_or_insert(CloseReason::Local);
     }
 
-    /// True once [`close`](Context::close) was called in this callback.
+    /// Closes this handler once the current callback returns, for `reason` (which
+    /// reaches `on_close` and the per-reason counts). The first reason given wins.
+    pub fn close_with(&mut self, reason: CloseReason) {
+        self.closing.get_or_insert(reason);
+    }
+
+    /// True once [`close`](Loop::close) was called in this callback.
     pub fn is_closing(&self) -> bool {
-        self.closing
+        self.closing.is_some()
     }
 
-    /// Closes another handler (before the next poll). Its id may be stale; then
-    /// nothing happens.
+    /// Closes another handler (before the next poll), as [`CloseReason::Local`].
+    /// Its id may be stale; then nothing happens.
     pub fn close_handler(&mut self, id: HandlerId) {
-        self.core.pending.push(Pending::Close(id));
+        self.core
+            .pending
+            .push(Pending::Close(id, CloseReason::Local));
     }
 
-    /// Adds a handler as a child of this one: this handler's
-    /// [`Handler::on_child_closed`] runs when it closes. Its `on_start` runs before
-    /// the next poll.
-    pub fn spawn<H: Handler>(&mut self, handler: H) -> HandlerId {
-        self.core.insert(Box::new(handler), Some(self.id))
+    /// Wakes handler `id`: its [`on_notify`](crate::Handler::on_notify) runs before
+    /// the next poll, after the pending work queued before it (see
+    /// [`crate::framed`]'s notes on delivery order). Nothing is allocated; a stale
+    /// id is ignored. Notifying a handler that is already notified calls it twice,
+    /// so whoever shares state with it keeps a flag (as
+    /// [`Outbox`](crate::framed::Outbox) does).
+    pub fn notify(&mut self, id: HandlerId) {
+        self.core.pending.push(Pending::Notify(id));
     }
 
-    /// Like [`spawn`](Context::spawn) for an already boxed handler.
-    pub fn spawn_boxed(&mut self, handler: Box<dyn Handler>) -> HandlerId {
-        self.core.insert(handler, Some(self.id))
-    }
-
-    /// Delivers `msg` to another handler's `on_message` before the next poll.
-    pub fn send(&mut self, to: HandlerId, msg: Box<dyn Any + Send>) {
+    pub(crate) fn push_message(&mut self, to: HandlerId, msg: Box<dyn Any>) {
         self.core.pending.push(Pending::Message(to, msg));
+    }
+
+    pub(crate) fn insert(&mut self, handler: Box<dyn Erased>) -> HandlerId {
+        let parent = Some(self.id);
+        self.core.insert(handler, parent)
     }
 
     /// A timer that fires once, `after` from now; owned by this handler and
@@ -338,17 +441,21 @@ impl<'a> Context<'a> {
         self.core.timers.cancel(timer)
     }
 
-    /// Runs blocking `f` on the worker pool; its return value comes back to this
-    /// handler's [`Handler::on_job`] with the returned id. Fails at once when the
-    /// pool's queue is full.
-    pub fn offload<F, T>(&mut self, f: F) -> Result<JobId, PoolFull>
+    /// Runs `f` on the worker pool for this handler; the typed front is
+    /// [`Context::offload`](crate::Context::offload).
+    pub(crate) fn offload_any<F, T>(&mut self, f: F) -> Result<JobId, PoolFull>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let core = &mut *self.core;
         if core.pool.is_none() {
-            match Pool::new(core.config.workers, core.config.job_queue) {
+            let wake = core.wake.clone();
+            match Pool::new(
+                core.config.workers,
+                core.config.job_queue,
+                Arc::new(move || wake.wake()),
+            ) {
                 Ok(p) => core.pool = Some(p),
                 Err(e) => {
                     log::error!("cannot start worker threads: {e}");
@@ -359,7 +466,7 @@ impl<'a> Context<'a> {
         core.next_job += 1;
         let job = JobId(core.next_job);
         let pool = core.pool.as_ref().expect("pool started above");
-        match pool.submit(self.id, job, f, core.cmd_tx.clone(), core.wake.clone()) {
+        match pool.submit(self.id, job, f) {
             Ok(()) => {
                 core.stats.jobs_offloaded += 1;
                 Ok(job)
@@ -369,6 +476,11 @@ impl<'a> Context<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// Jobs waiting in the worker pool's queue for a thread.
+    pub fn jobs_queued(&self) -> usize {
+        self.core.pool.as_ref().map_or(0, Pool::queued)
     }
 
     /// Starts a graceful shutdown of the loop (see [`Reactor::shutdown`]).
@@ -391,6 +503,17 @@ impl<'a> Context<'a> {
         &self.core.stats
     }
 
+    /// The program counter `name` of this loop (created at zero on first use):
+    /// shown in the stats line and the metrics. Look it up once and keep it.
+    pub fn counter(&mut self, name: impl Into<Cow<'static, str>>) -> Counter {
+        self.core.stats.app.counter(name)
+    }
+
+    /// The program gauge `name` of this loop (created at zero on first use).
+    pub fn gauge(&mut self, name: impl Into<Cow<'static, str>>) -> Gauge {
+        self.core.stats.app.gauge(name)
+    }
+
     /// A handle for other threads.
     pub fn handle(&self) -> ReactorHandle {
         self.core.handle()
@@ -401,9 +524,75 @@ impl<'a> Context<'a> {
         &self.core.config
     }
 
+    /// Logs a line about a peer's misbehaviour at `info`, at most one per second
+    /// for the whole loop (with a count of the lines held back), so a flood of bad
+    /// clients cannot flood the log.
+    pub fn log_peer(&mut self, line: std::fmt::Arguments<'_>) {
+        if let Some(more) = self.core.peer_log.allow(self.core.now) {
+            if more > 0 {
+                log::info!("{line} ({more} more such lines held back)");
+            } else {
+                log::info!("{line}");
+            }
+        }
+    }
+
+    /// The same as [`log_peer`](Loop::log_peer), at `warn`: for trouble of our
+    /// own that may come in floods (many connections closed at a drain deadline).
+    pub(crate) fn warn_limited(&mut self, line: std::fmt::Arguments<'_>) {
+        if let Some(more) = self.core.warn_log.allow(self.core.now) {
+            if more > 0 {
+                log::warn!("{line} ({more} more such lines held back)");
+            } else {
+                log::warn!("{line}");
+            }
+        }
+    }
+
     pub(crate) fn core(&mut self) -> &mut Core {
         self.core
     }
+
+    /// A second view of the same callback's loop, for a helper that holds one
+    /// while other parts of the handler are borrowed too (the framed layer's
+    /// `Link`); give its close request back with
+    /// [`set_close_request`](Loop::set_close_request).
+    pub(crate) fn reborrow(&mut self) -> Loop<'_> {
+        Loop {
+            core: &mut *self.core,
+            id: self.id,
+            closing: self.closing,
+            event: self.event,
+        }
+    }
+
+    /// The close request of this callback so far.
+    pub(crate) fn close_request(&self) -> Option<CloseReason> {
+        self.closing
+    }
+
+    /// Replaces the close request (taking over one made through a
+    /// [`reborrow`](Loop::reborrow)).
+    pub(crate) fn set_close_request(&mut self, c: Option<CloseReason>) {
+        self.closing = c;
+    }
+}
+
+/// What an error returned by a callback says about why the handler closes.
+pub(crate) fn classify(e: &Error) -> CloseReason {
+    if let Some(io) = e.downcast_ref::<io::Error>() {
+        if is_peer_gone(io) {
+            return CloseReason::PeerReset;
+        }
+        if io.kind() == io::ErrorKind::InvalidData {
+            return CloseReason::ProtocolError;
+        }
+        return CloseReason::HandlerError;
+    }
+    if e.is::<ProtocolError>() || e.is::<FrameError>() {
+        return CloseReason::ProtocolError;
+    }
+    CloseReason::HandlerError
 }
 
 impl Core {
@@ -426,7 +615,11 @@ impl Core {
         }
     }
 
-    fn insert(&mut self, handler: Box<dyn Handler>, parent: Option<HandlerId>) -> HandlerId {
+    pub(crate) fn insert(
+        &mut self,
+        handler: Box<dyn Erased>,
+        parent: Option<HandlerId>,
+    ) -> HandlerId {
         self.next_generation = (self.next_generation + 1) & GEN_MASK;
         let generation = self.next_generation;
         let index = self.slots.insert(Slot {
@@ -434,6 +627,7 @@ impl Core {
             handler: Some(handler),
             parent,
             timers: Vec::new(),
+            requeued: 0,
         });
         let id = HandlerId {
             index: index as u32,
@@ -498,7 +692,7 @@ impl Core {
         &mut self,
         id: HandlerId,
         event: Option<Event>,
-        f: impl FnOnce(&mut dyn Handler, &mut Context<'_>) -> HandlerResult,
+        f: impl FnOnce(&mut dyn Erased, &mut Loop<'_>) -> HandlerResult,
     ) -> bool {
         let Some(slot) = self.slots.get_mut(id.index as usize) else {
             return false;
@@ -510,14 +704,14 @@ impl Core {
             return false;
         };
         let start = self.clock;
-        let mut cx = Context {
+        let mut lp = Loop {
             core: self,
             id,
-            closing: false,
+            closing: None,
             event,
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut *handler, &mut cx)));
-        let mut closing = cx.closing;
+        let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut *handler, &mut lp)));
+        let mut closing = lp.closing;
         let end = self.stopwatch.ticks();
         self.clock = end;
         let ns = self.stopwatch.to_ns(end.saturating_sub(start));
@@ -535,43 +729,60 @@ impl Core {
         }
         match outcome {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.stats.handlers_failed += 1;
-                log::warn!(
-                    "handler {} {} failed: {}; closing it",
-                    handler.name(),
-                    id,
-                    e
-                );
-                closing = true;
-            }
+            Ok(Err(e)) => closing = Some(self.error_closes(&*handler, id, &e)),
             Err(p) => {
-                self.stats.handlers_failed += 1;
                 log::error!(
                     "handler {} {} panicked: {}; closing it",
                     handler.name(),
                     id,
                     panic_message(&*p)
                 );
-                closing = true;
+                closing = Some(CloseReason::Panic);
             }
         }
-        if closing {
-            self.finish_close(id, handler);
+        if let Some(reason) = closing {
+            self.finish_close(id, handler, reason);
         } else if let Some(slot) = self.slots.get_mut(id.index as usize) {
             slot.handler = Some(handler);
         }
         true
     }
 
-    fn finish_close(&mut self, id: HandlerId, mut handler: Box<dyn Handler>) {
-        let mut cx = Context {
+    /// Logs an error a callback returned, as what it says about the close.
+    fn error_closes(&mut self, handler: &dyn Erased, id: HandlerId, e: &Error) -> CloseReason {
+        let reason = classify(e);
+        match reason {
+            CloseReason::PeerReset => {
+                log::debug!("{} {}: peer gone ({e}); closing", handler.name(), id)
+            }
+            CloseReason::ProtocolError => {
+                if let Some(more) = self.peer_log.allow(self.now) {
+                    log::info!(
+                        "{} {}: protocol error: {e}; closing ({more} more such lines held back)",
+                        handler.name(),
+                        id
+                    );
+                }
+            }
+            _ => log::warn!(
+                "handler {} {} failed: {}; closing it",
+                handler.name(),
+                id,
+                e
+            ),
+        }
+        reason
+    }
+
+    fn finish_close(&mut self, id: HandlerId, mut handler: Box<dyn Erased>, reason: CloseReason) {
+        self.stats.count_close(reason);
+        let mut lp = Loop {
             core: self,
             id,
-            closing: true,
+            closing: Some(reason),
             event: None,
         };
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| handler.on_close(&mut cx))) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| handler.close(&mut lp, reason))) {
             log::error!(
                 "handler {} {} panicked in on_close: {}",
                 handler.name(),
@@ -601,7 +812,7 @@ impl Core {
         self.clock = self.stopwatch.ticks();
     }
 
-    fn close_now(&mut self, id: HandlerId) {
+    fn close_now(&mut self, id: HandlerId, reason: CloseReason) {
         if !self.live(id) {
             return;
         }
@@ -609,7 +820,7 @@ impl Core {
             .handler
             .take()
             .expect("live handler is present");
-        self.finish_close(id, handler);
+        self.finish_close(id, handler, reason);
     }
 
     fn run_pending(&mut self, scratch: &mut Vec<Pending>) {
@@ -617,22 +828,31 @@ impl Core {
         for p in scratch.drain(..) {
             match p {
                 Pending::Start(id) => {
-                    self.dispatch(id, None, |h, cx| h.on_start(cx));
+                    self.dispatch(id, None, |h, lp| h.start(lp));
                 }
                 Pending::Ready(id, ev) => {
-                    self.dispatch(id, Some(ev), |h, cx| h.on_event(cx, ev));
+                    if let Some(bit) = ev.requeue_bit()
+                        && let Some(slot) = self.slots.get_mut(id.index as usize)
+                        && slot.generation == id.generation
+                    {
+                        slot.requeued &= !bit;
+                    }
+                    self.dispatch(id, Some(ev), |h, lp| h.event(lp, ev));
                 }
                 Pending::ChildClosed { parent, child } => {
-                    self.dispatch(parent, None, |h, cx| h.on_child_closed(cx, child));
+                    self.dispatch(parent, None, |h, lp| h.child_closed(lp, child));
                 }
                 Pending::Message(id, msg) => {
-                    if !self.dispatch(id, None, |h, cx| h.on_message(cx, msg)) {
+                    if !self.dispatch(id, None, |h, lp| h.message(lp, msg)) {
                         log::debug!("message for closed handler {id} dropped");
                     }
                 }
-                Pending::Close(id) => self.close_now(id),
+                Pending::Notify(id) => {
+                    self.dispatch(id, None, |h, lp| h.notify(lp));
+                }
+                Pending::Close(id, reason) => self.close_now(id, reason),
                 Pending::Shutdown(id) => {
-                    self.dispatch(id, None, |h, cx| h.on_shutdown(cx));
+                    self.dispatch(id, None, |h, lp| h.shutdown(lp));
                 }
             }
         }
@@ -650,7 +870,7 @@ impl Core {
             if self.timers.owner(t).is_none() {
                 self.forget_timer(owner, t);
             }
-            self.dispatch(owner, None, |h, cx| h.on_timer(cx, t));
+            self.dispatch(owner, None, |h, lp| h.timer(lp, t));
         }
     }
 
@@ -664,14 +884,14 @@ impl Core {
                     self.insert(h, None);
                 }
                 Command::Message(id, msg) => self.pending.push(Pending::Message(id, msg)),
-                Command::JobDone { owner, job, result } => {
-                    if self.dispatch(owner, None, |h, cx| h.on_job(cx, job, result)) {
-                        self.stats.jobs_completed += 1;
-                    } else {
-                        self.stats.jobs_dropped += 1;
-                        log::debug!("result of job {job:?} dropped: handler {owner} has closed");
-                    }
-                }
+            }
+        }
+        while let Some(Done { owner, job, result }) = self.pool.as_ref().and_then(Pool::try_done) {
+            if self.dispatch(owner, None, |h, lp| h.job(lp, job, result)) {
+                self.stats.jobs_completed += 1;
+            } else {
+                self.stats.jobs_dropped += 1;
+                log::debug!("result of job {job:?} dropped: handler {owner} has closed");
             }
         }
     }
@@ -687,7 +907,7 @@ impl Core {
             })
             .collect();
         for id in ids {
-            self.close_now(id);
+            self.close_now(id, CloseReason::Shutdown);
         }
         self.pending.clear();
     }
@@ -751,14 +971,15 @@ impl Reactor {
                     pending: AtomicBool::new(false),
                 }),
                 bufs,
+                peer_log: LogLimiter::default(),
+                warn_log: LogLimiter::default(),
             },
             signals: None,
         })
     }
 
-    /// Adds a top-level handler; its `on_start` runs when the loop runs.
-    pub fn spawn<H: Handler>(&mut self, handler: H) -> HandlerId {
-        self.core.insert(Box::new(handler), None)
+    pub(crate) fn insert(&mut self, handler: Box<dyn Erased>) -> HandlerId {
+        self.core.insert(handler, None)
     }
 
     /// A handle that stops, shuts down, spawns into or messages this loop from any
@@ -770,6 +991,17 @@ impl Reactor {
     /// The loop's counters.
     pub fn stats(&self) -> &Stats {
         &self.core.stats
+    }
+
+    /// The program counter `name` of this loop (see [`Loop::counter`]), for a
+    /// program that sets up its counters before the loop runs.
+    pub fn counter(&mut self, name: impl Into<Cow<'static, str>>) -> Counter {
+        self.core.stats.app.counter(name)
+    }
+
+    /// The program gauge `name` of this loop (see [`Loop::gauge`]).
+    pub fn gauge(&mut self, name: impl Into<Cow<'static, str>>) -> Gauge {
+        self.core.stats.app.gauge(name)
     }
 
     /// Number of open handlers.
@@ -791,7 +1023,8 @@ impl Reactor {
         Ok(())
     }
 
-    /// Starts a graceful shutdown: every handler's [`Handler::on_shutdown`] runs
+    /// Starts a graceful shutdown: every handler's
+    /// [`on_shutdown`](crate::Handler::on_shutdown) runs
     /// (listeners stop accepting), then the loop runs until every handler has closed
     /// or [`Config::drain_timeout`] passes, when the rest are closed.
     pub fn shutdown(&mut self) {
@@ -862,7 +1095,7 @@ impl Reactor {
                     token => {
                         let (id, source) = decode_token(token);
                         let event = Event::from_mio(source, ev);
-                        if core.dispatch(id, Some(event), |h, cx| h.on_event(cx, event)) {
+                        if core.dispatch(id, Some(event), |h, lp| h.event(lp, event)) {
                             core.stats.events += 1;
                         } else {
                             core.stats.stale_events += 1;

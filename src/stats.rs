@@ -1,16 +1,21 @@
-//! Loop statistics: counters and a dispatch-time histogram.
+//! Loop statistics: counters, a dispatch-time histogram, close reasons, and the
+//! counters and gauges a program adds of its own.
 //!
-//! Everything here is plain integers owned by the loop thread: updating a counter is
-//! an add, recording a dispatch time is a few shifts and an add into a fixed array.
-//! No locks, no allocation. This module must not read the clock or log on its own;
-//! [`StatsLogger`] is the handler that prints the line periodically.
+//! The loop's own numbers are plain integers owned by the loop thread: updating
+//! one is an add, recording a dispatch time is a few shifts and an add into a fixed
+//! array. A program's [`Counter`]s and [`Gauge`]s are written by their loop's
+//! thread only, with a plain load and store (no locked instruction), and can be
+//! read from any thread. No locks, no allocation per update. This module must not
+//! read the clock, log, or know about handlers; [`StatsLogger`](crate::StatsLogger)
+//! is the handler that prints the line periodically.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::handler::HandlerResult;
-use crate::reactor::Context;
-use crate::timer::TimerId;
+use crate::event::CloseReason;
 
 /// Sub-buckets per power of two: percentiles are within 1/8 (12.5 %) of the truth.
 const SUB_BITS: u32 = 3;
@@ -104,8 +109,153 @@ impl Histogram {
     }
 }
 
-/// Counters kept by the loop. Cumulative since the reactor was created.
+/// A program's own monotonically growing count (requests served, lines broadcast),
+/// registered with its loop ([`Loop::counter`](crate::Loop::counter)) so that the
+/// stats line and the metrics show it.
+///
+/// Cheap to update: one plain load and store, no locked instruction, because only
+/// the thread of the loop it belongs to may update it (updates from two threads
+/// at once could be lost; give each loop its own). Any thread may read it.
+/// Clones share the count.
+///
+/// ```
+/// let c = reactor::Counter::default();
+/// c.inc();
+/// c.add(2);
+/// assert_eq!(c.get(), 3);
+/// ```
 #[derive(Clone, Debug, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a load and a store instead of a `lock xadd`.
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// The current count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A program's own value that goes up and down (clients online, queue depth);
+/// like [`Counter`], registered with a loop and written by that loop's thread only.
+///
+/// ```
+/// let g = reactor::Gauge::default();
+/// g.inc();
+/// g.add(4);
+/// g.dec();
+/// assert_eq!(g.get(), 4);
+/// g.set(-1);
+/// assert_eq!(g.get(), -1);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    /// Sets the value.
+    #[inline]
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Adds `n` (which may be negative).
+    #[inline]
+    pub fn add(&self, n: i64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Subtracts one.
+    #[inline]
+    pub fn dec(&self) {
+        self.add(-1);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters and gauges a program registered with one loop, by name.
+#[derive(Clone, Debug, Default)]
+pub struct AppMetrics {
+    counters: Vec<(Cow<'static, str>, Counter)>,
+    gauges: Vec<(Cow<'static, str>, Gauge)>,
+}
+
+impl AppMetrics {
+    /// The counter called `name`, created at zero on first use.
+    pub fn counter(&mut self, name: impl Into<Cow<'static, str>>) -> Counter {
+        let name = name.into();
+        if let Some((_, c)) = self.counters.iter().find(|(n, _)| *n == name) {
+            return c.clone();
+        }
+        let c = Counter::default();
+        self.counters.push((name, c.clone()));
+        c
+    }
+
+    /// The gauge called `name`, created at zero on first use.
+    pub fn gauge(&mut self, name: impl Into<Cow<'static, str>>) -> Gauge {
+        let name = name.into();
+        if let Some((_, g)) = self.gauges.iter().find(|(n, _)| *n == name) {
+            return g.clone();
+        }
+        let g = Gauge::default();
+        self.gauges.push((name, g.clone()));
+        g
+    }
+
+    /// Every counter with its name, in the order they were registered.
+    pub fn counters(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.counters.iter().map(|(n, c)| (n.as_ref(), c.get()))
+    }
+
+    /// Every gauge with its name, in the order they were registered.
+    pub fn gauges(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.gauges.iter().map(|(n, g)| (n.as_ref(), g.get()))
+    }
+}
+
+/// Counters kept by the loop. Cumulative since the reactor was created; the
+/// loop's own fields are a snapshot once cloned, while [`Stats::app`] shares the
+/// program's live counters.
+///
+/// Its `Display` is the stats line's totals part (see
+/// [`StatsLogger`](crate::StatsLogger) for the whole line):
+///
+/// ```text
+/// iterations=N events=N stale=N dispatches=N dispatch_us p50=F p99=F p999=F max=F
+/// slow=N timers=N jobs=OFFLOADED/COMPLETED/DROPPED/REJECTED open=N started=N
+/// failed=N closes=peer_closed:N,peer_reset:N,idle_timeout:N,protocol_error:N,
+/// local:N,shutdown:N,handler_error:N,panic:N truncated=N bytes_in=N bytes_out=N
+/// [NAME=N ...]
+/// ```
+///
+/// (one line; `failed` is `handler_error` plus `panic`; `truncated` counts closes
+/// that dropped output still queued; the program's counters and gauges come
+/// last, by name).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// Times the loop went round (one `poll` each).
     pub iterations: u64,
@@ -133,12 +283,48 @@ pub struct Stats {
     pub handlers_open: u64,
     /// Handlers ever started.
     pub handlers_started: u64,
-    /// Handlers closed because a callback returned an error or panicked.
+    /// Handlers closed because a callback returned an error of its own or panicked
+    /// ([`CloseReason::HandlerError`] plus [`CloseReason::Panic`]; a peer's reset
+    /// or bad input is not a failure).
     pub handlers_failed: u64,
+    /// Handlers closed, per [`CloseReason`] (indexed by [`CloseReason::index`]).
+    pub closes: [u64; CloseReason::ALL.len()],
+    /// Connections closed with output still queued for a peer that was not gone:
+    /// those bytes were dropped (each such close is also logged).
+    pub truncated_closes: u64,
     /// Bytes read from sockets by [`crate::Conn`].
     pub bytes_in: u64,
     /// Bytes written to sockets by [`crate::Conn`].
     pub bytes_out: u64,
+    /// The program's own counters and gauges.
+    pub app: AppMetrics,
+}
+
+impl Stats {
+    /// Handlers closed for `reason`.
+    pub fn closes(&self, reason: CloseReason) -> u64 {
+        self.closes[reason.index()]
+    }
+
+    /// The program counter called `name`, if one is registered.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.app
+            .counters()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The program gauge called `name`, if one is registered.
+    pub fn gauge(&self, name: &str) -> Option<i64> {
+        self.app.gauges().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub(crate) fn count_close(&mut self, reason: CloseReason) {
+        self.closes[reason.index()] += 1;
+        if reason.is_failure() {
+            self.handlers_failed += 1;
+        }
+    }
 }
 
 fn us(d: Duration) -> f64 {
@@ -152,7 +338,7 @@ impl fmt::Display for Stats {
             f,
             "iterations={} events={} stale={} dispatches={} dispatch_us p50={:.1} p99={:.1} \
              p999={:.1} max={:.1} slow={} timers={} jobs={}/{}/{}/{} open={} started={} \
-             failed={} bytes_in={} bytes_out={}",
+             failed={} closes=",
             self.iterations,
             self.events,
             self.stale_events,
@@ -170,42 +356,22 @@ impl fmt::Display for Stats {
             self.handlers_open,
             self.handlers_started,
             self.handlers_failed,
-            self.bytes_in,
-            self.bytes_out
-        )
-    }
-}
-
-/// A handler that logs the stats line (at `info` level) every `interval`, and closes
-/// itself on shutdown so it does not hold the loop open.
-#[derive(Debug)]
-pub struct StatsLogger {
-    interval: Duration,
-    label: String,
-}
-
-impl StatsLogger {
-    /// Logs every `interval`; `label` starts each line (e.g. the loop's number).
-    pub fn new(interval: Duration, label: impl Into<String>) -> StatsLogger {
-        StatsLogger {
-            interval,
-            label: label.into(),
+        )?;
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{}:{}", r.as_str(), self.closes[i])?;
         }
-    }
-}
-
-impl crate::Handler for StatsLogger {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
-        cx.timer_repeat(self.interval);
-        Ok(())
-    }
-    fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
-        log::info!("{}stats {}", self.label, cx.stats());
-        Ok(())
-    }
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
-        log::info!("{}stats {}", self.label, cx.stats());
-        cx.close();
+        write!(
+            f,
+            " truncated={} bytes_in={} bytes_out={}",
+            self.truncated_closes, self.bytes_in, self.bytes_out
+        )?;
+        for (name, v) in self.app.counters() {
+            write!(f, " {name}={v}")?;
+        }
+        for (name, v) in self.app.gauges() {
+            write!(f, " {name}={v}")?;
+        }
         Ok(())
     }
 }
@@ -249,5 +415,25 @@ mod tests {
         let s = Stats::default().to_string();
         assert!(!s.contains('\n'));
         assert!(s.starts_with("iterations=0 "));
+        assert!(s.contains(" closes=peer_closed:0,peer_reset:0,"), "{s}");
+    }
+
+    #[test]
+    fn program_metrics_are_shared_by_name_and_shown() {
+        let mut s = Stats::default();
+        let a = s.app.counter("lines");
+        let b = s.app.counter("lines");
+        a.inc();
+        b.add(2);
+        s.app.gauge("online").set(5);
+        assert_eq!(s.counter("lines"), Some(3));
+        assert_eq!(s.gauge("online"), Some(5));
+        assert_eq!(s.counter("nope"), None);
+        let line = s.to_string();
+        assert!(line.ends_with(" lines=3 online=5"), "{line}");
+        s.count_close(CloseReason::Panic);
+        s.count_close(CloseReason::PeerReset);
+        assert_eq!(s.handlers_failed, 1);
+        assert_eq!(s.closes(CloseReason::PeerReset), 1);
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::handler::HandlerId;
+use crate::event::HandlerId;
 
 /// Identifies a timer. Generation-checked: a cancelled timer's id never touches a
 /// newer timer that reused its slot.

@@ -32,8 +32,8 @@ use mio::Interest;
 use mio::net::UdpSocket;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::handler::{Event, SourceId};
-use crate::reactor::Context;
+use crate::Loop;
+use crate::{Event, SourceId};
 
 /// Socket options for [`bind_udp`].
 #[derive(Clone, Debug, Default)]
@@ -282,7 +282,7 @@ impl UdpConn {
 
     /// Registers the socket for readable and writable events, once (edge-triggered:
     /// interest never changes).
-    pub fn register(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    pub fn register(&mut self, cx: &mut Loop<'_>) -> io::Result<()> {
         cx.register(
             &mut self.socket,
             self.source,
@@ -291,7 +291,7 @@ impl UdpConn {
     }
 
     /// Removes the socket from the poller.
-    pub fn deregister(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    pub fn deregister(&mut self, cx: &mut Loop<'_>) -> io::Result<()> {
         cx.deregister(&mut self.socket)
     }
 
@@ -333,7 +333,7 @@ impl UdpConn {
     /// errors are returned.
     pub fn recv(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         mut f: impl FnMut(&[u8], SocketAddr, bool),
     ) -> io::Result<RecvStatus> {
         let mut st = RecvStatus::default();
@@ -372,7 +372,7 @@ impl UdpConn {
     /// returned; the socket stays usable.
     pub fn send_to(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         data: &[u8],
         to: SocketAddr,
     ) -> io::Result<SendOutcome> {
@@ -380,13 +380,13 @@ impl UdpConn {
     }
 
     /// Like [`send_to`](UdpConn::send_to) for a connected socket.
-    pub fn send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<SendOutcome> {
+    pub fn send(&mut self, cx: &mut Loop<'_>, data: &[u8]) -> io::Result<SendOutcome> {
         self.send_inner(cx, data, None)
     }
 
     fn send_inner(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         data: &[u8],
         to: Option<SocketAddr>,
     ) -> io::Result<SendOutcome> {
@@ -426,7 +426,7 @@ impl UdpConn {
     /// One send syscall, retried on `EINTR`; counts success and hard errors.
     fn send_now(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         data: &[u8],
         to: Option<SocketAddr>,
     ) -> io::Result<()> {
@@ -464,7 +464,7 @@ impl UdpConn {
     /// event. A queued datagram the kernel refuses is dropped (counted in
     /// [`UdpStats::send_errors`] and logged at debug level) and the rest go on.
     /// Returns true when the queue is empty.
-    pub fn flush(&mut self, cx: &mut Context<'_>) -> bool {
+    pub fn flush(&mut self, cx: &mut Loop<'_>) -> bool {
         let mut sent = 0;
         while self.queue.len() > 0 {
             if sent >= self.cfg.send_budget {

@@ -19,7 +19,7 @@ use common::{example_bin, run_loop};
 use reactor::discovery::proto::{Announcement, MAGIC, Metadata, VERSION, encode};
 use reactor::discovery::{Discovery, DiscoveryConfig, DiscoveryHandler, DiscoveryStats, PeerEvent};
 use reactor::echo::{EchoOptions, echo_listener};
-use reactor::{Config, Context, Handler, HandlerResult, SourceId, TimerId};
+use reactor::{CloseReason, Config, Context, Handler, HandlerResult, SourceId, TimerId};
 
 const BCAST: &str = "127.255.255.255";
 
@@ -384,24 +384,27 @@ impl Embedded {
 }
 
 impl Handler for Embedded {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         Ok(self.disc.start(cx)?)
     }
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.disc.on_readable(cx, &mut self.events)?;
         self.take_events();
         Ok(())
     }
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.disc.on_writable(cx);
         Ok(())
     }
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         assert!(self.disc.on_timer(cx, t, &mut self.events));
         self.take_events();
         Ok(())
     }
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         self.disc.leave(cx);
         let _ = self.done.send((self.disc.stats(), self.disc.table().len()));
     }
@@ -567,24 +570,21 @@ struct Owner {
 }
 
 impl Handler for Owner {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = PeerEvent;
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         let mut cfg = DiscoveryConfig::new("owner-node");
         cfg.port = self.port;
         cfg.interval = Duration::from_millis(200);
         cfg.service = "bittorrent".into();
         let disc = Discovery::new(cfg)?;
-        cx.spawn(DiscoveryHandler::to_owner(disc, cx.id()));
+        let me = cx.addr();
+        cx.spawn(DiscoveryHandler::to_owner(disc, me));
         Ok(())
     }
-    fn on_message(
-        &mut self,
-        _cx: &mut Context<'_>,
-        msg: Box<dyn std::any::Any + Send>,
-    ) -> HandlerResult {
-        let ev = msg
-            .downcast::<PeerEvent>()
-            .map_err(|_| "unexpected message")?;
-        let _ = self.events.send(*ev);
+    fn on_message(&mut self, _cx: &mut Context<'_, Self>, ev: PeerEvent) -> HandlerResult {
+        let _ = self.events.send(ev);
         Ok(())
     }
 }
@@ -592,11 +592,14 @@ impl Handler for Owner {
 /// Closes another handler after a delay (its `on_close` must say goodbye).
 struct CloseLater(reactor::HandlerId);
 impl Handler for CloseLater {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         cx.timer_once(Duration::from_millis(400));
         Ok(())
     }
-    fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, _t: TimerId) -> HandlerResult {
         cx.close_handler(self.0);
         cx.close();
         Ok(())
@@ -617,7 +620,7 @@ fn owner_handler_receives_events_as_messages() {
         let port = disc.local_addr().port();
         let other = r.spawn(DiscoveryHandler::with_callback(disc, |_, _| {}));
         r.spawn(Owner { port, events: tx });
-        r.spawn(CloseLater(other));
+        r.spawn(CloseLater(other.id()));
     });
     let first = rx.recv_timeout(Duration::from_secs(5)).expect("joined");
     assert_eq!(

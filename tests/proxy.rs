@@ -863,17 +863,20 @@ fn backpressure_bounds_buffering_and_resumes() {
 struct HeldBytesProbe(Arc<AtomicU64>);
 
 impl Handler for HeldBytesProbe {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         cx.timer_repeat(Duration::from_millis(1));
         Ok(())
     }
-    fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, _t: TimerId) -> HandlerResult {
         let s = cx.stats();
         self.0
             .fetch_max(s.bytes_in.saturating_sub(s.bytes_out), Ordering::Relaxed);
         Ok(())
     }
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         cx.close();
         Ok(())
     }

@@ -898,7 +898,7 @@ fn reserve_client_library_reconnects_and_keeps_its_id() {
         let mut opts = ReserveOptions::new(relay_via, "lib-peer", "lib", &echo.to_string());
         opts.reconnect_delay = secs(0.1);
         opts.heartbeat = secs(0.2);
-        let hook = Box::new(move |_: &mut reactor::Context<'_>, ev: &ClientEvent<'_>| {
+        let hook = Box::new(move |_: &mut reactor::Loop<'_>, ev: &ClientEvent<'_>| {
             let _ = tx.send(match ev {
                 ClientEvent::Reserved { first, .. } => format!("reserved first={first}"),
                 ClientEvent::Refused { reason, .. } => format!("refused {reason:?}"),
@@ -1328,7 +1328,7 @@ fn reserving_client(
     let (_, client) = run_loop(Config::default(), move |r| {
         let mut opts = ReserveOptions::new(relay, "p", "svc", &forward.to_string());
         adjust(&mut opts);
-        let hook = Box::new(move |_: &mut reactor::Context<'_>, ev: &ClientEvent<'_>| {
+        let hook = Box::new(move |_: &mut reactor::Loop<'_>, ev: &ClientEvent<'_>| {
             if matches!(ev, ClientEvent::Reserved { .. }) {
                 let _ = tx.send(());
             }

@@ -24,11 +24,14 @@ impl log::Log for Capture {
 
 struct BlocksTheLoop;
 impl Handler for BlocksTheLoop {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         cx.timer_once(Duration::from_millis(1));
         Ok(())
     }
-    fn on_timer(&mut self, cx: &mut Context<'_>, _t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, _t: TimerId) -> HandlerResult {
         std::thread::sleep(Duration::from_millis(200));
         cx.stop();
         Ok(())

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::run_loop;
 use reactor::udp::{UdpConfig, UdpConn, UdpOptions, UdpStats, bind_udp};
-use reactor::{Config, Context, Handler, HandlerResult, SendOutcome, SourceId};
+use reactor::{CloseReason, Config, Context, Handler, HandlerResult, SendOutcome, SourceId};
 
 /// Counts allocations made by the current thread, so the loop thread's own
 /// allocations can be measured while other test threads run.
@@ -59,10 +59,13 @@ struct Sink {
 }
 
 impl Handler for Sink {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         Ok(self.udp.register(cx)?)
     }
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         let (next, ooo, trunc) = (
             &mut self.next_seq,
             &mut self.out_of_order,
@@ -82,7 +85,7 @@ impl Handler for Sink {
         self.count.fetch_add(st.datagrams, Ordering::SeqCst);
         Ok(())
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>) {
+    fn on_close(&mut self, _cx: &mut Context<'_, Self>, _reason: CloseReason) {
         let _ = self.done.send((
             self.udp.stats(),
             self.out_of_order,
@@ -182,7 +185,10 @@ enum Report {
 }
 
 impl Handler for Blaster {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.udp.register(cx)?;
         let (mut sent, mut queued, mut dropped) = (0, 0, 0);
         for seq in 0u32..100 {
@@ -201,7 +207,7 @@ impl Handler for Blaster {
         });
         Ok(())
     }
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         if self.udp.queued() > 0 && self.udp.flush(cx) {
             let _ = self.report.send(Report::Drained(self.udp.stats()));
         }
@@ -288,10 +294,13 @@ struct UdpEcho {
 }
 
 impl Handler for UdpEcho {
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    type Message = ();
+    type Job = ();
+
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         Ok(self.udp.register(cx)?)
     }
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         let before = allocs();
         let mut replies = [(0u8, None::<SocketAddr>); 8];
         let mut n = 0;
@@ -310,11 +319,11 @@ impl Handler for UdpEcho {
         }
         Ok(())
     }
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.udp.flush(cx);
         Ok(())
     }
-    fn on_close(&mut self, _cx: &mut Context<'_>) {
+    fn on_close(&mut self, _cx: &mut Context<'_, Self>, _reason: CloseReason) {
         let _ = self.done.send((self.seen, self.allocs_after_warmup));
     }
 }

@@ -17,31 +17,33 @@
 //! struct Node { disc: Discovery, events: Vec<PeerEvent> }
 //!
 //! impl Handler for Node {
-//!     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+//!     type Message = ();
+//!     type Job = ();
+//!     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
 //!         Ok(self.disc.start(cx)?)
 //!     }
-//!     fn on_readable(&mut self, cx: &mut Context<'_>, s: SourceId) -> HandlerResult {
+//!     fn on_readable(&mut self, cx: &mut Context<'_, Self>, s: SourceId) -> HandlerResult {
 //!         if s == self.disc.source() {
 //!             self.disc.on_readable(cx, &mut self.events)?;
 //!         }
 //!         for ev in self.events.drain(..) { println!("{ev:?}"); }
 //!         Ok(())
 //!     }
-//!     fn on_writable(&mut self, cx: &mut Context<'_>, s: SourceId) -> HandlerResult {
+//!     fn on_writable(&mut self, cx: &mut Context<'_, Self>, s: SourceId) -> HandlerResult {
 //!         if s == self.disc.source() { self.disc.on_writable(cx); }
 //!         Ok(())
 //!     }
-//!     fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+//!     fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
 //!         self.disc.on_timer(cx, t, &mut self.events);
 //!         for ev in self.events.drain(..) { println!("{ev:?}"); }
 //!         Ok(())
 //!     }
-//!     fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+//!     fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
 //!         self.disc.leave(cx);
 //!         cx.close();
 //!         Ok(())
 //!     }
-//!     fn on_close(&mut self, cx: &mut Context<'_>) { self.disc.leave(cx); }
+//!     fn on_close(&mut self, cx: &mut Context<'_, Self>, _r: reactor::CloseReason) { self.disc.leave(cx); }
 //! }
 //!
 //! let mut cfg = DiscoveryConfig::new("node-1");
@@ -67,11 +69,12 @@ use std::time::{Duration, Instant};
 
 use super::proto::{self, Announcement, Metadata};
 use super::table::{self, Jitter, PeerTable};
-use crate::handler::{Handler, HandlerId, HandlerResult, SourceId};
+use crate::CloseReason;
 use crate::log_limit::LogLimiter;
-use crate::reactor::Context;
 use crate::timer::TimerId;
 use crate::udp::{SendOutcome, UdpConfig, UdpConn, UdpOptions, UdpStats};
+use crate::{Addr, Handler, HandlerResult, SourceId};
+use crate::{Context, Loop};
 
 /// A membership change reported to the owner: the table's event type.
 pub use super::table::Event as PeerEvent;
@@ -342,14 +345,14 @@ impl Discovery {
 
     /// Registers the socket and sends the first announcement at once. Call it from
     /// the owning handler's `on_start`.
-    pub fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    pub fn start(&mut self, cx: &mut Loop<'_>) -> io::Result<()> {
         self.udp.register(cx)?;
         self.started = true;
         self.announce(cx);
         Ok(())
     }
 
-    fn announce(&mut self, cx: &mut Context<'_>) {
+    fn announce(&mut self, cx: &mut Loop<'_>) {
         let now = cx.now();
         match self.udp.send_to(cx, &self.hello, self.dest) {
             Ok(SendOutcome::Sent | SendOutcome::Queued) => self.announcements += 1,
@@ -377,7 +380,7 @@ impl Discovery {
     /// changes to `events`. Call it on readable events of [`source`](Discovery::source).
     pub fn on_readable(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         events: &mut Vec<PeerEvent>,
     ) -> io::Result<()> {
         let now = cx.now();
@@ -439,7 +442,7 @@ impl Discovery {
     /// joins cannot make this node broadcast faster than that; a newcomer arriving
     /// inside that gap is answered at its end, and joins while one is pending
     /// share it.
-    fn greet_newcomer(&mut self, cx: &mut Context<'_>, now: Instant) {
+    fn greet_newcomer(&mut self, cx: &mut Loop<'_>, now: Instant) {
         if self.left || !self.started {
             return;
         }
@@ -456,7 +459,7 @@ impl Discovery {
 
     /// Sends queued announcements. Call it on writable events of
     /// [`source`](Discovery::source). Returns true when nothing is left queued.
-    pub fn on_writable(&mut self, cx: &mut Context<'_>) -> bool {
+    pub fn on_writable(&mut self, cx: &mut Loop<'_>) -> bool {
         self.udp.flush(cx)
     }
 
@@ -469,7 +472,7 @@ impl Discovery {
     /// the next announcement, or expiry of silent peers (appended to `events`).
     pub fn on_timer(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         timer: TimerId,
         events: &mut Vec<PeerEvent>,
     ) -> bool {
@@ -492,7 +495,7 @@ impl Discovery {
 
     /// Keeps one timer at the table's next expiry (moved earlier when a new peer
     /// brings an earlier deadline; peers refreshing never move it).
-    fn arm_expiry(&mut self, cx: &mut Context<'_>) {
+    fn arm_expiry(&mut self, cx: &mut Loop<'_>) {
         if let Some(at) = self.table.next_expiry() {
             fire_by(cx, &mut self.expiry_timer, at);
         }
@@ -502,7 +505,7 @@ impl Discovery {
     /// TTL) and stops announcing. Idempotent. Returns true when the goodbye is out
     /// (or cannot be sent); false while it waits in the send queue, which
     /// [`on_writable`](Discovery::on_writable) flushes.
-    pub fn leave(&mut self, cx: &mut Context<'_>) -> bool {
+    pub fn leave(&mut self, cx: &mut Loop<'_>) -> bool {
         if self.left || !self.started {
             self.left = true;
             return self.is_flushed();
@@ -530,7 +533,7 @@ impl Discovery {
 /// Keeps the timer in `slot` (its id and when it fires) firing no later than `at`:
 /// armed if there is none, moved earlier if it fires later, left alone otherwise.
 /// Returns true if it now fires at `at`.
-fn fire_by(cx: &mut Context<'_>, slot: &mut Option<(TimerId, Instant)>, at: Instant) -> bool {
+fn fire_by(cx: &mut Loop<'_>, slot: &mut Option<(TimerId, Instant)>, at: Instant) -> bool {
     let after = at.saturating_duration_since(cx.now());
     match slot {
         Some((_, armed)) if *armed <= at => false,
@@ -546,11 +549,11 @@ fn fire_by(cx: &mut Context<'_>, slot: &mut Option<(TimerId, Instant)>, at: Inst
 }
 
 /// A callback receiving events on the loop thread.
-type EventCallback = Box<dyn FnMut(&mut Context<'_>, PeerEvent)>;
+type EventCallback = Box<dyn FnMut(&mut Loop<'_>, PeerEvent)>;
 
 /// Where a [`DiscoveryHandler`] delivers events.
 enum Sink {
-    Owner(HandlerId),
+    Owner(Addr<PeerEvent>),
     Callback(EventCallback),
 }
 
@@ -558,8 +561,9 @@ enum Sink {
 /// callback.
 ///
 /// With [`to_owner`](DiscoveryHandler::to_owner), every event reaches the owner's
-/// [`Handler::on_message`] as a `Box<PeerEvent>` (downcast with
-/// `msg.downcast::<PeerEvent>()`). Spawn it with [`Context::spawn`] from the owner,
+/// [`Handler::on_message`]: the owner's message type is (or converts from)
+/// [`PeerEvent`], so its typed address is an `Addr<PeerEvent>`. Spawn it with
+/// [`Loop::spawn`] from the owner,
 /// so the owner's `on_child_closed` tells it when discovery stops. On shutdown it
 /// broadcasts the goodbye and closes.
 pub struct DiscoveryHandler {
@@ -570,8 +574,8 @@ pub struct DiscoveryHandler {
 }
 
 impl DiscoveryHandler {
-    /// Reports events to `owner` as `Box<PeerEvent>` messages.
-    pub fn to_owner(disc: Discovery, owner: HandlerId) -> DiscoveryHandler {
+    /// Reports events to `owner` as messages.
+    pub fn to_owner(disc: Discovery, owner: Addr<PeerEvent>) -> DiscoveryHandler {
         DiscoveryHandler {
             disc,
             sink: Sink::Owner(owner),
@@ -583,7 +587,7 @@ impl DiscoveryHandler {
     /// Calls `f` for every event, on the loop thread.
     pub fn with_callback(
         disc: Discovery,
-        f: impl FnMut(&mut Context<'_>, PeerEvent) + 'static,
+        f: impl FnMut(&mut Loop<'_>, PeerEvent) + 'static,
     ) -> DiscoveryHandler {
         DiscoveryHandler {
             disc,
@@ -598,10 +602,10 @@ impl DiscoveryHandler {
         &self.disc
     }
 
-    fn deliver(&mut self, cx: &mut Context<'_>) {
+    fn deliver(&mut self, cx: &mut Loop<'_>) {
         for ev in self.events.drain(..) {
             match &mut self.sink {
-                Sink::Owner(owner) => cx.send(*owner, Box::new(ev)),
+                Sink::Owner(owner) => cx.send(*owner, ev),
                 Sink::Callback(f) => f(cx, ev),
             }
         }
@@ -609,11 +613,14 @@ impl DiscoveryHandler {
 }
 
 impl Handler for DiscoveryHandler {
+    type Message = ();
+    type Job = ();
+
     fn name(&self) -> &str {
         "Discovery"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.disc.start(cx)?;
         log::debug!(
             "discovery {}: bound to {}, announcing to {} every {:?}",
@@ -625,26 +632,26 @@ impl Handler for DiscoveryHandler {
         Ok(())
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, _source: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _source: SourceId) -> HandlerResult {
         let r = self.disc.on_readable(cx, &mut self.events);
         self.deliver(cx);
         Ok(r?)
     }
 
-    fn on_writable(&mut self, cx: &mut Context<'_>, _source: SourceId) -> HandlerResult {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _source: SourceId) -> HandlerResult {
         if self.disc.on_writable(cx) && self.closing {
             cx.close();
         }
         Ok(())
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, timer: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, timer: TimerId) -> HandlerResult {
         self.disc.on_timer(cx, timer, &mut self.events);
         self.deliver(cx);
         Ok(())
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.closing = true;
         if self.disc.leave(cx) {
             cx.close();
@@ -652,7 +659,7 @@ impl Handler for DiscoveryHandler {
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         // Best effort when closed without a graceful shutdown (stop, error).
         self.disc.leave(cx);
     }

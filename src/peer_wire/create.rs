@@ -12,9 +12,9 @@ use std::rc::Rc;
 
 use super::metainfo::build_torrent;
 use super::storage::{collect_files, hash_range};
-use crate::handler::{Handler, HandlerResult};
-use crate::pool::{JobId, JobResult, take};
-use crate::reactor::Context;
+use crate::pool::{JobId, JobResult};
+use crate::{Context, Loop};
+use crate::{Handler, HandlerResult};
 
 /// What to make.
 #[derive(Clone, Debug)]
@@ -33,6 +33,9 @@ pub struct MakeTorrent {
 pub type MakeResult = Rc<RefCell<Option<Result<u32, String>>>>;
 
 type Files = Vec<(Vec<String>, u64, PathBuf)>;
+
+/// A finished step of making a torrent (the handler's offloaded work); opaque.
+pub struct MakeStep(Step);
 
 enum Step {
     Listed(std::io::Result<Files>),
@@ -68,12 +71,12 @@ impl MakeTorrent {
 }
 
 impl MakeTorrentHandler {
-    fn fail(&mut self, cx: &mut Context<'_>, msg: String) {
+    fn fail(&mut self, cx: &mut Loop<'_>, msg: String) {
         *self.result.borrow_mut() = Some(Err(msg));
         cx.stop();
     }
 
-    fn step(&mut self, cx: &mut Context<'_>, step: Step) -> Result<(), String> {
+    fn step(&mut self, cx: &mut Context<'_, Self>, step: Step) -> Result<(), String> {
         match step {
             Step::Listed(files) => {
                 self.files = files.map_err(|e| format!("cannot read the data: {e}"))?;
@@ -96,7 +99,10 @@ impl MakeTorrentHandler {
                     let paths = paths.clone();
                     let piece_length = self.spec.piece_length;
                     cx.offload(move || {
-                        Step::Hashed(i, hash_range(&paths, start, len, piece_length))
+                        MakeStep(Step::Hashed(
+                            i,
+                            hash_range(&paths, start, len, piece_length),
+                        ))
                     })
                     .map_err(|e| e.to_string())?;
                     self.parts.push(None);
@@ -134,7 +140,7 @@ impl MakeTorrentHandler {
                     .map_err(|e| format!("cannot build the torrent: {e}"))?;
                     *self.result.borrow_mut() = Some(Ok(hashes.len() as u32));
                     let out = self.spec.out.clone();
-                    cx.offload(move || Step::Written(std::fs::write(&out, bytes)))
+                    cx.offload(move || MakeStep(Step::Written(std::fs::write(&out, bytes))))
                         .map_err(|e| e.to_string())?;
                 }
             }
@@ -148,18 +154,26 @@ impl MakeTorrentHandler {
 }
 
 impl Handler for MakeTorrentHandler {
+    type Message = ();
+    type Job = MakeStep;
+
     fn name(&self) -> &str {
         "MakeTorrent"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         let data = self.spec.data.clone();
-        cx.offload(move || Step::Listed(collect_files(&data)))?;
+        cx.offload(move || MakeStep(Step::Listed(collect_files(&data))))?;
         Ok(())
     }
 
-    fn on_job(&mut self, cx: &mut Context<'_>, _job: JobId, result: JobResult) -> HandlerResult {
-        let step = take::<Step>(result)?;
+    fn on_job(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        _job: JobId,
+        result: JobResult<MakeStep>,
+    ) -> HandlerResult {
+        let MakeStep(step) = result?;
         if let Err(e) = self.step(cx, step) {
             self.fail(cx, e);
         }

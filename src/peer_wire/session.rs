@@ -24,10 +24,11 @@ use super::peers::ConnStats;
 use super::picker::{BlockRef, PeerKey, Received};
 use super::torrent::{Assembly, SessionSlot, Shared, key_of};
 use super::wire::{self, Bitfield, ExtHandshake, Message};
+use crate::CloseReason;
 use crate::conn::{Conn, ConnConfig};
-use crate::handler::{Event, Handler, HandlerResult, SourceId};
-use crate::reactor::Context;
 use crate::timer::TimerId;
+use crate::{Context, Loop};
+use crate::{Event, Handler, HandlerResult, SourceId};
 
 /// Largest block a peer may request from us; larger requests are rejected.
 pub const MAX_REQUEST_LEN: u32 = 16 * 1024;
@@ -117,11 +118,17 @@ struct Peer {
     max_msg: u32,
 }
 
+/// How long an ending session waits for the peer to take our last bytes and close.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One peer connection. See the module docs.
 pub struct Session {
     conn: Conn,
     p: Peer,
     tick: Option<TimerId>,
+    /// Ending gracefully ([`Conn::close_when_done`]) since then, for this reason;
+    /// the tick closes it at the linger bound.
+    ending: Option<(CloseReason, Instant)>,
 }
 
 fn conn_config(max_msg: u32) -> ConnConfig {
@@ -139,6 +146,7 @@ impl Session {
             conn: Conn::new(stream, 0, conn_config(max)),
             p: Peer::new(sh, addr, false),
             tick: None,
+            ending: None,
         }
     }
 
@@ -150,20 +158,56 @@ impl Session {
             conn,
             p: Peer::new(sh, addr, true),
             tick: None,
+            ending: None,
         })
     }
 
-    fn close(&mut self, cx: &mut Context<'_>, why: &str, hostile: bool) {
+    /// Ends the session for `why`: a hostile peer is cut off at once (what we
+    /// queued for it is dropped on purpose); anything else ends gracefully.
+    fn close(&mut self, cx: &mut Loop<'_>, why: &str, hostile: bool) {
         if hostile {
             log::warn!("peer {}: {why}; closing", self.p.addr);
+            self.conn.clear_write_queue(cx);
+            cx.close_with(CloseReason::ProtocolError);
         } else {
             log::debug!("peer {}: {why}; closing", self.p.addr);
+            self.end(cx, CloseReason::Local);
         }
-        cx.close();
+    }
+
+    /// The socket failed: nothing more can be delivered.
+    fn broke(&mut self, cx: &mut Loop<'_>, why: &str) {
+        log::debug!("peer {}: {why}; closing", self.p.addr);
+        self.conn.clear_write_queue(cx);
+        cx.close_with(CloseReason::PeerReset);
+    }
+
+    /// Ends the conversation gracefully: what is queued is delivered, then end of
+    /// file; the peer's further input is dropped until it closes or [`LINGER`].
+    fn end(&mut self, cx: &mut Loop<'_>, reason: CloseReason) {
+        if self.ending.is_some() {
+            return;
+        }
+        self.ending = Some((reason, cx.now()));
+        if self.conn.close_when_done(cx).is_err() || self.conn.is_done() {
+            cx.close_with(reason);
+        }
+    }
+
+    /// An ending session's events: drop input, write what is left, close when done.
+    fn finish_ending(&mut self, cx: &mut Loop<'_>, reason: CloseReason) {
+        let ok = self.conn.fill(cx).is_ok() && self.conn.flush(cx).is_ok();
+        if !ok || self.conn.is_done() {
+            cx.close_with(reason);
+        }
     }
 
     /// Reads, handles every complete message, then writes.
-    fn pump(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn pump(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
+        if let Some((reason, _)) = self.ending {
+            self.finish_ending(cx, reason);
+            return Ok(());
+        }
         if self.p.phase == Phase::Connecting {
             match self.conn.poll_connect() {
                 Ok(true) => {
@@ -180,7 +224,7 @@ impl Session {
                         .peers
                         .connect_failed(self.p.addr, now);
                     self.p.registered = false;
-                    self.close(cx, &format!("connect failed: {e}"), false);
+                    self.broke(cx, &format!("connect failed: {e}"));
                     return Ok(());
                 }
             }
@@ -188,7 +232,7 @@ impl Session {
         let st = match self.conn.fill(cx) {
             Ok(st) => st,
             Err(e) => {
-                self.close(cx, &format!("read error: {e}"), false);
+                self.broke(cx, &format!("read error: {e}"));
                 return Ok(());
             }
         };
@@ -197,13 +241,14 @@ impl Session {
             return Ok(());
         }
         if st.eof {
-            self.close(cx, "peer closed the connection", false);
+            log::debug!("peer {}: peer closed the connection; closing", self.p.addr);
+            self.end(cx, CloseReason::PeerClosed);
             return Ok(());
         }
         self.after_input(cx)
     }
 
-    fn handle_input(&mut self, cx: &mut Context<'_>) -> Result<(), Close> {
+    fn handle_input(&mut self, cx: &mut Loop<'_>) -> Result<(), Close> {
         loop {
             match self.p.phase {
                 Phase::Connecting => return Ok(()),
@@ -252,7 +297,7 @@ impl Session {
     }
 
     /// Sends what the messages produced, requests more, serves uploads, flushes.
-    fn after_input(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn after_input(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
         if self.p.phase == Phase::Open
             && self.p.peer_has.all()
             && self.p.sh.borrow().picker.is_finished()
@@ -260,7 +305,7 @@ impl Session {
             // Two seeds have nothing to give each other. The peer manager counts
             // this as a useless connection, so the redial backs off.
             log::info!("peer {}: both sides are seeds; closing", self.p.addr);
-            cx.close();
+            self.end(cx, CloseReason::Local);
             return Ok(());
         }
         if self.p.phase == Phase::Open {
@@ -272,7 +317,7 @@ impl Session {
         Ok(())
     }
 
-    fn write_out(&mut self, cx: &mut Context<'_>) {
+    fn write_out(&mut self, cx: &mut Loop<'_>) {
         if !self.p.out.is_empty() {
             self.conn.queue(cx, &self.p.out);
             self.p.out.clear();
@@ -282,7 +327,7 @@ impl Session {
 
     /// Writes requested blocks from the chunk cache while the write queue has
     /// room; a missing chunk is asked of the engine and serving resumes on wake-up.
-    fn serve(&mut self, cx: &mut Context<'_>) -> bool {
+    fn serve(&mut self, cx: &mut Loop<'_>) -> bool {
         if self.p.serve_q.is_empty() || self.p.am_choking {
             return false;
         }
@@ -356,12 +401,12 @@ impl Session {
     /// nothing more can be served now (a wake-up will follow), or this event's
     /// share is spent (re-queued). Stopping after a flush that emptied the queue
     /// without filling the socket would wait for an edge that never comes.
-    fn serve_and_flush(&mut self, cx: &mut Context<'_>) {
+    fn serve_and_flush(&mut self, cx: &mut Loop<'_>) {
         let mut rounds = 0;
         loop {
             let queued = self.serve(cx);
             if let Err(e) = self.conn.flush(cx) {
-                self.close(cx, &format!("write error: {e}"), false);
+                self.broke(cx, &format!("write error: {e}"));
                 return;
             }
             if !queued || self.conn.write_pending() > 0 {
@@ -375,8 +420,14 @@ impl Session {
         }
     }
 
-    fn on_tick(&mut self, cx: &mut Context<'_>) {
+    fn on_tick(&mut self, cx: &mut Loop<'_>) {
         let now = cx.now();
+        if let Some((reason, since)) = self.ending {
+            if now.saturating_duration_since(since) >= LINGER {
+                cx.close_with(reason);
+            }
+            return;
+        }
         let cfg = self.p.sh.borrow().cfg.timeouts();
         let p = &self.p;
         let why: Option<String> = match p.phase {
@@ -385,7 +436,7 @@ impl Session {
                 sh.peers.connect_failed(p.addr, now);
                 drop(sh);
                 self.p.registered = false;
-                self.close(cx, "connect timed out", false);
+                self.broke(cx, "connect timed out");
                 return;
             }
             Phase::Handshake | Phase::PeerId if now - p.started > cfg.handshake_timeout => Some(
@@ -406,7 +457,7 @@ impl Session {
                     p.addr,
                     cfg.idle_timeout
                 );
-                cx.close();
+                self.end(cx, CloseReason::IdleTimeout);
                 return;
             }
             Phase::Open if !p.inflight.is_empty() && now - p.last_block > cfg.request_timeout => {
@@ -441,7 +492,7 @@ impl Session {
                 self.p.send(Message::Choke);
                 self.write_out(cx);
                 if let Err(e) = self.conn.flush(cx) {
-                    self.close(cx, &format!("write error: {e}"), false);
+                    self.broke(cx, &format!("write error: {e}"));
                     return;
                 }
             }
@@ -450,7 +501,7 @@ impl Session {
             self.p.send(Message::KeepAlive);
             self.write_out(cx);
             if let Err(e) = self.conn.flush(cx) {
-                self.close(cx, &format!("write error: {e}"), false);
+                self.broke(cx, &format!("write error: {e}"));
             }
         }
     }
@@ -520,7 +571,7 @@ impl Peer {
 
     fn on_handshake(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         reserved: [u8; 8],
         info_hash: [u8; 20],
         peer_id: Option<[u8; 20]>,
@@ -540,7 +591,7 @@ impl Peer {
         }
     }
 
-    fn on_peer_id(&mut self, cx: &mut Context<'_>, id: [u8; 20]) -> Result<(), Close> {
+    fn on_peer_id(&mut self, cx: &mut Loop<'_>, id: [u8; 20]) -> Result<(), Close> {
         if id == self.sh.borrow().peer_id {
             return Err("connected to ourselves".into());
         }
@@ -579,7 +630,7 @@ impl Peer {
         Ok(())
     }
 
-    fn on_message(&mut self, cx: &mut Context<'_>, msg: Message<'_>) -> Result<(), Close> {
+    fn on_message(&mut self, cx: &mut Loop<'_>, msg: Message<'_>) -> Result<(), Close> {
         let now = cx.now();
         self.last_msg = now;
         let n = self.peer_has.len();
@@ -771,7 +822,7 @@ impl Peer {
 
     fn on_block(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         piece: u32,
         begin: u32,
         block: &[u8],
@@ -967,11 +1018,14 @@ impl Peer {
 }
 
 impl Handler for Session {
+    type Message = ();
+    type Job = ();
+
     fn name(&self) -> &str {
         "PeerSession"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.p.key = key_of(cx.id());
         self.p.sh.borrow_mut().sessions.insert(
             self.p.key,
@@ -996,24 +1050,22 @@ impl Handler for Session {
         Ok(())
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.pump(cx)
     }
 
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
-        if self.p.phase == Phase::Connecting {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
+        if self.p.phase == Phase::Connecting || self.ending.is_some() {
             return self.pump(cx);
         }
         self.serve_and_flush(cx);
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        cx: &mut Context<'_>,
-        _msg: Box<dyn std::any::Any + Send>,
-    ) -> HandlerResult {
-        if self.p.phase != Phase::Open {
+    /// Woken by the engine (`Shared::wake`): pieces to announce, blocks to request
+    /// or serve.
+    fn on_notify(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        if self.p.phase != Phase::Open || self.ending.is_some() {
             if let Some(s) = self.p.sh.borrow_mut().sessions.get_mut(&self.p.key) {
                 s.woken = false;
             }
@@ -1022,19 +1074,19 @@ impl Handler for Session {
         self.after_input(cx)
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if Some(t) == self.tick {
             self.on_tick(cx);
         }
         Ok(())
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
-        cx.close();
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        self.end(cx, CloseReason::Shutdown);
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         self.conn.release(cx);
         if self.p.stats.handshake_done {
             log::info!(
@@ -1090,11 +1142,14 @@ mod tests {
 
     type Panic = Rc<RefCell<Option<Box<dyn std::any::Any + Send>>>>;
 
-    type Step = Box<dyn FnOnce(&mut Context<'_>)>;
+    type Step = Box<dyn FnOnce(&mut Loop<'_>)>;
 
     struct Run(Option<Step>, Panic);
     impl Handler for Run {
-        fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+        type Message = ();
+        type Job = ();
+
+        fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
             if let Some(f) = self.0.take() {
                 // The loop would log a panic and carry on; the test must fail.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(cx)));
@@ -1108,7 +1163,7 @@ mod tests {
     }
 
     /// Runs `f` inside a loop callback; its assertion failures fail the test.
-    fn in_loop(f: impl FnOnce(&mut Context<'_>) + 'static) {
+    fn in_loop(f: impl FnOnce(&mut Loop<'_>) + 'static) {
         let panic: Panic = Rc::new(RefCell::new(None));
         let mut r = crate::Reactor::new().unwrap();
         r.spawn(Run(Some(Box::new(f)), panic.clone()));

@@ -39,12 +39,13 @@ use super::picker::{BlockRef, PeerKey, Picker};
 use super::session::Session;
 use super::storage::{OpenMode, Storage};
 use super::tracker_client::{Announcer, Completed};
+use crate::CloseReason;
 use crate::discovery::{Discovery, DiscoveryHandler, PeerEvent};
-use crate::handler::{Handler, HandlerId, HandlerResult};
 use crate::listener::{ListenOptions, Listener};
-use crate::pool::{JobId, JobResult, take};
-use crate::reactor::{Context, Reactor};
+use crate::pool::{JobId, JobResult};
 use crate::timer::TimerId;
+use crate::{Addr, Handler, HandlerId, HandlerResult};
+use crate::{Context, Loop, Reactor};
 
 /// Largest unit of piece data read from disk and cached for uploads: a whole
 /// piece when pieces are small, else a slice of one.
@@ -181,9 +182,6 @@ pub(crate) struct Assembly {
     pub senders: Vec<Option<SocketAddr>>,
 }
 
-/// A woken handler's message: carries nothing (a zero-sized box does not allocate).
-pub(crate) struct Wake;
-
 /// State shared by the engine and the sessions of one torrent (loop thread only).
 pub struct Shared {
     pub(crate) meta: Arc<Metainfo>,
@@ -264,29 +262,29 @@ impl Shared {
     }
 
     /// Wakes the engine (once until it runs).
-    pub(crate) fn wake_engine(&mut self, cx: &mut Context<'_>) {
+    pub(crate) fn wake_engine(&mut self, cx: &mut Loop<'_>) {
         if !self.engine_woken {
             self.engine_woken = true;
-            cx.send(self.engine, Box::new(Wake));
+            cx.notify(self.engine);
         }
     }
 
     /// Wakes one session (once until it runs).
-    pub(crate) fn wake(&mut self, cx: &mut Context<'_>, key: PeerKey) {
+    pub(crate) fn wake(&mut self, cx: &mut Loop<'_>, key: PeerKey) {
         if let Some(s) = self.sessions.get_mut(&key)
             && !s.woken
         {
             s.woken = true;
-            cx.send(s.id, Box::new(Wake));
+            cx.notify(s.id);
         }
     }
 
     /// Wakes every session: new pieces to announce or blocks to request.
-    pub(crate) fn wake_all(&mut self, cx: &mut Context<'_>) {
+    pub(crate) fn wake_all(&mut self, cx: &mut Loop<'_>) {
         for s in self.sessions.values_mut() {
             if !s.woken {
                 s.woken = true;
-                cx.send(s.id, Box::new(Wake));
+                cx.notify(s.id);
             }
         }
     }
@@ -307,7 +305,7 @@ impl Shared {
     }
 
     /// Asks the engine for chunk `k` of `piece`; `who` is woken when it is cached.
-    pub(crate) fn want_chunk(&mut self, cx: &mut Context<'_>, piece: u32, k: u32, who: PeerKey) {
+    pub(crate) fn want_chunk(&mut self, cx: &mut Loop<'_>, piece: u32, k: u32, who: PeerKey) {
         match self.loading.get_mut(&(piece, k)) {
             Some(w) => {
                 if !w.contains(&who) {
@@ -337,7 +335,7 @@ impl Shared {
     }
 
     /// Called by a session whose block completed `piece`: hand it to the engine.
-    pub(crate) fn piece_complete(&mut self, cx: &mut Context<'_>, piece: u32) {
+    pub(crate) fn piece_complete(&mut self, cx: &mut Loop<'_>, piece: u32) {
         if let Some(a) = self.assembling.remove(&piece) {
             self.completed.push_back((piece, a.buf.freeze(), a.senders));
             self.wake_engine(cx);
@@ -345,7 +343,7 @@ impl Shared {
     }
 
     /// A session gives back its upload slot; the first waiting peer gets a chance.
-    pub(crate) fn release_slot(&mut self, cx: &mut Context<'_>) {
+    pub(crate) fn release_slot(&mut self, cx: &mut Loop<'_>) {
         self.unchoked = self.unchoked.saturating_sub(1);
         while let Some(k) = self.choke_waiters.pop_front() {
             if self.sessions.contains_key(&k) {
@@ -467,7 +465,9 @@ pub fn start(
         })
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         local_addr = Some(l.local_addr());
-        listener = Some(Box::new(l) as Box<dyn Handler>);
+        listener = Some(Box::new(move |cx: &mut Loop<'_>| {
+            cx.spawn(l);
+        }) as SpawnListener);
     }
     // After the listener, so the announced port is the one the OS chose.
     let discovery = match &cfg.discovery {
@@ -506,7 +506,7 @@ pub fn start(
         candidates,
         changes: Vec::new(),
     };
-    let id = reactor.spawn(engine);
+    let id = reactor.spawn(engine).id();
     shared.borrow_mut().engine = id;
     Ok(TorrentHandle {
         local_addr,
@@ -531,8 +531,11 @@ fn describe_senders(blocks: &[(u32, SocketAddr, Digest)]) -> String {
     parts.join(", ")
 }
 
+/// Spawns a handler whose type the engine does not name (the listener's).
+type SpawnListener = Box<dyn FnOnce(&mut Loop<'_>)>;
+
 /// Results of the engine's offloaded jobs.
-enum Done {
+pub(crate) enum Done {
     Opened(std::io::Result<Arc<Storage>>, bool),
     Verified(std::io::Result<Vec<u32>>),
     Checked {
@@ -554,14 +557,15 @@ enum Done {
 }
 
 /// The torrent's engine handler. See the module docs.
-pub struct Engine {
+pub(crate) struct Engine {
     sh: Rc<RefCell<Shared>>,
     mode: Mode,
-    listener: Option<Box<dyn Handler>>,
+    /// Spawns the listener once the data is checked.
+    listener: Option<SpawnListener>,
     outcome: Rc<RefCell<Option<Result<(), String>>>>,
     verify_jobs: usize,
     tick: Option<TimerId>,
-    announcer: Option<HandlerId>,
+    announcer: Option<Addr<Completed>>,
     local_port: Option<u16>,
     dial_buf: Vec<SocketAddr>,
     last_report: Option<Instant>,
@@ -580,7 +584,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    fn fail(&mut self, cx: &mut Context<'_>, msg: String) {
+    fn fail(&mut self, cx: &mut Context<'_, Self>, msg: String) {
         log::error!("{msg}");
         *self.outcome.borrow_mut() = Some(Err(msg));
         cx.stop();
@@ -591,7 +595,7 @@ impl Engine {
     }
 
     /// Data checked: accept and dial peers.
-    fn go_live(&mut self, cx: &mut Context<'_>) {
+    fn go_live(&mut self, cx: &mut Context<'_, Self>) {
         let (finished, count, have) = {
             let mut sh = self.sh.borrow_mut();
             sh.ready = true;
@@ -628,8 +632,8 @@ impl Engine {
                 }
             }
         }
-        if let Some(l) = self.listener.take() {
-            cx.spawn_boxed(l);
+        if let Some(spawn) = self.listener.take() {
+            spawn(cx);
         }
         // Announce only now: a peer that found us while the data was being checked
         // would wait in the backlog and could time out.
@@ -642,7 +646,8 @@ impl Engine {
                 d.interval()
             );
             self.discovery_started = Some(cx.now());
-            self.discovery_id = Some(cx.spawn(DiscoveryHandler::to_owner(d, cx.id())));
+            let owner = cx.addr();
+            self.discovery_id = Some(cx.spawn(DiscoveryHandler::to_owner(d, owner)).id());
         }
         self.tick = Some(cx.timer_repeat(Duration::from_millis(500)));
         let tracker = self.sh.borrow().cfg.tracker.clone();
@@ -656,7 +661,7 @@ impl Engine {
         self.dial(cx);
     }
 
-    fn dial(&mut self, cx: &mut Context<'_>) {
+    fn dial(&mut self, cx: &mut Context<'_, Self>) {
         let now = cx.now();
         self.dial_buf.clear();
         {
@@ -683,7 +688,7 @@ impl Engine {
 
     /// A discovery event: a leecher adds the nodes announcing our torrent to the
     /// peer manager like tracker peers, and stops dialling those that left.
-    fn on_discovery(&mut self, cx: &mut Context<'_>, ev: &PeerEvent) {
+    fn on_discovery(&mut self, cx: &mut Context<'_, Self>, ev: &PeerEvent) {
         if !self.is_leech() {
             return; // a seeder only needs to be found
         }
@@ -727,7 +732,7 @@ impl Engine {
         }
     }
 
-    fn finish(&mut self, cx: &mut Context<'_>) {
+    fn finish(&mut self, cx: &mut Context<'_, Self>) {
         if self.finishing {
             return;
         }
@@ -742,7 +747,7 @@ impl Engine {
         self.completed(cx);
     }
 
-    fn completed(&mut self, cx: &mut Context<'_>) {
+    fn completed(&mut self, cx: &mut Context<'_, Self>) {
         let (total, secs) = {
             let sh = self.sh.borrow();
             (sh.meta.total_length, self.started.elapsed().as_secs_f64())
@@ -756,7 +761,7 @@ impl Engine {
         );
         *self.outcome.borrow_mut() = Some(Ok(()));
         if let Some(a) = self.announcer {
-            cx.send(a, Box::new(Completed));
+            cx.send(a, Completed);
         }
         if self.sh.borrow().cfg.exit_when_complete {
             // Graceful: sessions close at once, the announcer says `stopped`. The
@@ -772,7 +777,7 @@ impl Engine {
 
     /// Offloads queued work: piece checks and chunk reads. A full pool leaves the
     /// rest queued for the next tick.
-    fn pump(&mut self, cx: &mut Context<'_>) {
+    fn pump(&mut self, cx: &mut Context<'_, Self>) {
         let mut sh = self.sh.borrow_mut();
         sh.engine_woken = false;
         let Some(storage) = sh.storage.clone() else {
@@ -822,7 +827,7 @@ impl Engine {
         }
     }
 
-    fn on_done(&mut self, cx: &mut Context<'_>, done: Done) {
+    fn on_done(&mut self, cx: &mut Context<'_, Self>, done: Done) {
         match done {
             Done::Opened(Err(e), _) => self.fail(cx, format!("cannot open the data: {e}")),
             Done::Opened(Ok(st), existed) => {
@@ -971,7 +976,7 @@ impl Engine {
         }
     }
 
-    fn report(&mut self, cx: &mut Context<'_>) {
+    fn report(&mut self, cx: &mut Context<'_, Self>) {
         let now = cx.now();
         let sh = self.sh.borrow();
         if !sh.cfg.progress || !self.is_leech() || self.finishing {
@@ -1015,7 +1020,7 @@ impl Engine {
     }
 
     /// A download that cannot progress fails instead of waiting forever.
-    fn check_stalled(&mut self, cx: &mut Context<'_>) {
+    fn check_stalled(&mut self, cx: &mut Context<'_, Self>) {
         if !self.is_leech() || self.finishing {
             return;
         }
@@ -1060,11 +1065,14 @@ impl Engine {
 }
 
 impl Handler for Engine {
+    type Message = PeerEvent;
+    type Job = Done;
+
     fn name(&self) -> &str {
         "TorrentEngine"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         let meta = self.sh.borrow().meta.clone();
         let (root, mode) = match &self.mode {
             Mode::Seed(p) => (p.clone(), OpenMode::Seed),
@@ -1083,28 +1091,33 @@ impl Handler for Engine {
         Ok(())
     }
 
-    fn on_job(&mut self, cx: &mut Context<'_>, _job: JobId, result: JobResult) -> HandlerResult {
-        let done = take::<Done>(result)?;
+    fn on_job(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        _job: JobId,
+        result: JobResult<Done>,
+    ) -> HandlerResult {
+        let done = result?;
         self.on_done(cx, done);
         self.pump(cx);
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        cx: &mut Context<'_>,
-        msg: Box<dyn std::any::Any + Send>,
-    ) -> HandlerResult {
-        // Either a discovery event or a wake-up (`Wake`) from a session.
-        if let Ok(ev) = msg.downcast::<PeerEvent>() {
-            self.on_discovery(cx, &ev);
-        }
+    fn on_message(&mut self, cx: &mut Context<'_, Self>, ev: PeerEvent) -> HandlerResult {
+        self.on_discovery(cx, &ev);
         self.pump(cx);
         self.dial(cx);
         Ok(())
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    /// A session woke the engine (`Shared::wake_engine`).
+    fn on_notify(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        self.pump(cx);
+        self.dial(cx);
+        Ok(())
+    }
+
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if Some(t) == self.tick {
             self.pump(cx);
             self.dial(cx);
@@ -1114,7 +1127,7 @@ impl Handler for Engine {
         Ok(())
     }
 
-    fn on_child_closed(&mut self, cx: &mut Context<'_>, child: HandlerId) -> HandlerResult {
+    fn on_child_closed(&mut self, cx: &mut Context<'_, Self>, child: HandlerId) -> HandlerResult {
         if self.discovery_id == Some(child) {
             self.discovery_id = None;
             if !cx.is_shutting_down() {
@@ -1126,12 +1139,12 @@ impl Handler for Engine {
         Ok(())
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
-        cx.close();
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        cx.close_with(CloseReason::Shutdown);
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         // Children are not closed with their parent; discovery without the engine
         // would announce a torrent nobody serves. (It says goodbye as it closes.)
         if let Some(d) = self.discovery_id.take() {

@@ -16,11 +16,12 @@ use super::tracker::{
     AnnounceEvent, AnnounceRequest, HttpRequest, build_request, parse_response,
     parse_response_partial,
 };
+use crate::CloseReason;
+use crate::Context;
 use crate::conn::{Conn, ConnConfig};
-use crate::handler::{Handler, HandlerResult, SourceId};
-use crate::pool::{JobId, JobResult, take};
-use crate::reactor::Context;
+use crate::pool::{JobId, JobResult};
 use crate::timer::TimerId;
+use crate::{Handler, HandlerResult, SourceId};
 
 /// One HTTP exchange must finish within this time.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -75,7 +76,7 @@ impl Announcer {
     }
 
     /// Starts an announce: builds the request now, resolves the host on the pool.
-    fn announce(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn announce(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         if self.busy() {
             return Ok(());
         }
@@ -119,7 +120,7 @@ impl Announcer {
         Ok(())
     }
 
-    fn failed(&mut self, cx: &mut Context<'_>, why: &str) {
+    fn failed(&mut self, cx: &mut Context<'_, Self>, why: &str) {
         log::warn!("tracker {}: announce failed: {why}", self.url);
         self.reset(cx);
         if self.stopping {
@@ -131,7 +132,7 @@ impl Announcer {
         self.schedule(cx, Duration::from_secs(d));
     }
 
-    fn reset(&mut self, cx: &mut Context<'_>) {
+    fn reset(&mut self, cx: &mut Context<'_, Self>) {
         if let Some(mut c) = self.conn.take() {
             c.release(cx);
             let _ = cx.deregister(c.stream_mut());
@@ -142,14 +143,14 @@ impl Announcer {
         }
     }
 
-    fn schedule(&mut self, cx: &mut Context<'_>, after: Duration) {
+    fn schedule(&mut self, cx: &mut Context<'_, Self>, after: Duration) {
         if let Some(t) = self.next.take() {
             cx.cancel_timer(t);
         }
         self.next = Some(cx.timer_once(after));
     }
 
-    fn pump(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn pump(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
@@ -234,16 +235,24 @@ impl Announcer {
 }
 
 impl Handler for Announcer {
+    type Message = Completed;
+    type Job = std::io::Result<Vec<SocketAddr>>;
+
     fn name(&self) -> &str {
         "TrackerAnnouncer"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.announce(cx)
     }
 
-    fn on_job(&mut self, cx: &mut Context<'_>, _job: JobId, result: JobResult) -> HandlerResult {
-        let addrs = take::<std::io::Result<Vec<SocketAddr>>>(result)?;
+    fn on_job(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        _job: JobId,
+        result: JobResult<Self::Job>,
+    ) -> HandlerResult {
+        let addrs = result?;
         if self.request.is_none() {
             return Ok(()); // timed out meanwhile
         }
@@ -273,15 +282,15 @@ impl Handler for Announcer {
         Ok(())
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.pump(cx)
     }
 
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.pump(cx)
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if Some(t) == self.deadline {
             self.deadline = None;
             self.failed(cx, "timed out");
@@ -292,23 +301,17 @@ impl Handler for Announcer {
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        cx: &mut Context<'_>,
-        msg: Box<dyn std::any::Any + Send>,
-    ) -> HandlerResult {
-        if msg.is::<Completed>() {
-            if self.busy() {
-                self.queued = Some(AnnounceEvent::Completed);
-            } else {
-                self.event = Some(AnnounceEvent::Completed);
-                self.announce(cx)?;
-            }
+    fn on_message(&mut self, cx: &mut Context<'_, Self>, _done: Completed) -> HandlerResult {
+        if self.busy() {
+            self.queued = Some(AnnounceEvent::Completed);
+        } else {
+            self.event = Some(AnnounceEvent::Completed);
+            self.announce(cx)?;
         }
         Ok(())
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         // Leave the swarm politely, but never hold the shutdown for long.
         self.reset(cx);
         if let Some(t) = self.next.take() {
@@ -319,7 +322,7 @@ impl Handler for Announcer {
         self.announce(cx)
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         if let Some(mut c) = self.conn.take() {
             c.release(cx);
         }

@@ -38,13 +38,15 @@
 //! struct Forward { client: Conn, upstream: Conn, pipe: Pipe }
 //!
 //! impl Handler for Forward {
-//!     fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+//!     type Message = ();
+//!     type Job = ();
+//!     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
 //!         self.client.register(cx)?;   // source 0
 //!         self.upstream.register(cx)?; // source 1
 //!         self.client.pause_reading(); // until the upstream is connected
 //!         Ok(())
 //!     }
-//!     fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+//!     fn on_event(&mut self, cx: &mut Context<'_, Self>, ev: Event) -> HandlerResult {
 //!         if self.upstream.is_connecting() {
 //!             // The client stays paused until then; resuming re-queues its read.
 //!             if ev.source() == 1 && self.upstream.poll_connect()? {
@@ -82,9 +84,9 @@
 
 use std::io;
 
+use crate::Event;
+use crate::Loop;
 use crate::conn::{Conn, ReadStatus};
-use crate::handler::Event;
-use crate::reactor::Context;
 
 /// Direction index: bytes read from the client and written to the upstream.
 pub const UP: usize = 0;
@@ -158,7 +160,7 @@ impl Pipe {
     /// is shut down once what is queued for it is written (the session is then
     /// [`is_done`](Pipe::is_done)). For a session the handler ends on its own terms
     /// (a limit, a deadline); bytes still unread in the kernel stay there.
-    pub fn stop(&mut self, cx: &mut Context<'_>, client: &mut Conn, upstream: &mut Conn) {
+    pub fn stop(&mut self, cx: &mut Loop<'_>, client: &mut Conn, upstream: &mut Conn) {
         self.ended = [true; 2];
         self.drain(cx, UP, upstream, client);
         self.drain(cx, DOWN, client, upstream);
@@ -170,7 +172,7 @@ impl Pipe {
     /// its own (see the module docs). Call it once, when forwarding starts; the
     /// connections may be made with any `ConnConfig` (a handshake before it, such
     /// as SOCKS5's, runs with their own settings).
-    pub fn start(&self, cx: &mut Context<'_>, client: &mut Conn, upstream: &mut Conn) {
+    pub fn start(&self, cx: &mut Loop<'_>, client: &mut Conn, upstream: &mut Conn) {
         client.set_pause_on_own_queue(cx, false);
         upstream.set_pause_on_own_queue(cx, false);
     }
@@ -200,7 +202,7 @@ impl Pipe {
     /// [`is_done`](Pipe::is_done) and [`is_lingering`](Pipe::is_lingering) what to do.
     pub fn on_event(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         ev: Event,
         client: &mut Conn,
         upstream: &mut Conn,
@@ -236,7 +238,7 @@ impl Pipe {
     /// Direction `d`: reads `from` (unless `to` is congested), queues what was read
     /// on `to` and writes it (see [`drain`](Pipe::drain)). Into a failed `to`, what
     /// is read is dropped.
-    fn pump(&mut self, cx: &mut Context<'_>, d: usize, from: &mut Conn, to: &mut Conn) -> usize {
+    fn pump(&mut self, cx: &mut Loop<'_>, d: usize, from: &mut Conn, to: &mut Conn) -> usize {
         let mut moved = 0;
         if !self.ended[d] {
             if self.failed[1 - d] {
@@ -280,7 +282,7 @@ impl Pipe {
     /// (which also fails `from`).
     fn end_input(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         d: usize,
         from: &mut Conn,
         to: &mut Conn,
@@ -302,7 +304,7 @@ impl Pipe {
     /// watermark. Every flush of a pipe's connection goes through here: a queue that
     /// drains during some other flush makes no writable edge later, so a pause not
     /// lifted now would never be.
-    fn drain(&mut self, cx: &mut Context<'_>, d: usize, to: &mut Conn, from: &mut Conn) {
+    fn drain(&mut self, cx: &mut Loop<'_>, d: usize, to: &mut Conn, from: &mut Conn) {
         let o = 1 - d;
         if self.failed[o] {
             return;
@@ -330,7 +332,7 @@ impl Pipe {
     /// Side `s` (`conn`) failed with `e`; `other` is the other side.
     fn fail(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         s: usize,
         conn: &mut Conn,
         other: &mut Conn,

@@ -43,11 +43,12 @@ use mio::net::TcpStream;
 use super::forward::{DOWN, Pipe, UP};
 use super::socks5::{Command, Handshake, Reply, Request, Step, Target, encode_reply};
 use super::{Mode, Shared};
+use crate::CloseReason;
+use crate::Context;
 use crate::conn::{Conn, IdleTimeout};
-use crate::handler::{Event, Handler, HandlerResult, SourceId};
-use crate::pool::{self, JobId, JobResult};
-use crate::reactor::Context;
+use crate::pool::{JobId, JobResult};
 use crate::timer::TimerId;
+use crate::{Event, Handler, HandlerResult, SourceId};
 
 /// Source number of the accepted (client) connection.
 pub const CLIENT: SourceId = 0;
@@ -129,20 +130,20 @@ impl Session {
         matches!(self.shared.opts.mode, Mode::Socks5 { .. })
     }
 
-    fn arm_deadline(&mut self, cx: &mut Context<'_>, after: Duration) {
+    fn arm_deadline(&mut self, cx: &mut Context<'_, Self>, after: Duration) {
         if let Some(t) = self.deadline.take() {
             cx.cancel_timer(t);
         }
         self.deadline = Some(cx.timer_once(after));
     }
 
-    fn disarm_deadline(&mut self, cx: &mut Context<'_>) {
+    fn disarm_deadline(&mut self, cx: &mut Context<'_, Self>) {
         if let Some(t) = self.deadline.take() {
             cx.cancel_timer(t);
         }
     }
 
-    fn disarm_attempt(&mut self, cx: &mut Context<'_>) {
+    fn disarm_attempt(&mut self, cx: &mut Context<'_, Self>) {
         if let Some(t) = self.attempt.take() {
             cx.cancel_timer(t);
         }
@@ -151,18 +152,18 @@ impl Session {
     /// Runs one step; an I/O error (reset, broken pipe) closes the session. Those
     /// are normal on the Internet, so they are logged at debug level, not as
     /// handler failures.
-    fn guard(&mut self, cx: &mut Context<'_>, r: io::Result<()>) {
+    fn guard(&mut self, cx: &mut Context<'_, Self>, r: io::Result<()>) {
         if let Err(e) = r {
             log::debug!(
                 "session {}: {e} (phase {:?}); closing",
                 self.peer,
                 self.phase
             );
-            cx.close();
+            cx.close_with(CloseReason::PeerReset);
         }
     }
 
-    fn step(&mut self, cx: &mut Context<'_>, ev: Event) -> io::Result<()> {
+    fn step(&mut self, cx: &mut Context<'_, Self>, ev: Event) -> io::Result<()> {
         match self.phase {
             Phase::Handshake => {
                 if ev.source() == CLIENT {
@@ -224,10 +225,11 @@ impl Session {
             }
             Phase::Refusing => {
                 if ev.source() == CLIENT {
-                    self.client.discard_input(cx)?;
+                    // Closing: `fill` reads and drops what the client still sends.
+                    self.client.fill(cx)?;
                     self.client.flush(cx)?;
                     if self.client.is_done() {
-                        cx.close();
+                        cx.close_with(CloseReason::ProtocolError);
                     }
                 }
             }
@@ -235,7 +237,7 @@ impl Session {
         Ok(())
     }
 
-    fn handshake_read(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    fn handshake_read(&mut self, cx: &mut Context<'_, Self>) -> io::Result<()> {
         let st = self.client.fill(cx)?;
         let Some(hs) = self.handshake.as_mut() else {
             return Ok(());
@@ -283,7 +285,7 @@ impl Session {
         }
     }
 
-    fn on_request(&mut self, cx: &mut Context<'_>, req: Request) -> io::Result<()> {
+    fn on_request(&mut self, cx: &mut Context<'_, Self>, req: Request) -> io::Result<()> {
         if req.command != Command::Connect {
             self.shared.log_rejection(format_args!(
                 "session {}: SOCKS5 command {:?} to {} is not supported",
@@ -307,7 +309,7 @@ impl Session {
         self.start_connect(cx, req.target)
     }
 
-    fn start_connect(&mut self, cx: &mut Context<'_>, target: Target) -> io::Result<()> {
+    fn start_connect(&mut self, cx: &mut Context<'_, Self>, target: Target) -> io::Result<()> {
         // One deadline for all of it: resolution, pool-full retries, every address.
         let timeout = self.shared.opts.connect_timeout;
         self.connect_by = Some(cx.now() + timeout);
@@ -327,7 +329,7 @@ impl Session {
         }
     }
 
-    fn resolve(&mut self, cx: &mut Context<'_>) {
+    fn resolve(&mut self, cx: &mut Context<'_, Self>) {
         let Some(Target::Domain { host, port }) = self.target.clone() else {
             return;
         };
@@ -345,12 +347,16 @@ impl Session {
         }
     }
 
-    fn resolved(&mut self, cx: &mut Context<'_>, result: JobResult) -> io::Result<()> {
+    fn resolved(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        result: JobResult<io::Result<Vec<SocketAddr>>>,
+    ) -> io::Result<()> {
         let host = match &self.target {
             Some(Target::Domain { host, .. }) => host.clone(),
             _ => String::new(),
         };
-        let found = pool::take::<io::Result<Vec<SocketAddr>>>(result)
+        let found = result
             .map_err(|e| io::Error::other(e.to_string()))
             .and_then(|r| r);
         let mut addrs = match found {
@@ -390,7 +396,7 @@ impl Session {
     /// what is left of it (the last one gets all the rest), so a silent address
     /// cannot use up the time of the ones after it, and one that fails at once
     /// leaves its share to them.
-    fn try_next(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    fn try_next(&mut self, cx: &mut Context<'_, Self>) -> io::Result<()> {
         self.upstream = None; // a failed attempt's socket (closing it deregisters it)
         self.disarm_attempt(cx);
         while let Some(&addr) = self.addrs.get(self.next_addr) {
@@ -423,7 +429,7 @@ impl Session {
         self.fail(cx, e)
     }
 
-    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    fn poll_upstream(&mut self, cx: &mut Context<'_, Self>) -> io::Result<()> {
         let Some(up) = self.upstream.as_mut() else {
             return Ok(());
         };
@@ -453,7 +459,7 @@ impl Session {
         self.current().map(|a| a.to_string()).unwrap_or_default()
     }
 
-    fn connected(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    fn connected(&mut self, cx: &mut Context<'_, Self>) -> io::Result<()> {
         self.disarm_deadline(cx);
         self.disarm_attempt(cx);
         self.phase = Phase::Relaying;
@@ -489,7 +495,7 @@ impl Session {
 
     /// The upstream could not be reached: SOCKS5 clients get the matching reply,
     /// forwarded clients are closed at once.
-    fn fail(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Result<()> {
+    fn fail(&mut self, cx: &mut Context<'_, Self>, e: io::Error) -> io::Result<()> {
         self.disarm_attempt(cx);
         self.shared.count_connect_failure();
         let target = self
@@ -516,7 +522,7 @@ impl Session {
 
     /// Sends `reply` (if any; the handshake may have queued its own answer already),
     /// shuts our side down after it and lingers until the client closes.
-    fn refuse(&mut self, cx: &mut Context<'_>, reply: Option<Reply>) -> io::Result<()> {
+    fn refuse(&mut self, cx: &mut Context<'_, Self>, reply: Option<Reply>) -> io::Result<()> {
         self.upstream = None;
         self.phase = Phase::Refusing;
         if let Some(r) = reply {
@@ -525,22 +531,23 @@ impl Session {
             self.client.queue(cx, &out);
         }
         self.arm_deadline(cx, self.shared.opts.handshake_timeout);
-        self.client.shutdown_write(cx)?;
-        if self.client.is_paused() {
-            self.client.resume_reading(cx); // re-queues a read
-        } else {
-            cx.requeue(Event::readable(CLIENT));
+        self.client.close_when_done(cx)?;
+        if self.client.is_done() {
+            cx.close_with(CloseReason::ProtocolError);
         }
         Ok(())
     }
 }
 
 impl Handler for Session {
+    type Message = ();
+    type Job = io::Result<Vec<SocketAddr>>;
+
     fn name(&self) -> &str {
         "ProxySession"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.client.register(cx)?;
         let r = match &self.shared.opts.mode {
             Mode::Socks5 { auth } => {
@@ -558,13 +565,13 @@ impl Handler for Session {
         Ok(())
     }
 
-    fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+    fn on_event(&mut self, cx: &mut Context<'_, Self>, ev: Event) -> HandlerResult {
         let r = self.step(cx, ev);
         self.guard(cx, r);
         Ok(())
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         let r = if self.deadline == Some(t) {
             self.deadline = None;
             match self.phase {
@@ -655,7 +662,12 @@ impl Handler for Session {
         Ok(())
     }
 
-    fn on_job(&mut self, cx: &mut Context<'_>, job: JobId, result: JobResult) -> HandlerResult {
+    fn on_job(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        job: JobId,
+        result: JobResult<Self::Job>,
+    ) -> HandlerResult {
         if self.job == Some(job) && self.phase == Phase::Resolving {
             self.job = None;
             let r = self.resolved(cx, result);
@@ -664,7 +676,7 @@ impl Handler for Session {
         Ok(())
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         // Draining means finishing tunnels that carry data, not opening new ones.
         if self.phase != Phase::Relaying {
             cx.close();
@@ -672,7 +684,7 @@ impl Handler for Session {
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         self.client.release(cx);
         if let Some(up) = self.upstream.as_mut() {
             up.release(cx);

@@ -25,10 +25,10 @@
 use std::io;
 use std::time::Duration;
 
+use crate::Event;
+use crate::Loop;
 use crate::conn::{Conn, ConnConfig};
-use crate::handler::Event;
 use crate::proxy::forward::{DOWN, Pipe, UP};
-use crate::reactor::Context;
 
 use super::table::{BudgetExceeded, CircuitLimits, Direction};
 
@@ -87,7 +87,7 @@ impl Bridge {
     /// from now on): bytes already buffered on either side (read together with a
     /// frame) and frames already queued are moved on a re-queued event of each
     /// side, which then reads on to `WouldBlock`.
-    pub fn start(&mut self, cx: &mut Context<'_>) {
+    pub fn start(&mut self, cx: &mut Loop<'_>) {
         self.pipe.start(cx, &mut self.a, &mut self.b);
         cx.requeue(Event::readable(self.a.source()));
         cx.requeue(Event::readable(self.b.source()));
@@ -112,7 +112,7 @@ impl Bridge {
     /// Handles one readiness event of either connection (told apart by source)
     /// and says what the handler should do. Socket errors are not returned: they
     /// end one side (see the module docs).
-    pub fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> Pumped {
+    pub fn on_event(&mut self, cx: &mut Loop<'_>, ev: Event) -> Pumped {
         self.pipe.on_event(cx, ev, &mut self.a, &mut self.b);
         if self.pipe.is_done(&self.a, &self.b) {
             return Pumped::Done;
@@ -137,7 +137,7 @@ impl Bridge {
     }
 
     /// Stops forwarding and half-closes both sides once their queues drain.
-    pub fn shut_down(&mut self, cx: &mut Context<'_>) {
+    pub fn shut_down(&mut self, cx: &mut Loop<'_>) {
         self.pipe.stop(cx, &mut self.a, &mut self.b);
     }
 
@@ -148,7 +148,7 @@ impl Bridge {
     }
 
     /// Gives both connections' buffers back to the loop's pool.
-    pub fn release(&mut self, cx: &mut Context<'_>) {
+    pub fn release(&mut self, cx: &mut Loop<'_>) {
         self.a.release(cx);
         self.b.release(cx);
     }

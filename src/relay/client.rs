@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use mio::net::TcpStream;
 
+use crate::CloseReason;
 use crate::conn::{Conn, ConnConfig};
-use crate::handler::{Event, Handler, HandlerId, HandlerResult, SourceId};
 use crate::listener::{ListenOptions, Listener};
 use crate::log_limit::LogLimiter;
-use crate::pool::{JobId, JobResult, take};
-use crate::reactor::Context;
+use crate::pool::{JobId, JobResult};
 use crate::timer::TimerId;
+use crate::{Context, Loop};
+use crate::{Event, Handler, HandlerId, HandlerResult, SourceId};
 
 use super::bridge::{Bridge, LINGER, Pumped};
 use super::proto::{self, Message, Reason};
@@ -114,7 +115,7 @@ pub enum ClientEvent<'a> {
 
 /// Called with every [`ClientEvent`] (e.g. to print `reserved ID`, or to stop
 /// the loop on a refusal).
-pub type EventHook = Box<dyn FnMut(&mut Context<'_>, &ClientEvent<'_>)>;
+pub type EventHook = Box<dyn FnMut(&mut Loop<'_>, &ClientEvent<'_>)>;
 
 /// Holds a reservation on a relay and serves its circuits. See the module docs.
 pub struct ReserveClient {
@@ -160,7 +161,7 @@ impl ReserveClient {
         })
     }
 
-    fn connect(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn connect(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
         let mut conn = match Conn::connect(self.opts.relay, RELAY, self.opts.conn) {
             Ok(c) => c,
             Err(e) => return self.lost(cx, &format!("cannot connect to the relay: {e}")),
@@ -178,7 +179,7 @@ impl ReserveClient {
     }
 
     /// The control connection is gone: report, then reconnect or close.
-    fn lost(&mut self, cx: &mut Context<'_>, error: &str) -> HandlerResult {
+    fn lost(&mut self, cx: &mut Loop<'_>, error: &str) -> HandlerResult {
         if let Some(mut c) = self.conn.take() {
             c.release(cx);
         }
@@ -197,7 +198,7 @@ impl ReserveClient {
         Ok(())
     }
 
-    fn send(&mut self, cx: &mut Context<'_>, msg: &Message<'_>) -> HandlerResult {
+    fn send(&mut self, cx: &mut Loop<'_>, msg: &Message<'_>) -> HandlerResult {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
@@ -210,7 +211,7 @@ impl ReserveClient {
         Ok(())
     }
 
-    fn read(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn read(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
@@ -338,20 +339,23 @@ impl ReserveClient {
 }
 
 impl Handler for ReserveClient {
+    type Message = ();
+    type Job = ();
+
     fn name(&self) -> &str {
         "ReserveClient"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.heartbeat = Some(cx.timer_repeat(self.opts.heartbeat));
         self.connect(cx)
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         self.read(cx)
     }
 
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         if let Some(conn) = self.conn.as_mut()
             && let Err(e) = conn.flush(cx)
         {
@@ -360,7 +364,7 @@ impl Handler for ReserveClient {
         Ok(())
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if Some(t) == self.heartbeat {
             if self.conn.as_ref().is_some_and(|c| !c.is_connecting()) {
                 self.send(cx, &Message::Heartbeat)?;
@@ -376,18 +380,18 @@ impl Handler for ReserveClient {
         Ok(())
     }
 
-    fn on_child_closed(&mut self, _cx: &mut Context<'_>, _child: HandlerId) -> HandlerResult {
+    fn on_child_closed(&mut self, _cx: &mut Context<'_, Self>, _child: HandlerId) -> HandlerResult {
         // Only circuit ends are spawned.
         self.circuits = self.circuits.saturating_sub(1);
         Ok(())
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         cx.close();
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         if let Some(c) = self.conn.as_mut() {
             c.release(cx);
         }
@@ -460,7 +464,7 @@ impl CircuitEnd {
     }
 
     /// Reads the relay's answer; bridges once it and the local side are ready.
-    fn setup(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn setup(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
         let Some(relay) = self.relay.as_mut() else {
             return Ok(());
         };
@@ -526,7 +530,7 @@ impl CircuitEnd {
     /// connection, which the relay sees as the circuit's end leaving). A local
     /// application that leaves is normal, so it is logged at debug level; a
     /// failed connect to the forward target is a handler error.
-    fn watch_local(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+    fn watch_local(&mut self, cx: &mut Loop<'_>, ev: Event) -> HandlerResult {
         let Some(local) = self.local.as_mut() else {
             return Ok(());
         };
@@ -562,11 +566,14 @@ impl CircuitEnd {
 }
 
 impl Handler for CircuitEnd {
+    type Message = ();
+    type Job = io::Result<Option<SocketAddr>>;
+
     fn name(&self) -> &str {
         "CircuitEnd"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         let mut relay = Conn::connect(self.relay_addr, RELAY, self.cfg)?;
         relay.register(cx)?;
         relay.queue(cx, &self.hello);
@@ -589,9 +596,14 @@ impl Handler for CircuitEnd {
         Ok(())
     }
 
-    fn on_job(&mut self, cx: &mut Context<'_>, _job: JobId, result: JobResult) -> HandlerResult {
+    fn on_job(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        _job: JobId,
+        result: JobResult<Self::Job>,
+    ) -> HandlerResult {
         let target = self.forward.take().unwrap_or_default();
-        let addr = match take::<io::Result<Option<SocketAddr>>>(result)? {
+        let addr = match result? {
             Ok(Some(a)) => a,
             Ok(None) => return Err(format!("{target}: no address").into()),
             Err(e) => return Err(format!("cannot resolve {target}: {e}").into()),
@@ -603,7 +615,7 @@ impl Handler for CircuitEnd {
         self.setup(cx)
     }
 
-    fn on_event(&mut self, cx: &mut Context<'_>, ev: Event) -> HandlerResult {
+    fn on_event(&mut self, cx: &mut Context<'_, Self>, ev: Event) -> HandlerResult {
         if let Some(b) = self.bridge.as_mut() {
             match b.on_event(cx, ev) {
                 Pumped::Open => {}
@@ -633,7 +645,7 @@ impl Handler for CircuitEnd {
         Ok(())
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if Some(t) == self.timer {
             self.timer = None;
             // An expected outcome (the relay or the service is slow or gone), not
@@ -675,7 +687,7 @@ impl Handler for CircuitEnd {
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         if let Some(b) = self.bridge.as_mut() {
             b.release(cx);
         }

@@ -16,7 +16,6 @@
 //! handlers that own them. This module must not parse bytes itself (that is
 //! [`proto`]) nor decide reservation rules (that is the table).
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
@@ -27,11 +26,12 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use crate::conn::{Conn, ConnConfig, IdleTimeout};
-use crate::handler::{self, Handler, HandlerId, HandlerResult, SourceId};
+use crate::handler::{self, Handler};
 use crate::listener::{ListenOptions, Listener};
 use crate::log_limit::LogLimiter;
-use crate::reactor::{Context, Reactor};
 use crate::timer::TimerId;
+use crate::{Addr, CloseReason, HandlerId, HandlerResult, SourceId};
+use crate::{Context, Loop, Reactor};
 
 use super::bridge::{Bridge, LINGER, Pumped};
 use super::proto::{self, Message, Reason};
@@ -74,7 +74,7 @@ struct Shared {
     table: Table,
     /// Who owns each connection the table knows (after a hand-off, the
     /// acceptor's id points at the connector's handler).
-    handlers: HashMap<ConnId, HandlerId>,
+    handlers: HashMap<ConnId, Addr<Notice>>,
     next_conn: u64,
     sweeper: Option<HandlerId>,
     /// Deadline the sweeper's timer is set for.
@@ -97,8 +97,8 @@ struct Shared {
 
 impl Shared {
     /// Wakes the sweeper if the table's next deadline moved earlier than its
-    /// timer. The message is a zero-sized box: no allocation.
-    fn poke(&mut self, cx: &mut Context<'_>) {
+    /// timer (a notification: no allocation).
+    fn poke(&mut self, cx: &mut Loop<'_>) {
         let Some(next) = self.table.next_deadline() else {
             return;
         };
@@ -107,7 +107,7 @@ impl Shared {
         }
         if let Some(s) = self.sweeper {
             self.armed = Some(next);
-            cx.send(s, Box::new(Rearm));
+            cx.notify(s);
         }
     }
 
@@ -123,11 +123,8 @@ impl Shared {
     }
 }
 
-/// Sweeper message: the table has an earlier deadline.
-struct Rearm;
-
 /// Messages between relay handlers.
-enum Notice {
+pub enum Notice {
     /// To a reserver's control connection: send this `INCOMING` frame.
     Incoming(Vec<u8>),
     /// To a connector: the reserver's connection for this circuit.
@@ -193,7 +190,7 @@ pub fn spawn(reactor: &mut Reactor, addr: SocketAddr, cfg: RelayConfig) -> io::R
         stats_interval: cfg.stats_interval,
         events: Vec::new(),
     });
-    shared.borrow_mut().sweeper = Some(sweeper);
+    shared.borrow_mut().sweeper = Some(sweeper.id());
     reactor.spawn(listener);
     log::info!(
         "relay on {local_addr}: {:?}, {:?}",
@@ -213,7 +210,7 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    fn sweep(&mut self, cx: &mut Context<'_>) {
+    fn sweep(&mut self, cx: &mut Loop<'_>) {
         let now = cx.now();
         let mut sh = self.shared.borrow_mut();
         self.events.clear();
@@ -223,7 +220,7 @@ impl Sweeper {
                 Event::Expired { id, conn } => {
                     log::info!("reservation {id:?} on connection {} expired (TTL)", conn.0);
                     if let Some(&h) = sh.handlers.get(&conn) {
-                        cx.send(h, Box::new(Notice::Expired(id)));
+                        cx.send(h, Notice::Expired(id));
                     }
                 }
                 Event::GraceEnded { id } => {
@@ -236,7 +233,7 @@ impl Sweeper {
                         sh.table.limits().heartbeat_timeout
                     );
                     if let Some(&h) = sh.handlers.get(&conn) {
-                        cx.send(h, Box::new(Notice::Close(Reason::Timeout, "no heartbeat")));
+                        cx.send(h, Notice::Close(Reason::Timeout, "no heartbeat"));
                     }
                 }
                 Event::CircuitTimedOut {
@@ -251,7 +248,7 @@ impl Sweeper {
                     };
                     log::info!("circuit {:016x} {what}; closing it", circuit.0);
                     if let Some(&h) = sh.handlers.get(&connector) {
-                        cx.send(h, Box::new(Notice::Close(Reason::Timeout, detail)));
+                        cx.send(h, Notice::Close(Reason::Timeout, detail));
                     }
                 }
             }
@@ -268,11 +265,14 @@ impl Sweeper {
 }
 
 impl Handler for Sweeper {
+    type Message = ();
+    type Job = ();
+
     fn name(&self) -> &str {
         "RelaySweeper"
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         if !self.stats_interval.is_zero() {
             self.stats_timer = Some(cx.timer_repeat(self.stats_interval));
         }
@@ -280,7 +280,7 @@ impl Handler for Sweeper {
         Ok(())
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if Some(t) == self.stats_timer {
             log::info!("{}", self.shared.borrow().stats_line());
         } else if Some(t) == self.timer {
@@ -290,12 +290,13 @@ impl Handler for Sweeper {
         Ok(())
     }
 
-    fn on_message(&mut self, cx: &mut Context<'_>, _msg: Box<dyn Any + Send>) -> HandlerResult {
+    /// `Shared::poke`: the table has an earlier deadline.
+    fn on_notify(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.sweep(cx);
         Ok(())
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         log::info!("{}", self.shared.borrow().stats_line());
         self.shared.borrow_mut().sweeper = None;
         cx.close();
@@ -327,7 +328,7 @@ enum Next {
     /// Wait for the reserver of this circuit; stop reading frames.
     Connecting(CircuitId),
     /// Give the socket to the connector's handler and close.
-    HandOff(CircuitId, HandlerId),
+    HandOff(CircuitId, Addr<Notice>),
 }
 
 /// One accepted connection of the relay. See the module docs.
@@ -371,7 +372,7 @@ impl RelayConn {
     }
 
     /// Reads and answers frames while in control mode.
-    fn control(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn control(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
         let State::Control(conn) = &mut self.state else {
             return Ok(());
         };
@@ -469,7 +470,7 @@ impl RelayConn {
                 };
                 cx.deregister(conn.stream_mut())?;
                 conn.set_source(1);
-                cx.send(to, Box::new(Notice::Handoff(c, self.id, conn)));
+                cx.send(to, Notice::Handoff(c, self.id, conn));
                 self.shared.borrow_mut().handlers.insert(self.id, to);
                 cx.close();
                 Ok(())
@@ -482,7 +483,7 @@ impl RelayConn {
     /// input is read and dropped meanwhile: closing a socket with unread input
     /// makes the kernel reset the connection at once and throw away what it had
     /// not yet sent, the refusal that explains the close included.
-    fn finish(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn finish(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
         self.idle.stop(cx);
         let state = std::mem::replace(&mut self.state, State::Gone);
         let (mut conn, mut bridge) = match state {
@@ -494,8 +495,8 @@ impl RelayConn {
         let mut flushed = true;
         if let Some(c) = conn.as_mut() {
             // Errors here mean the peer is gone: nothing left to deliver.
-            let gone = c.shutdown_write(cx).is_err();
-            flushed &= gone || lingering_done(c, cx);
+            let gone = c.close_when_done(cx).is_err();
+            flushed &= gone || c.is_done();
         }
         if let Some(b) = bridge.as_mut() {
             b.shut_down(cx);
@@ -512,7 +513,7 @@ impl RelayConn {
 
     /// Passes an event of either end to the circuit's bridge and acts on what it
     /// says.
-    fn pump(&mut self, cx: &mut Context<'_>, ev: handler::Event) -> HandlerResult {
+    fn pump(&mut self, cx: &mut Loop<'_>, ev: crate::Event) -> HandlerResult {
         let State::Bridged(bridge, c) = &mut self.state else {
             return Ok(());
         };
@@ -562,7 +563,7 @@ impl RelayConn {
 
     fn handoff(
         &mut self,
-        cx: &mut Context<'_>,
+        cx: &mut Loop<'_>,
         c: CircuitId,
         from: ConnId,
         mut theirs: Conn,
@@ -571,7 +572,7 @@ impl RelayConn {
             // Closing already (timeout, shutdown): dropping `theirs` closes it.
             log::debug!("hand-off for circuit {:016x} arrived too late", c.0);
             let mut sh = self.shared.borrow_mut();
-            if sh.handlers.get(&from) == Some(&cx.id()) {
+            if sh.handlers.get(&from).map(Addr::id) == Some(cx.id()) {
                 sh.handlers.remove(&from);
             }
             return Ok(());
@@ -606,15 +607,12 @@ impl RelayConn {
     }
 }
 
-/// A closing control connection: drops whatever the client sent (see
-/// [`RelayConn::finish`]) and says whether it can be closed now, i.e. our
-/// answers are handed to the kernel and the client has closed its side, or the
-/// connection failed.
-fn lingering_done(conn: &mut Conn, cx: &mut Context<'_>) -> bool {
-    match conn.discard_input(cx) {
-        Err(_) => true,
-        Ok(st) => st.eof && conn.write_pending() == 0,
-    }
+/// A closing control connection ([`Conn::close_when_done`], see
+/// [`RelayConn::finish`]): drops whatever the client sent, writes what is left,
+/// and says whether it can be closed now: our answers are delivered and the client
+/// has closed its side, or the connection failed.
+fn lingering_done(conn: &mut Conn, cx: &mut Loop<'_>) -> bool {
+    conn.fill(cx).is_err() || conn.flush(cx).is_err() || conn.is_done()
 }
 
 /// "connector's end" or "reserver's end", for a side of a [`Bridge`].
@@ -629,7 +627,7 @@ fn end_name(side: char) -> &'static str {
 /// True if the poller's current event for `source` reports end of file or an
 /// error. Bytes may still be buffered in the kernel: this only says that no
 /// more will come, without reading them.
-fn event_says_peer_left(cx: &Context<'_>, source: SourceId) -> bool {
+fn event_says_peer_left(cx: &Loop<'_>, source: SourceId) -> bool {
     cx.event().is_some_and(|e| {
         e.source() == source && e.is_polled() && (e.is_read_closed() || e.is_error())
     })
@@ -647,7 +645,7 @@ fn handle_frame(
     ip: IpAddr,
     reserved: &mut bool,
     peer_left: bool,
-    cx: &mut Context<'_>,
+    cx: &mut Loop<'_>,
 ) -> Next {
     let now = cx.now();
     let mut sh = shared.borrow_mut();
@@ -705,7 +703,7 @@ fn handle_frame(
                 Some(&h) => {
                     let mut frame = Vec::new();
                     encode(&mut frame, &Message::Incoming { circuit: c.0, id });
-                    cx.send(h, Box::new(Notice::Incoming(frame)));
+                    cx.send(h, Notice::Incoming(frame));
                     log::debug!("circuit {:016x}: {ip} connects to {id:?}", c.0);
                     Next::Connecting(c)
                 }
@@ -787,11 +785,14 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 impl Handler for RelayConn {
+    type Message = Notice;
+    type Job = ();
+
     fn name(&self) -> &str {
         "RelayConn"
     }
 
-    fn on_event(&mut self, cx: &mut Context<'_>, ev: handler::Event) -> HandlerResult {
+    fn on_event(&mut self, cx: &mut Context<'_, Self>, ev: crate::Event) -> HandlerResult {
         match &mut self.state {
             // A bridge needs the whole event (an error flag ends one side only).
             State::Bridged(..) => return self.pump(cx, ev),
@@ -807,8 +808,9 @@ impl Handler for RelayConn {
         handler::split_event(self, cx, ev)
     }
 
-    fn on_start(&mut self, cx: &mut Context<'_>) -> HandlerResult {
-        self.shared.borrow_mut().handlers.insert(self.id, cx.id());
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        let me = cx.addr();
+        self.shared.borrow_mut().handlers.insert(self.id, me);
         if let State::Control(conn) = &mut self.state {
             conn.register(cx)?;
         }
@@ -816,7 +818,7 @@ impl Handler for RelayConn {
         Ok(())
     }
 
-    fn on_readable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         match self.state {
             State::Control(_) => self.control(cx),
             // `on_event` passes their events to the bridge.
@@ -855,7 +857,7 @@ impl Handler for RelayConn {
         }
     }
 
-    fn on_writable(&mut self, cx: &mut Context<'_>, _s: SourceId) -> HandlerResult {
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _s: SourceId) -> HandlerResult {
         match &mut self.state {
             State::Control(conn) | State::Connecting(conn, _) => {
                 conn.flush(cx)?;
@@ -877,7 +879,7 @@ impl Handler for RelayConn {
         }
     }
 
-    fn on_timer(&mut self, cx: &mut Context<'_>, t: TimerId) -> HandlerResult {
+    fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
         if self.idle.expired(cx, t) {
             if let State::Control(_) = self.state {
                 log::info!(
@@ -899,11 +901,8 @@ impl Handler for RelayConn {
         Ok(())
     }
 
-    fn on_message(&mut self, cx: &mut Context<'_>, msg: Box<dyn Any + Send>) -> HandlerResult {
-        let Ok(notice) = msg.downcast::<Notice>() else {
-            return Ok(());
-        };
-        match *notice {
+    fn on_message(&mut self, cx: &mut Context<'_, Self>, notice: Notice) -> HandlerResult {
+        match notice {
             Notice::Incoming(frame) => {
                 if let State::Control(conn) = &mut self.state {
                     conn.queue(cx, &frame);
@@ -935,7 +934,7 @@ impl Handler for RelayConn {
         }
     }
 
-    fn on_shutdown(&mut self, cx: &mut Context<'_>) -> HandlerResult {
+    fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         // Circuits may finish during the drain; requests get a last answer.
         if let State::Control(conn) | State::Connecting(conn, _) = &mut self.state {
             self.out.clear();
@@ -946,12 +945,12 @@ impl Handler for RelayConn {
         Ok(())
     }
 
-    fn on_close(&mut self, cx: &mut Context<'_>) {
+    fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {
         let now = cx.now();
         {
             let mut sh = self.shared.borrow_mut();
             sh.table.connection_closed(self.id, now);
-            if sh.handlers.get(&self.id) == Some(&cx.id()) {
+            if sh.handlers.get(&self.id).map(Addr::id) == Some(cx.id()) {
                 sh.handlers.remove(&self.id);
             }
             if let Some(c) = self.circuit {
