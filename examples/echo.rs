@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! echo [--listen 127.0.0.1:7878] [--threads N] [--stats-interval SECS]
-//!      [--idle-timeout SECS] [--max-connections N]
+//!      [--idle-timeout SECS] [--max-connections N] [--framed]
 //! ```
 //! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM drain and exit 0.
 //! With `--threads N`, N independent loops share the port through `SO_REUSEPORT`.
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use reactor::echo::{EchoOptions, echo_listener};
+use reactor::echo::{EchoOptions, echo_listener, framed_echo_listener};
 use reactor::{Reactor, StatsLogger};
 
 #[derive(Parser, Debug)]
@@ -34,7 +34,14 @@ struct Args {
     /// Open connections per loop at most.
     #[arg(long, default_value_t = 100_000)]
     max_connections: usize,
+    /// Serve with the framed layer (`FramedEcho`) instead of the hand-written
+    /// handler, to measure what the layer costs per message.
+    #[arg(long)]
+    framed: bool,
 }
+
+/// Spawns one loop's listener (made, and bound, on the main thread).
+type SpawnListener = Box<dyn FnOnce(&mut Reactor) + Send>;
 
 fn secs(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number"))
@@ -69,10 +76,17 @@ fn run(args: Args) -> Result<(), String> {
     let mut addr = args.listen;
     let mut listeners = Vec::new();
     for _ in 0..args.threads {
-        let l = echo_listener(addr, opts.clone())
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        addr = l.local_addr();
-        listeners.push(l);
+        let cannot = |e| format!("cannot listen on {addr}: {e}");
+        let spawn: SpawnListener = if args.framed {
+            let l = framed_echo_listener(addr, opts.clone()).map_err(cannot)?;
+            addr = l.local_addr();
+            Box::new(move |r| _ = r.spawn(l))
+        } else {
+            let l = echo_listener(addr, opts.clone()).map_err(cannot)?;
+            addr = l.local_addr();
+            Box::new(move |r| _ = r.spawn(l))
+        };
+        listeners.push(spawn);
     }
     // Handlers are not `Send`, so each loop is built on the thread that runs it.
     // Loop 0 runs on the main thread: with one loop the process has one thread,
@@ -128,14 +142,14 @@ fn run(args: Args) -> Result<(), String> {
 /// One event loop with its listener (and a stats logger when asked), ready to run.
 fn event_loop(
     i: usize,
-    listener: impl reactor::Handler,
+    listener: SpawnListener,
     stats: Duration,
     label: String,
 ) -> Result<Reactor, String> {
     let setup = || -> std::io::Result<Reactor> {
         let mut r = Reactor::new()?;
         r.shutdown_on_signals()?;
-        r.spawn(listener);
+        listener(&mut r);
         if !stats.is_zero() {
             r.spawn(StatsLogger::new(stats, label));
         }

@@ -811,7 +811,7 @@ impl Conn {
 
 /// Appends `data` to a write queue, taking a buffer from the loop's pool if the
 /// queue holds none.
-#[inline]
+#[inline(always)]
 pub(crate) fn queue_into(wbuf: &mut BytesMut, cx: &mut Loop<'_>, data: &[u8]) {
     if wbuf.capacity() == 0 {
         // No allocation (see `fill`): nothing to give back first.

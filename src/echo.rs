@@ -12,6 +12,8 @@ use mio::net::TcpStream;
 
 use crate::CloseReason;
 use crate::conn::{Conn, ConnConfig, IdleTimeout};
+use crate::framed::{self, Framed, FramedConfig, Link, Protocol};
+use crate::framing::Framing;
 use crate::listener::{ListenOptions, Listener};
 use crate::timer::TimerId;
 use crate::{Context, Loop};
@@ -151,6 +153,37 @@ impl Default for EchoOptions {
             idle_timeout: Duration::from_secs(300),
         }
     }
+}
+
+/// The echo protocol on the framed layer ([`crate::framed`]): every frame of
+/// [`Framing::Raw`](crate::framing::Framing::Raw) (whatever arrived) is queued back.
+/// Not the benchmark server ([`EchoConn`] is): it measures what the framed layer
+/// costs per message over a hand-written handler (`echo --framed`).
+#[derive(Debug)]
+pub struct FramedEcho;
+
+impl Protocol for FramedEcho {
+    type Message = ();
+    type Job = ();
+
+    fn on_frame(&mut self, link: &mut Link<'_, Self>, data: &[u8]) -> HandlerResult {
+        link.send(data);
+        Ok(())
+    }
+}
+
+/// Binds a [`FramedEcho`] listener on `addr` with the same settings as
+/// [`echo_listener`].
+pub fn framed_echo_listener(
+    addr: SocketAddr,
+    opts: EchoOptions,
+) -> io::Result<Listener<impl FnMut(TcpStream, SocketAddr) -> Option<Framed<FramedEcho>> + Send + 'static>>
+{
+    let cfg = FramedConfig::default()
+        .conn(opts.conn)
+        .idle_timeout(Some(opts.idle_timeout))
+        .listen(opts.listen);
+    framed::listen(addr, Framing::Raw, cfg, |_peer| Some(FramedEcho))
 }
 
 /// Binds an echo listener on `addr`; spawn it on a reactor and read its

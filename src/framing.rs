@@ -400,7 +400,7 @@ pub enum Framing {
     /// protocols that parse a byte stream themselves, or just pass it on.
     Raw,
     /// A decoder of the program's own.
-    Custom(std::rc::Rc<dyn Decoder>),
+    Custom(std::sync::Arc<dyn Decoder + Send + Sync>),
 }
 
 impl Framing {
@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(d.decode(&[2, b'a', b'b']).unwrap().unwrap().consumed, 3);
         assert_eq!(Framing::Raw.decode(b"").unwrap(), None);
         assert_eq!(Framing::exact(3).decode(b"ab").unwrap(), None);
-        let custom = Framing::Custom(std::rc::Rc::new(Delimited::new(b";", 4)));
+        let custom = Framing::Custom(std::sync::Arc::new(Delimited::new(b";", 4)));
         assert!(custom.decode(b"abcdef").is_err());
         assert_eq!(custom.max_frame(), 5);
         // The delimited variant resumes its search like `Delimited::decode_resume`.

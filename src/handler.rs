@@ -238,6 +238,22 @@ impl<H: Handler + ?Sized> Context<'_, H> {
 /// does not compile. `Copy`, and `Send` whatever `M` is (only
 /// [`ReactorHandle::send`] needs `M: Send`). Like a [`HandlerId`], it carries a
 /// generation: sending to a handler that has closed drops the message.
+///
+/// ```compile_fail
+/// # use reactor::{Addr, Loop};
+/// // A handler of `u32` messages cannot be sent a string:
+/// fn wrong(cx: &mut Loop<'_>, to: Addr<u32>) {
+///     cx.send(to, "not a number");
+/// }
+/// ```
+///
+/// ```compile_fail
+/// # use reactor::{Addr, ReactorHandle};
+/// // Across threads only `Send` messages go:
+/// fn wrong(h: &ReactorHandle, to: Addr<std::rc::Rc<u32>>) {
+///     h.send(to, std::rc::Rc::new(1));
+/// }
+/// ```
 pub struct Addr<M> {
     id: HandlerId,
     _message: PhantomData<fn(M)>,

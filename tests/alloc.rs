@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use reactor::echo::{EchoOptions, echo_listener};
+use reactor::echo::{EchoOptions, echo_listener, framed_echo_listener};
 use reactor::{Reactor, Stats};
 
 struct Counting;
@@ -139,17 +139,28 @@ fn echo_allocates_nothing_per_message_in_steady_state() {
     assert_eq!(COUNT.load(Ordering::SeqCst), before + 1);
     COUNT.store(0, Ordering::SeqCst);
 
-    echo_steady_state();
+    echo_steady_state("echo (EchoConn)", false);
+    COUNT.store(0, Ordering::SeqCst);
+    // The same on the framed layer: a protocol answering each frame while it is
+    // still in the read buffer (`Link::send`), with its idle timeout.
+    echo_steady_state("framed echo (FramedEcho)", true);
 }
 
-fn echo_steady_state() {
+fn echo_steady_state(what: &str, framed: bool) {
     let (tx, rx) = mpsc::channel();
     let loop_thread = std::thread::spawn(move || -> Stats {
         TRACKED.with(|t| t.set(true));
         let mut r = Reactor::new().unwrap();
-        let l = echo_listener("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap();
-        tx.send((l.local_addr(), r.handle())).unwrap();
-        r.spawn(l);
+        let addr = "127.0.0.1:0".parse().unwrap();
+        if framed {
+            let l = framed_echo_listener(addr, EchoOptions::default()).unwrap();
+            tx.send((l.local_addr(), r.handle())).unwrap();
+            r.spawn(l);
+        } else {
+            let l = echo_listener(addr, EchoOptions::default()).unwrap();
+            tx.send((l.local_addr(), r.handle())).unwrap();
+            r.spawn(l);
+        }
         r.run().unwrap();
         r.stats().clone()
     });
@@ -176,13 +187,13 @@ fn echo_steady_state() {
     assert_eq!(stats.bytes_out, expected, "bytes echoed: {stats:?}");
     assert_eq!(
         rr_allocs, 0,
-        "request/response: {rr_allocs} allocations on the loop thread for 10,000 messages \
-         (run with ALLOC_BACKTRACE=1 to see where)"
+        "{what}, request/response: {rr_allocs} allocations on the loop thread for 10,000 \
+         messages (run with ALLOC_BACKTRACE=1 to see where)"
     );
     assert_eq!(
         total - rr_allocs,
         0,
-        "pipelined: {} allocations on the loop thread for 10,080 messages \
+        "{what}, pipelined: {} allocations on the loop thread for 10,080 messages \
          (run with ALLOC_BACKTRACE=1 to see where)",
         total - rr_allocs
     );
