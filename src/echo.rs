@@ -127,11 +127,14 @@ impl Handler for EchoConn {
 /// Settings of an echo server.
 #[derive(Clone, Debug)]
 pub struct EchoOptions {
-    /// Listener settings (connection cap, `SO_REUSEPORT`, ...).
+    /// Listener settings (connection cap, `SO_REUSEPORT`, ...). Default
+    /// [`ListenOptions::default`].
     pub listen: ListenOptions,
-    /// Per-connection buffer limits.
+    /// Per-connection buffer limits. Default: [`ConnConfig::default`] with a high
+    /// watermark of 1 byte and a low one of 0 (read only once the previous echo is
+    /// out; see the comment in `Default`).
     pub conn: ConnConfig,
-    /// Idle connections are closed after this long.
+    /// Idle connections are closed after this long. Default 300 s.
     pub idle_timeout: Duration,
 }
 

@@ -35,7 +35,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::Loop;
 use crate::{Event, SourceId};
 
-/// Socket options for [`bind_udp`].
+/// Socket options for [`bind_udp`]. The default sets none of them (all `false`
+/// or `None`: the kernel's defaults).
 #[derive(Clone, Debug, Default)]
 pub struct UdpOptions {
     /// `SO_REUSEADDR`: several sockets (and processes) may bind the same address and
@@ -85,14 +86,16 @@ pub struct UdpConfig {
     /// Largest datagram the caller accepts. The receive buffer is one byte larger,
     /// so a longer datagram is detected (and reported as truncated) rather than
     /// silently cut.
+    /// Default 65,507 (the largest UDP payload over IPv4).
     pub max_datagram: usize,
     /// Datagrams read per readiness event before yielding to other handlers.
+    /// Default 64.
     pub recv_budget: usize,
-    /// Queued datagrams sent per writable event before yielding.
+    /// Queued datagrams sent per writable event before yielding. Default 64.
     pub send_budget: usize,
-    /// Datagrams the send queue holds at most.
+    /// Datagrams the send queue holds at most. Default 256.
     pub queue_datagrams: usize,
-    /// Bytes the send queue holds at most.
+    /// Bytes the send queue holds at most. Default 256 KiB.
     pub queue_bytes: usize,
 }
 
