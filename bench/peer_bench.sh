@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 256 MiB over loopback, in one run: libtorrent -> our leecher, our seeder ->
 # libtorrent, and libtorrent -> libtorrent, same torrent (256 KiB pieces, v1, made by
-# our make-torrent). libtorrent side (tests/interop/lt_peer.py --fast): TCP only, no
+# our make-torrent). libtorrent side (crates/bittorrent/tests/interop/lt_peer.py --fast): TCP only, no
 # DHT/LSD/UPnP/NAT-PMP, plaintext, unchoke_slots_limit=-1, send-buffer watermarks
 # from lt.high_performance_seed(), max_out_request_queue=1500.
 # Usage: bench/peer_bench.sh [SIZE_MIB] [RUNS]
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-256}
 RUNS=${2:-3}
-LT=tests/interop/lt_peer.py
+LT=crates/bittorrent/tests/interop/lt_peer.py
 cargo build -q --release --example peer
 BIN=${CARGO_TARGET_DIR:-target}/release/examples/peer
 W=$(mktemp -d /tmp/peer-bench.XXXXXX)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Three single-threaded TCP forwarders side by side: ours (examples/proxy.rs
+# Three single-threaded TCP forwarders side by side: ours (crates/proxy/src/bin/proxy.rs
 # --upstream), HAProxy (mode tcp, nbthread 1) and tokio copy_bidirectional
-# (examples/tokio_forward.rs). Bulk throughput with iperf3 as client and server;
+# (crates/proxy/examples/tokio_forward.rs). Bulk throughput with iperf3 as client and server;
 # small-message request/response latency and connection rate with
-# examples/proxy_probe.rs against our echo server (examples/echo.rs).
+# crates/proxy/examples/proxy_probe.rs against our echo server (crates/examples/src/bin/echo.rs).
 # Everything on 127.0.0.1. Usage: bench/proxy_bench.sh [SECONDS] [STREAMS] [ROUNDS]
 # Needs iperf3 and haproxy (apt-get install iperf3 haproxy). Prints a Markdown table.
 set -euo pipefail

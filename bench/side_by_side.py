@@ -6,7 +6,7 @@ a plain C epoll echo server as the floor.
 
 One command: builds the examples in release mode, then runs interleaved rounds of
 every scenario against every server (a fresh server process per run), each server
-pinned to CPU 0 and the load generator (examples/loadgen.rs) to CPU 1 when there are
+pinned to CPU 0 and the load generator (crates/examples/src/bin/loadgen.rs) to CPU 1 when there are
 two or more CPUs. For every server and scenario it reports the rate, latency p50/p99,
 the server's user-mode and total CPU time per message over the measured window
 (sampled by loadgen from /proc/PID/stat), and its peak RSS (VmHWM); medians over the

@@ -1,0 +1,153 @@
+//! `proxy`: a TCP forwarder or a SOCKS5 server on the reactor.
+//!
+//! ```text
+//! proxy --listen ADDR --upstream HOST:PORT          forward every connection
+//! proxy --listen ADDR --socks5 [--auth USER:PASS]   SOCKS5 (RFC 1928, RFC 1929)
+//!       [--deny CIDR]... [--deny-port PORT]...      SOCKS5 ruleset (reply 0x02)
+//!       [--connect-timeout SECS] [--idle-timeout SECS] [--handshake-timeout SECS]
+//!       [--linger-timeout SECS]
+//!       [--max-sessions N] [--max-sessions-per-ip N] [--stats-interval SECS]
+//! ```
+//! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM stop accepting, let open
+//! tunnels finish (up to the drain timeout), log the proxy's counters and exit 0.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use reactor::{Config, Reactor, StatsLogger};
+use reactor_proxy::{Cidr, Mode, ProxyOptions, parse_host_port, proxy_listener};
+
+#[derive(Parser, Debug)]
+#[command(about = "TCP forwarder and SOCKS5 proxy on the reactor")]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["upstream", "socks5"])))]
+struct Args {
+    /// Address to listen on (port 0: the OS picks one and it is printed).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    listen: SocketAddr,
+    /// Forward every connection to HOST:PORT (a host name is resolved per session).
+    #[arg(long, value_name = "HOST:PORT")]
+    upstream: Option<String>,
+    /// Be a SOCKS5 proxy.
+    #[arg(long)]
+    socks5: bool,
+    /// SOCKS5 clients must log in with USER:PASS (RFC 1929).
+    #[arg(long, value_name = "USER:PASS", requires = "socks5")]
+    auth: Option<String>,
+    /// SOCKS5: deny destinations in this range (repeatable), e.g. 10.0.0.0/8.
+    #[arg(long, value_name = "CIDR", requires = "socks5")]
+    deny: Vec<Cidr>,
+    /// SOCKS5: deny this destination port (repeatable).
+    #[arg(long, value_name = "PORT", requires = "socks5")]
+    deny_port: Vec<u16>,
+    /// The whole connect (name resolution and every address) must succeed within
+    /// SECS seconds; each address but the last gets an equal share of what is left.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Close tunnels with no traffic for SECS seconds.
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
+    /// After one side of a tunnel failed and the other got everything, wait at
+    /// most SECS seconds for that other side to close.
+    #[arg(long, default_value_t = 5.0)]
+    linger_timeout: f64,
+    /// SOCKS5 clients must finish the handshake within SECS seconds.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Open sessions at most; more are refused and counted.
+    #[arg(long, default_value_t = 10_000)]
+    max_sessions: usize,
+    /// Open sessions per client (IPv4 address, or IPv6 /64) at most; more are
+    /// refused and counted.
+    #[arg(long, default_value_t = 1_000)]
+    max_sessions_per_ip: usize,
+    /// On SIGINT/SIGTERM, let open tunnels finish for up to SECS seconds.
+    #[arg(long, default_value_t = 5.0)]
+    drain_timeout: f64,
+    /// Log a loop stats line every SECS seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    stats_interval: f64,
+}
+
+use reactor_cli::secs;
+
+fn positive(name: &str, v: f64) -> Result<Duration, String> {
+    let d = secs(name, v)?;
+    if d.is_zero() {
+        return Err(format!("--{name} must be greater than 0"));
+    }
+    Ok(d)
+}
+
+pub fn main() -> ExitCode {
+    reactor_cli::init_logger();
+    let args = Args::parse();
+    reactor_cli::exit("proxy", run(args))
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mode = match (&args.upstream, args.socks5) {
+        (Some(u), false) => {
+            Mode::Forward(parse_host_port(u).map_err(|e| format!("--upstream {e}"))?)
+        }
+        (None, true) => {
+            let auth = match &args.auth {
+                None => None,
+                Some(a) => {
+                    let (u, p) = a.split_once(':').ok_or("--auth must be USER:PASS")?;
+                    if u.is_empty() || p.is_empty() || u.len() > 255 || p.len() > 255 {
+                        return Err("--auth: user and password must be 1..=255 bytes each".into());
+                    }
+                    Some((u.as_bytes().to_vec(), p.as_bytes().to_vec()))
+                }
+            };
+            Mode::Socks5 { auth }
+        }
+        _ => return Err("give exactly one of --upstream HOST:PORT or --socks5".into()),
+    };
+    if args.max_sessions == 0 || args.max_sessions_per_ip == 0 {
+        return Err("--max-sessions and --max-sessions-per-ip must be at least 1".into());
+    }
+    let mut opts = ProxyOptions::new(mode);
+    opts.rules.deny_nets = args.deny.clone();
+    opts.rules.deny_ports = args.deny_port.clone();
+    opts.connect_timeout = positive("connect-timeout", args.connect_timeout)?;
+    opts.idle_timeout = positive("idle-timeout", args.idle_timeout)?;
+    opts.handshake_timeout = positive("handshake-timeout", args.handshake_timeout)?;
+    opts.linger_timeout = positive("linger-timeout", args.linger_timeout)?;
+    opts.max_sessions = args.max_sessions;
+    opts.max_sessions_per_ip = args.max_sessions_per_ip;
+    let stats = secs("stats-interval", args.stats_interval)?;
+    let config = Config::default().drain_timeout(secs("drain-timeout", args.drain_timeout)?);
+
+    let mut reactor = Reactor::with_config(config).map_err(|e| format!("event loop: {e}"))?;
+    reactor
+        .shutdown_on_signals()
+        .map_err(|e| format!("signal handling: {e}"))?;
+    let what = match &opts.mode {
+        Mode::Forward(t) => format!("forwarding to {t}"),
+        Mode::Socks5 { auth } => format!(
+            "SOCKS5{}",
+            if auth.is_some() {
+                " with username/password"
+            } else {
+                ""
+            }
+        ),
+    };
+    let (listener, counters) = proxy_listener(args.listen, opts)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr();
+    reactor.spawn(listener);
+    if !stats.is_zero() {
+        reactor.spawn(StatsLogger::new(stats, ""));
+    }
+    log::info!("proxy on {addr}: {what}");
+    println!("listening on {addr}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let result = reactor.run().map_err(|e| format!("event loop failed: {e}"));
+    log::info!("proxy on {addr} stopped: {}", counters.snapshot());
+    result
+}

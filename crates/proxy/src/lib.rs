@@ -1,0 +1,504 @@
+//! The proxy protocols: a TCP forwarder and a SOCKS5 server.
+//!
+//! [`socks5`] is the sans-io SOCKS5 codec (RFC 1928, RFC 1929): plain functions and a
+//! handshake state machine over byte slices, tested without sockets. [`rules`] says
+//! which destinations SOCKS5 clients may not reach. The core's
+//! [`Pipe`](reactor::pipe::Pipe) moves bytes between the two connections of a
+//! session (backpressure, half-close), and
+//! [`session::Session`] is the handler that owns those two connections: SOCKS5
+//! handshake, name resolution on the worker pool, non-blocking connect with a
+//! timeout, then the pipe. [`proxy_listener`] puts it behind a [`Listener`] with
+//! session limits.
+//!
+//! Parsing stays in the codec; the handlers only move bytes and drive the codec.
+//! Nothing here blocks the loop: host names are resolved with
+//! [`Context::offload`](reactor::Context::offload).
+//!
+//! ```no_run
+//! use reactor_proxy::{Mode, ProxyOptions, proxy_listener};
+//! let mut r = reactor::Reactor::new()?;
+//! r.shutdown_on_signals()?;
+//! let opts = ProxyOptions::new(Mode::Socks5 { auth: None });
+//! let (listener, counters) = proxy_listener("127.0.0.1:1080".parse().unwrap(), opts)?;
+//! println!("listening on {}", listener.local_addr());
+//! r.spawn(listener);
+//! r.run()?;
+//! log::info!("{}", counters.snapshot());
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+pub mod rules;
+pub mod session;
+pub mod socks5;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use reactor::conn::ConnConfig;
+use reactor::listener::{ListenOptions, Listener};
+use reactor::log_limit::LogLimiter;
+
+pub use rules::{Cidr, Rules};
+pub use session::Session;
+pub use socks5::Target;
+
+/// What the proxy does with each accepted connection.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Forward every connection to this upstream (an address or a host name,
+    /// resolved per session on the worker pool).
+    Forward(Target),
+    /// Act as a SOCKS5 server; with `auth`, clients must log in with this
+    /// username and password (RFC 1929).
+    Socks5 {
+        /// Required `(username, password)`, or `None` for no authentication.
+        auth: Option<(Vec<u8>, Vec<u8>)>,
+    },
+}
+
+/// Turns a host name and port into the addresses to try, in order.
+///
+/// It runs on the worker pool, never on the loop, so it may block. The default,
+/// [`Resolver::system`], asks the system resolver (`getaddrinfo`). Another one can
+/// serve names from a table, a service registry, or a test:
+///
+/// ```
+/// use reactor_proxy::Resolver;
+/// let r = Resolver::new(|host, port| match host {
+///     "db.internal" => Ok(vec![([10, 0, 0, 7], port).into()]),
+///     _ => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "unknown name")),
+/// });
+/// assert_eq!(r.resolve("db.internal", 5432).unwrap()[0].to_string(), "10.0.0.7:5432");
+/// ```
+#[derive(Clone)]
+pub struct Resolver(Arc<ResolveFn>);
+
+type ResolveFn = dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync;
+
+impl Resolver {
+    /// The system resolver (`getaddrinfo`, through `ToSocketAddrs`).
+    pub fn system() -> Resolver {
+        Resolver::new(|host, port| (host, port).to_socket_addrs().map(|it| it.collect()))
+    }
+
+    /// A resolver calling `f(host, port)` (on a worker thread).
+    pub fn new(
+        f: impl Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Resolver {
+        Resolver(Arc::new(f))
+    }
+
+    /// Resolves `host`; blocks as long as the function does.
+    pub fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        (self.0)(host, port)
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver::system()
+    }
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+/// Settings of a proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Forwarder or SOCKS5.
+    pub mode: Mode,
+    /// Destinations SOCKS5 clients may not reach (answered with 0x02).
+    pub rules: Rules,
+    /// How host names (SOCKS5 domain targets, a forwarder's named upstream) become
+    /// addresses; runs on the worker pool.
+    pub resolver: Resolver,
+    /// Buffer limits of each of the two connections (watermarks for backpressure).
+    /// Its `pause_on_own_queue` holds during the SOCKS5 handshake only: once
+    /// relaying, a proxy pauses a side only while the *other* side's queue is
+    /// congested, never for its own (see [`forward::Pipe::start`]).
+    pub conn: ConnConfig,
+    /// Listener settings. Its `max_connections` is a hard accept pause; the session
+    /// limits below refuse (close) connections instead, and count them.
+    pub listen: ListenOptions,
+    /// The whole connect must succeed within this long, counted from the SOCKS5
+    /// request (a forwarder: from the accept): name resolution, retries while the
+    /// worker pool is full, and every address the name resolves to. Addresses are
+    /// tried in turn; each but the last gets an equal share of the time left when
+    /// it starts (so with 10 s and two addresses that never answer, 5 s each; an
+    /// address that fails at once leaves its share to the next). When the time is
+    /// up the client is refused (SOCKS5: 0x06, TTL expired).
+    pub connect_timeout: Duration,
+    /// A relaying session with no bytes in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// When one side of a relaying session fails (a reset, a broken pipe), the other
+    /// side still gets every byte the proxy holds for it, then end of file; its
+    /// further input is read and dropped until it closes, for at most this long
+    /// after that end of file (closing while it still sends would make the kernel
+    /// reset the connection, which can destroy bytes it has not read yet).
+    pub linger_timeout: Duration,
+    /// The SOCKS5 handshake must complete within this long, or the client is closed.
+    /// Also bounds how long a refused client is given to read its error reply.
+    pub handshake_timeout: Duration,
+    /// Open sessions at most; more are refused (closed at once) and counted.
+    pub max_sessions: usize,
+    /// Open sessions per client at most; more are refused and counted. A client
+    /// is an IPv4 address, or an IPv6 /64 network (one subscriber's usual
+    /// allocation: counted per address, a single host could take 2^64 of them).
+    pub max_sessions_per_ip: usize,
+}
+
+impl ProxyOptions {
+    /// Defaults for `mode`: 10 s connect and handshake timeouts, 300 s idle
+    /// timeout, 5 s linger timeout, 10,000 sessions, 1,000 per client IP.
+    pub fn new(mode: Mode) -> ProxyOptions {
+        ProxyOptions {
+            mode,
+            rules: Rules::default(),
+            resolver: Resolver::system(),
+            conn: ConnConfig::default(),
+            listen: ListenOptions {
+                max_connections: usize::MAX,
+                ..ListenOptions::default()
+            },
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            linger_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            max_sessions: 10_000,
+            max_sessions_per_ip: 1_000,
+        }
+    }
+}
+
+/// Parses `HOST:PORT` (`[v6]:PORT` for IPv6 literals) into a forwarding target.
+///
+/// ```
+/// use reactor_proxy::{Target, parse_host_port};
+/// assert!(matches!(parse_host_port("127.0.0.1:80"), Ok(Target::Addr(_))));
+/// assert!(matches!(parse_host_port("localhost:80"), Ok(Target::Domain { .. })));
+/// assert!(parse_host_port("localhost").is_err());
+/// ```
+pub fn parse_host_port(s: &str) -> Result<Target, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(Target::Addr(a));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: port must be a number 0..=65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Target::Addr(SocketAddr::new(ip, port)));
+    }
+    if host.is_empty() || host.len() > 255 || host.contains(|c: char| c.is_control() || c == ' ') {
+        return Err(format!("{s:?}: bad host name"));
+    }
+    Ok(Target::Domain {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Counters of one proxy, shared by its sessions and readable from any thread
+/// (relaxed atomics: sessions add their byte counts once, when they close).
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    accepted: AtomicU64,
+    active: AtomicU64,
+    refused_total: AtomicU64,
+    refused_per_ip: AtomicU64,
+    handshake_failed: AtomicU64,
+    connect_failed: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+}
+
+impl ProxyCounters {
+    /// The current values.
+    pub fn snapshot(&self) -> ProxyStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProxyStats {
+            accepted: g(&self.accepted),
+            active: g(&self.active),
+            refused_total: g(&self.refused_total),
+            refused_per_ip: g(&self.refused_per_ip),
+            handshake_failed: g(&self.handshake_failed),
+            connect_failed: g(&self.connect_failed),
+            bytes_up: g(&self.bytes_up),
+            bytes_down: g(&self.bytes_down),
+        }
+    }
+
+    fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of [`ProxyCounters`]; `Display` is one log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProxyStats {
+    /// Sessions started.
+    pub accepted: u64,
+    /// Sessions open now.
+    pub active: u64,
+    /// Connections refused because `max_sessions` sessions were open.
+    pub refused_total: u64,
+    /// Connections refused because their IP had `max_sessions_per_ip` open.
+    pub refused_per_ip: u64,
+    /// SOCKS5 handshakes that failed (bad input, auth, timeout, unsupported command,
+    /// denied by the rules).
+    pub handshake_failed: u64,
+    /// Sessions whose upstream could not be resolved or connected.
+    pub connect_failed: u64,
+    /// Bytes relayed client -> upstream (closed sessions only).
+    pub bytes_up: u64,
+    /// Bytes relayed upstream -> client (closed sessions only).
+    pub bytes_down: u64,
+}
+
+impl fmt::Display for ProxyStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sessions {} (open {}), refused {} (limit) + {} (per-IP limit), handshake failures {}, \
+             connect failures {}, bytes up {} down {}",
+            self.accepted,
+            self.active,
+            self.refused_total,
+            self.refused_per_ip,
+            self.handshake_failed,
+            self.connect_failed,
+            self.bytes_up,
+            self.bytes_down
+        )
+    }
+}
+
+/// Who counts as one client for `max_sessions_per_ip`: an IPv4 address (also when
+/// it reaches a dual-stack socket as `::ffff:a.b.c.d`), or the /64 network of an
+/// IPv6 address.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Session limits and refusal logging (at most one line a second, with a count of
+/// the rest: a connection flood cannot flood the log too), shared (loop thread
+/// only) by a listener's factory and its sessions.
+#[derive(Debug, Default)]
+struct Limits {
+    open: usize,
+    per_ip: HashMap<IpAddr, u32>,
+    log: LogLimiter,
+}
+
+/// What every session of one proxy shares: its options, counters and limits.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) opts: ProxyOptions,
+    pub(crate) counters: Arc<ProxyCounters>,
+    limits: RefCell<Limits>,
+    rejections: RefCell<LogLimiter>,
+}
+
+impl Shared {
+    /// Admits a new session from `peer`, or says why not (and counts the refusal).
+    fn admit(&self, peer: SocketAddr) -> bool {
+        let mut l = self.limits.borrow_mut();
+        let ip = client_key(peer.ip());
+        let per_ip = l.per_ip.get(&ip).copied().unwrap_or(0);
+        let why = if l.open >= self.opts.max_sessions {
+            ProxyCounters::add(&self.counters.refused_total, 1);
+            "the proxy's session limit"
+        } else if per_ip as usize >= self.opts.max_sessions_per_ip {
+            ProxyCounters::add(&self.counters.refused_per_ip, 1);
+            "the per-client session limit"
+        } else {
+            l.open += 1;
+            *l.per_ip.entry(ip).or_insert(0) += 1;
+            ProxyCounters::add(&self.counters.accepted, 1);
+            ProxyCounters::add(&self.counters.active, 1);
+            return true;
+        };
+        if let Some(held_back) = l.log.allow(Instant::now()) {
+            log::warn!(
+                "refused connection from {peer}: {why} is reached ({} open, {} from {ip}{}; \
+                 {held_back} more refusals not logged)",
+                l.open,
+                per_ip,
+                if ip.is_ipv6() { "/64" } else { "" },
+            );
+        }
+        false
+    }
+
+    /// Logs why one session was turned away (a bad or timed-out handshake, a denied
+    /// or unsupported request, an unreachable upstream): at info level at most once
+    /// a second, with a count of those held back, and the rest at debug level, so
+    /// a flood of bad clients cannot flood the log.
+    pub(crate) fn log_rejection(&self, msg: fmt::Arguments<'_>) {
+        let allowed = self.rejections.borrow_mut().allow(Instant::now());
+        match allowed {
+            Some(0) => log::info!("{msg}"),
+            Some(n) => {
+                log::info!("{msg} ({n} more rejections since the last one logged at info level)")
+            }
+            None => log::debug!("{msg}"),
+        }
+    }
+
+    /// A session from `ip` closed, having relayed `up`/`down` bytes.
+    pub(crate) fn release(&self, ip: IpAddr, up: u64, down: u64) {
+        let ip = client_key(ip);
+        let mut l = self.limits.borrow_mut();
+        l.open = l.open.saturating_sub(1);
+        if let Some(n) = l.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                l.per_ip.remove(&ip);
+            }
+        }
+        let c = &self.counters;
+        c.active.fetch_sub(1, Ordering::Relaxed);
+        ProxyCounters::add(&c.bytes_up, up);
+        ProxyCounters::add(&c.bytes_down, down);
+    }
+
+    pub(crate) fn count_handshake_failure(&self) {
+        ProxyCounters::add(&self.counters.handshake_failed, 1);
+    }
+
+    pub(crate) fn count_connect_failure(&self) {
+        ProxyCounters::add(&self.counters.connect_failed, 1);
+    }
+}
+
+/// Binds a proxy listener on `addr`: every admitted connection becomes a
+/// [`Session`]. Spawn the listener on a reactor; the counters can be read at any
+/// time, from any thread (log them when the loop returns).
+#[allow(clippy::type_complexity)]
+pub fn proxy_listener(
+    addr: SocketAddr,
+    opts: ProxyOptions,
+) -> io::Result<(
+    Listener<impl FnMut(TcpStream, SocketAddr) -> Option<Session> + 'static>,
+    Arc<ProxyCounters>,
+)> {
+    let counters = Arc::new(ProxyCounters::default());
+    let listen = opts.listen.clone();
+    let shared = Rc::new(Shared {
+        opts,
+        counters: counters.clone(),
+        limits: RefCell::new(Limits::default()),
+        rejections: RefCell::default(),
+    });
+    let listener = Listener::bind(addr, listen, move |stream, peer| {
+        if !shared.admit(peer) {
+            return None;
+        }
+        Some(Session::new(shared.clone(), stream, peer))
+    })?;
+    Ok((listener, counters))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            parse_host_port("[::1]:8080").unwrap(),
+            Target::Addr("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_host_port("example.org:443").unwrap(),
+            Target::Domain {
+                host: "example.org".into(),
+                port: 443
+            }
+        );
+        for bad in ["", "x", "x:", "x:70000", ":80", "a b:80"] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Limits and counters as a listener shares them with its sessions.
+    fn shared(opts: ProxyOptions) -> Shared {
+        Shared {
+            opts,
+            counters: Arc::default(),
+            limits: RefCell::default(),
+            rejections: RefCell::default(),
+        }
+    }
+
+    #[test]
+    fn limits_count_and_release() {
+        let mut opts = ProxyOptions::new(Mode::Socks5 { auth: None });
+        opts.max_sessions = 3;
+        opts.max_sessions_per_ip = 2;
+        let s = shared(opts);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        assert!(s.admit(a) && s.admit(a));
+        assert!(!s.admit(a)); // per-IP
+        assert!(s.admit(b));
+        assert!(!s.admit(b)); // total
+        s.release(a.ip(), 10, 20);
+        assert!(s.admit(b));
+        let st = s.counters.snapshot();
+        assert_eq!((st.accepted, st.active), (4, 3));
+        assert_eq!((st.refused_per_ip, st.refused_total), (1, 1));
+        assert_eq!((st.bytes_up, st.bytes_down), (10, 20));
+        assert!(
+            st.to_string()
+                .contains("refused 1 (limit) + 1 (per-IP limit)")
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_its_address() {
+        let mut opts = ProxyOptions::new(Mode::Socks5 { auth: None });
+        opts.max_sessions_per_ip = 2;
+        let s = shared(opts);
+        // Two addresses of one /64 fill it; a third from it is refused.
+        let x1: SocketAddr = "[2001:db8:1:2::1]:1".parse().unwrap();
+        let x2: SocketAddr = "[2001:db8:1:2:ffff:0:0:9]:1".parse().unwrap();
+        let x3: SocketAddr = "[2001:db8:1:2:abcd::77]:1".parse().unwrap();
+        assert!(s.admit(x1) && s.admit(x2));
+        assert!(!s.admit(x3), "a third address of the same /64");
+        // The next /64 is another client.
+        assert!(s.admit("[2001:db8:1:3::1]:1".parse().unwrap()));
+        // Released by any address of the /64.
+        s.release(x1.ip(), 0, 0);
+        assert!(s.admit(x3));
+        // IPv4 through a dual-stack socket counts as that IPv4 address.
+        let v4: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:2".parse().unwrap();
+        assert!(s.admit(v4) && s.admit(mapped));
+        assert!(!s.admit(v4));
+        assert!(s.admit("192.0.2.2:1".parse().unwrap()));
+        assert_eq!(s.counters.snapshot().refused_per_ip, 2);
+    }
+}
