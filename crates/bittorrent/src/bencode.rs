@@ -759,14 +759,7 @@ impl<'a, 'o> Parser<'a, 'o> {
 mod tests {
     use super::*;
 
-    fn xorshift(state: &mut u64) -> u64 {
-        let mut x = *state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *state = x;
-        x
-    }
+    use reactor_test_support::fuzz::xorshift;
 
     #[test]
     fn spec_examples() {

@@ -140,7 +140,8 @@ impl<K: Copy + Eq + Hash> Blame<K> {
     }
 
     /// Number of failed pieces remembered.
-    pub fn records(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> usize {
         self.records.len()
     }
 

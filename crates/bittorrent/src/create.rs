@@ -12,9 +12,9 @@ use std::rc::Rc;
 
 use super::metainfo::build_torrent;
 use super::storage::{collect_files, hash_range};
-use reactor::pool::{JobId, JobResult};
 use reactor::{Context, Loop};
 use reactor::{Handler, HandlerResult};
+use reactor::{JobId, JobResult};
 
 /// What to make.
 #[derive(Clone, Debug)]

@@ -14,6 +14,10 @@
 //! [`storage`] is the blocking file layer the worker pool runs. See
 //! `docs/peer-wire.md`.
 
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod bencode;
 pub mod blame;
 pub mod create;

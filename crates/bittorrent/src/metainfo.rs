@@ -725,14 +725,7 @@ pub fn hash_pieces_of_readers<R: Read>(
 mod tests {
     use super::*;
 
-    fn xorshift(state: &mut u64) -> u64 {
-        let mut x = *state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *state = x;
-        x
-    }
+    use reactor_test_support::fuzz::xorshift;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

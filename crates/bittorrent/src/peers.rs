@@ -84,10 +84,7 @@ fn ban_key(addr: &SocketAddr) -> BanKey {
     if ip.is_loopback() {
         return BanKey::Addr(SocketAddr::new(ip, addr.port()));
     }
-    match ip {
-        IpAddr::V6(v6) => BanKey::Host(IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())),
-        v4 => BanKey::Host(v4),
-    }
+    BanKey::Host(reactor::client_key(ip))
 }
 
 /// The bans, bounded, oldest first out.
@@ -240,7 +237,8 @@ impl PeerManager {
     }
 
     /// Bans recorded (at most [`MAX_BANS`]).
-    pub fn ban_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn ban_count(&self) -> usize {
         self.bans.order.len()
     }
 
@@ -844,9 +842,7 @@ mod tests {
     fn random_events_keep_counts_consistent() {
         let mut x = 0x1234_5678u64;
         let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            reactor_test_support::fuzz::xorshift(&mut x);
             x
         };
         let mut m = PeerManager::new(5, 20);

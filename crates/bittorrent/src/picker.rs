@@ -443,12 +443,14 @@ impl Picker {
 
     /// The piece failed its hash check and waits to be fetched again from a single
     /// peer.
-    pub fn is_single_source(&self, piece: u32) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_single_source(&self, piece: u32) -> bool {
         self.single_source.contains(&piece)
     }
 
     /// The peer a piece's blocks are reserved for, if any (see the module docs).
-    pub fn owner(&self, piece: u32) -> Option<PeerKey> {
+    #[cfg(test)]
+    pub(crate) fn owner(&self, piece: u32) -> Option<PeerKey> {
         self.partials.get(&piece).and_then(|p| p.owner)
     }
 
@@ -744,9 +746,7 @@ mod tests {
     impl Rng {
         fn next(&mut self) -> u64 {
             let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            reactor_test_support::fuzz::xorshift(&mut x);
             self.0 = x;
             x
         }

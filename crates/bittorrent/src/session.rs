@@ -25,8 +25,8 @@ use super::picker::{BlockRef, PeerKey, Received};
 use super::torrent::{Assembly, SessionSlot, Shared, key_of};
 use super::wire::{self, Bitfield, ExtHandshake, Message};
 use reactor::CloseReason;
-use reactor::conn::{Conn, ConnConfig};
-use reactor::timer::TimerId;
+use reactor::TimerId;
+use reactor::{Conn, ConnConfig};
 use reactor::{Context, Loop};
 use reactor::{Event, Handler, HandlerResult, SourceId};
 
@@ -132,10 +132,7 @@ pub struct Session {
 }
 
 fn conn_config(max_msg: u32) -> ConnConfig {
-    ConnConfig {
-        max_read_buffer: (max_msg as usize + 4).max(1024 * 1024),
-        ..ConnConfig::default()
-    }
+    ConnConfig::default().max_read_buffer((max_msg as usize + 4).max(1024 * 1024))
 }
 
 impl Session {

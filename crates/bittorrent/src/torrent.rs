@@ -40,11 +40,11 @@ use super::session::Session;
 use super::storage::{OpenMode, Storage};
 use super::tracker_client::{Announcer, Completed};
 use reactor::CloseReason;
-use reactor::listener::{ListenOptions, Listener};
-use reactor::pool::{JobId, JobResult};
-use reactor::timer::TimerId;
+use reactor::TimerId;
 use reactor::{Addr, Handler, HandlerId, HandlerResult};
 use reactor::{Context, Loop, Reactor};
+use reactor::{JobId, JobResult};
+use reactor::{ListenOptions, Listener};
 use reactor_discovery::{Discovery, DiscoveryHandler, PeerEvent};
 
 /// Largest unit of piece data read from disk and cached for uploads: a whole

@@ -776,14 +776,7 @@ pub fn parse_response(buf: &[u8]) -> Result<AnnounceResponse, TrackerError> {
 mod tests {
     use super::*;
 
-    fn xorshift(state: &mut u64) -> u64 {
-        let mut x = *state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *state = x;
-        x
-    }
+    use reactor_test_support::fuzz::xorshift;
 
     fn req() -> AnnounceRequest {
         let mut info_hash = [0u8; 20];

@@ -18,10 +18,10 @@ use super::tracker::{
 };
 use reactor::CloseReason;
 use reactor::Context;
-use reactor::conn::{Conn, ConnConfig};
-use reactor::pool::{JobId, JobResult};
-use reactor::timer::TimerId;
+use reactor::TimerId;
+use reactor::{Conn, ConnConfig};
 use reactor::{Handler, HandlerResult, SourceId};
+use reactor::{JobId, JobResult};
 
 /// One HTTP exchange must finish within this time.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -911,9 +911,7 @@ mod tests {
     impl Rng {
         fn next(&mut self) -> u64 {
             let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            reactor_test_support::fuzz::xorshift(&mut x);
             self.0 = x;
             x
         }

@@ -17,36 +17,8 @@ use common::{Server, pseudo_random_bytes, run_bounded, run_loop};
 use reactor_bittorrent::metainfo::Metainfo;
 use reactor_bittorrent::torrent::{self, Mode, TorrentConfig};
 
-/// Counts heap allocations made on threads that opt in (the loop threads of the
-/// in-process transfer below), to check the per-message path does not allocate.
-struct CountingAlloc;
-
-static LOOP_ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNT_ME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        if COUNT_ME.with(|c| c.get()) {
-            LOOP_ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { std::alloc::System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
-        if COUNT_ME.with(|c| c.get()) {
-            LOOP_ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        unsafe { std::alloc::System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 fn tmpdir(name: &str) -> PathBuf {
     common::tmpdir("peer", name)
@@ -935,7 +907,7 @@ fn loop_threads_do_not_allocate_per_message() {
     let m1 = meta.clone();
     let s1 = src.clone();
     let (addr, seed_loop) = run_loop(reactor::Config::default(), move |r| {
-        COUNT_ME.with(|c| c.set(true));
+        common::alloc::track_this_thread();
         let cfg = TorrentConfig {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             ..TorrentConfig::default()
@@ -948,7 +920,7 @@ fn loop_threads_do_not_allocate_per_message() {
     let out = d.join("out.bin");
     let (m2, o2) = (meta.clone(), out.clone());
     let leech = std::thread::spawn(move || {
-        COUNT_ME.with(|c| c.set(true));
+        common::alloc::track_this_thread();
         let mut r = reactor::Reactor::new().unwrap();
         let cfg = TorrentConfig {
             peers: vec![addr],
@@ -967,12 +939,12 @@ fn loop_threads_do_not_allocate_per_message() {
     leech.join().unwrap().expect("download");
     seed_loop.stop();
     assert!(std::fs::read(&out).unwrap() == data, "file differs");
-    let allocs = LOOP_ALLOCS.load(Ordering::Relaxed);
+    let allocs = common::alloc::tracked();
     // 1024 blocks mean 1024 requests and 1024 piece messages through the two loops;
     // what allocates is per piece (16 of them) and per connection, not per message.
     println!("{allocs} allocations on the loop threads for {blocks} blocks");
     assert!(
-        allocs < blocks,
+        allocs < blocks as u64,
         "{allocs} allocations on the loop threads for {blocks} blocks"
     );
     let _ = std::fs::remove_dir_all(&d);

@@ -8,6 +8,10 @@
 //! `docs/discovery.md` for the protocol, the port-sharing rules and how a program
 //! (e.g. the BitTorrent peer) uses it.
 
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod proto;
 pub mod service;
 pub mod table;

@@ -70,11 +70,11 @@ use std::time::{Duration, Instant};
 use super::proto::{self, Announcement, Metadata};
 use super::table::{self, Jitter, PeerTable};
 use reactor::CloseReason;
-use reactor::log_limit::LogLimiter;
-use reactor::timer::TimerId;
-use reactor::udp::{SendOutcome, UdpConfig, UdpConn, UdpOptions, UdpStats};
+use reactor::LogLimiter;
+use reactor::TimerId;
 use reactor::{Addr, Handler, HandlerResult, SourceId};
 use reactor::{Context, Loop};
+use reactor::{SendOutcome, UdpConfig, UdpConn, UdpOptions, UdpStats};
 
 /// A membership change reported to the owner: the table's event type.
 pub use super::table::Event as PeerEvent;
@@ -257,22 +257,19 @@ impl Discovery {
                 .map_err(|e| invalid(format!("discovery announcement: {e}")))?;
         }
         let bind = SocketAddr::new(cfg.bind_ip(), cfg.port);
-        let opts = UdpOptions {
-            // Both, so we can join a group bound with either option; broadcasts
-            // reach every member of it (see docs/discovery.md).
-            reuse_addr: true,
-            reuse_port: true,
-            broadcast: true,
-            ..UdpOptions::default()
-        };
-        let udp_cfg = UdpConfig {
-            // One byte more is read, so a longer datagram is seen as too long.
-            max_datagram: proto::MAX_DATAGRAM_LEN,
-            recv_budget: cfg.recv_budget,
-            send_budget: 16,
-            queue_datagrams: 16,
-            queue_bytes: 16 * proto::MAX_DATAGRAM_LEN,
-        };
+        // Both reuse options, so we can join a group bound with either; broadcasts
+        // reach every member of it (see docs/discovery.md).
+        let opts = UdpOptions::default()
+            .reuse_addr(true)
+            .reuse_port(true)
+            .broadcast(true);
+        // One byte more is read, so a longer datagram is seen as too long.
+        let udp_cfg = UdpConfig::default()
+            .max_datagram(proto::MAX_DATAGRAM_LEN)
+            .recv_budget(cfg.recv_budget)
+            .send_budget(16)
+            .queue_datagrams(16)
+            .queue_bytes(16 * proto::MAX_DATAGRAM_LEN);
         let udp = UdpConn::bind(bind, &opts, cfg.source, udp_cfg)
             .map_err(|e| io::Error::new(e.kind(), format!("discovery: bind {bind}: {e}")))?;
         let port = udp.local_addr()?.port();

@@ -776,9 +776,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut events = 0;
         for i in 0..100_000u32 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            reactor_test_support::fuzz::xorshift(&mut rng);
             let id = format!("fake-{rng:016x}");
             buf.clear();
             encode(&ann(&id, rng, 1), &mut buf).unwrap();
@@ -838,9 +836,7 @@ mod tests {
         let t0 = Instant::now();
         let mut rng = 0xdead_beef_u64;
         let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            reactor_test_support::fuzz::xorshift(&mut rng);
             rng
         };
         let ids = ["me", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];

@@ -27,6 +27,10 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod rules;
 pub mod session;
 pub mod socks5;
@@ -43,9 +47,9 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use reactor::conn::ConnConfig;
-use reactor::listener::{ListenOptions, Listener};
-use reactor::log_limit::LogLimiter;
+use reactor::ConnConfig;
+use reactor::LogLimiter;
+use reactor::{ListenOptions, Listener};
 
 pub use rules::{Cidr, Rules};
 pub use session::Session;
@@ -169,10 +173,7 @@ impl ProxyOptions {
             rules: Rules::default(),
             resolver: Resolver::system(),
             conn: ConnConfig::default(),
-            listen: ListenOptions {
-                max_connections: usize::MAX,
-                ..ListenOptions::default()
-            },
+            listen: ListenOptions::default().max_connections(usize::MAX),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             linger_timeout: Duration::from_secs(5),
@@ -289,19 +290,6 @@ impl fmt::Display for ProxyStats {
     }
 }
 
-/// Who counts as one client for `max_sessions_per_ip`: an IPv4 address (also when
-/// it reaches a dual-stack socket as `::ffff:a.b.c.d`), or the /64 network of an
-/// IPv6 address.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
-    }
-}
-
 /// Session limits and refusal logging (at most one line a second, with a count of
 /// the rest: a connection flood cannot flood the log too), shared (loop thread
 /// only) by a listener's factory and its sessions.
@@ -325,7 +313,7 @@ impl Shared {
     /// Admits a new session from `peer`, or says why not (and counts the refusal).
     fn admit(&self, peer: SocketAddr) -> bool {
         let mut l = self.limits.borrow_mut();
-        let ip = client_key(peer.ip());
+        let ip = reactor::client_key(peer.ip());
         let per_ip = l.per_ip.get(&ip).copied().unwrap_or(0);
         let why = if l.open >= self.opts.max_sessions {
             ProxyCounters::add(&self.counters.refused_total, 1);
@@ -369,7 +357,7 @@ impl Shared {
 
     /// A session from `ip` closed, having relayed `up`/`down` bytes.
     pub(crate) fn release(&self, ip: IpAddr, up: u64, down: u64) {
-        let ip = client_key(ip);
+        let ip = reactor::client_key(ip);
         let mut l = self.limits.borrow_mut();
         l.open = l.open.saturating_sub(1);
         if let Some(n) = l.per_ip.get_mut(&ip) {

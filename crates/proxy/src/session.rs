@@ -44,11 +44,11 @@ use super::socks5::{Command, Handshake, Reply, Request, Step, Target, encode_rep
 use super::{Mode, Shared};
 use reactor::CloseReason;
 use reactor::Context;
-use reactor::conn::{Conn, IdleTimeout};
+use reactor::TimerId;
 use reactor::pipe::{DOWN, Pipe, UP};
-use reactor::pool::{JobId, JobResult};
-use reactor::timer::TimerId;
+use reactor::{Conn, IdleTimeout};
 use reactor::{Event, Handler, HandlerResult, SourceId};
+use reactor::{JobId, JobResult};
 
 /// Source number of the accepted (client) connection.
 pub const CLIENT: SourceId = 0;

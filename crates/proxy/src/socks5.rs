@@ -64,12 +64,12 @@ pub const MAX_DOMAIN_LEN: usize = 255;
 // or an uncategorised kind); other platforms rely on ErrorKind alone.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod errno {
-    pub const ETIMEDOUT: i32 = 110;
-    pub const ECONNREFUSED: i32 = 111;
-    pub const ENETDOWN: i32 = 100;
-    pub const ENETUNREACH: i32 = 101;
-    pub const EHOSTDOWN: i32 = 112;
-    pub const EHOSTUNREACH: i32 = 113;
+    pub(super) const ETIMEDOUT: i32 = 110;
+    pub(super) const ECONNREFUSED: i32 = 111;
+    pub(super) const ENETDOWN: i32 = 100;
+    pub(super) const ENETUNREACH: i32 = 101;
+    pub(super) const EHOSTDOWN: i32 = 112;
+    pub(super) const EHOSTUNREACH: i32 = 113;
 }
 
 /// A SOCKS5 command (the CMD byte of a request).
@@ -1624,9 +1624,7 @@ mod tests {
     impl XorShift {
         fn next(&mut self) -> u64 {
             let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            reactor_test_support::fuzz::xorshift(&mut x);
             self.0 = x;
             x
         }

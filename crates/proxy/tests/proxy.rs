@@ -569,11 +569,9 @@ fn half_close_travels_both_ways() {
 /// watermark), so that backpressure sets in after little data.
 fn forward_opts_small_queues(to: SocketAddr) -> ProxyOptions {
     let mut opts = forward_opts(to);
-    opts.conn = ConnConfig {
-        high_watermark: 256 * 1024,
-        low_watermark: 64 * 1024,
-        ..ConnConfig::default()
-    };
+    opts.conn = ConnConfig::default()
+        .high_watermark(256 * 1024)
+        .low_watermark(64 * 1024);
     opts
 }
 
@@ -1006,12 +1004,10 @@ fn upload_is_not_stalled_by_its_own_download_queue() {
 
     let up = small_buffer_listener();
     let mut opts = forward_opts(up.local_addr().unwrap());
-    opts.conn = ConnConfig {
-        high_watermark: 256 * 1024,
-        low_watermark: 64 * 1024,
-        read_budget: 64 * 1024,
-        ..ConnConfig::default()
-    };
+    opts.conn = ConnConfig::default()
+        .high_watermark(256 * 1024)
+        .low_watermark(64 * 1024)
+        .read_budget(64 * 1024);
     // Reading stops at the high watermark, one read budget past it at most.
     let per_direction = opts.conn.high_watermark + opts.conn.read_budget;
     let (proxy, counters, peak, server) = start_probed_proxy(opts);

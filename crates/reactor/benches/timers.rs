@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use reactor::timer::Timers;
+use reactor::internals::Timers;
 use reactor::{HandlerId, Reactor};
 
 const N: usize = 100_000;

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 /// Buffers of one size, recycled.
 #[derive(Debug)]
-pub struct BufPool {
+pub(crate) struct BufPool {
     free: Vec<BytesMut>,
     size: usize,
     max_free: usize,
@@ -17,7 +17,7 @@ pub struct BufPool {
 
 impl BufPool {
     /// A pool of buffers of `size` bytes keeping at most `max_free` spare ones.
-    pub fn new(size: usize, max_free: usize) -> BufPool {
+    pub(crate) fn new(size: usize, max_free: usize) -> BufPool {
         BufPool {
             // Reserved up front (32 bytes a slot): giving a buffer back never grows
             // the list, so it never allocates on the hot path.
@@ -28,18 +28,18 @@ impl BufPool {
     }
 
     /// The size of the buffers this pool hands out.
-    pub fn buffer_size(&self) -> usize {
+    pub(crate) fn buffer_size(&self) -> usize {
         self.size
     }
 
     /// Number of spare buffers held.
-    pub fn spare(&self) -> usize {
+    pub(crate) fn spare(&self) -> usize {
         self.free.len()
     }
 
     /// An empty buffer with at least `buffer_size` bytes of capacity.
     #[inline]
-    pub fn get(&mut self) -> BytesMut {
+    pub(crate) fn get(&mut self) -> BytesMut {
         self.free
             .pop()
             .unwrap_or_else(|| BytesMut::with_capacity(self.size))
@@ -48,7 +48,7 @@ impl BufPool {
     /// Gives a buffer back. Its contents are discarded. Buffers that grew far beyond
     /// the pool's size (a large frame) are freed rather than kept.
     #[inline]
-    pub fn put(&mut self, mut buf: BytesMut) {
+    pub(crate) fn put(&mut self, mut buf: BytesMut) {
         let cap = buf.capacity();
         // The hot path: a buffer with at least the pool's size of room from its
         // start of data (what `Conn` gives back after a complete write of a buffer

@@ -21,7 +21,10 @@ pub(crate) fn mono_ns() -> u64 {
             tv_nsec: 0,
         };
         // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts)
+        };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
     #[cfg(not(target_os = "linux"))]
@@ -155,6 +158,8 @@ fn paired() -> (u64, u64) {
 }
 
 #[inline]
+// Reviewed: the one intrinsic read below.
+#[allow(unsafe_code)]
 fn read_ticks(tsc: bool) -> u64 {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     if tsc {

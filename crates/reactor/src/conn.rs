@@ -56,6 +56,7 @@ use crate::timer::TimerId;
 
 /// Limits of one connection. The default of each field is in its doc.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct ConnConfig {
     /// A write queue of this many bytes or more is congested
     /// ([`Conn::is_congested`]); with `pause_on_own_queue`, reading this connection
@@ -357,7 +358,11 @@ impl Conn {
                 break Ok(());
             }
             // SAFETY: the kernel initialised the first `n` bytes of spare capacity.
-            unsafe { self.rbuf.set_len(self.rbuf.len() + n) };
+            // (Reviewed: the one way to read into a `BytesMut` without zeroing it.)
+            #[allow(unsafe_code)]
+            unsafe {
+                self.rbuf.set_len(self.rbuf.len() + n)
+            };
             st.bytes += n;
             // A short read means the socket is empty only during the poller's own
             // event for this socket, and only if that event did not report end of

@@ -126,6 +126,7 @@ impl Handler for EchoConn {
 
 /// Settings of an echo server.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct EchoOptions {
     /// Listener settings (connection cap, `SO_REUSEPORT`, ...). Default
     /// [`ListenOptions::default`].
@@ -155,6 +156,24 @@ impl Default for EchoOptions {
             },
             idle_timeout: Duration::from_secs(300),
         }
+    }
+}
+
+impl EchoOptions {
+    /// Sets [`EchoOptions::listen`].
+    pub fn listen(mut self, v: ListenOptions) -> EchoOptions {
+        self.listen = v;
+        self
+    }
+    /// Sets [`EchoOptions::conn`].
+    pub fn conn(mut self, v: ConnConfig) -> EchoOptions {
+        self.conn = v;
+        self
+    }
+    /// Sets [`EchoOptions::idle_timeout`].
+    pub fn idle_timeout(mut self, v: Duration) -> EchoOptions {
+        self.idle_timeout = v;
+        self
     }
 }
 

@@ -530,9 +530,7 @@ mod tests {
         // Any bytes: no panic, and a frame never exceeds the limit.
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            reactor_test_support::fuzz::xorshift(&mut x);
             let len = (x % 9) as usize;
             let buf: Vec<u8> = (0..len)
                 .map(|i| [b'a', b'\r', b'\n'][((x >> (i * 2)) % 3) as usize])
@@ -723,9 +721,7 @@ mod tests {
     fn delimited_matches_the_obvious_search() {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            reactor_test_support::fuzz::xorshift(&mut x);
             x
         };
         // A small alphabet, so delimiters and near-misses are frequent.
@@ -803,9 +799,7 @@ mod tests {
         let dl = Delimited::new(b"\r\n", 50);
         let mut buf = Vec::new();
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            reactor_test_support::fuzz::xorshift(&mut x);
             buf.clear();
             for i in 0..(x % 80) {
                 buf.push((x >> (i % 56)) as u8);

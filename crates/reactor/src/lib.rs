@@ -60,49 +60,55 @@
 //! }
 //! ```
 //!
-//! Module map, bottom up: [`event`] (ids, events, close reasons), [`timer`],
-//! [`pool`] (offloaded jobs), [`stats`], [`buf`] (buffer recycling),
-//! [`reactor`](mod@reactor) (the loop), [`handler`] (the trait and its typed
-//! context), [`conn`] and [`framing`] (buffered connections), [`listener`]
-//! (accepting), [`udp`] (datagram sockets), [`framed`] (the asynchat layer),
-//! [`pipe`] (the byte pump between two connections), [`stats_log`], [`echo`] (the
-//! reference server for benchmarks). The programs built on it live in their own
+//! What is where: [`Reactor`] (the loop), [`Handler`] and [`Context`] (the
+//! low-level trait and what its callbacks get), [`Conn`] and [`framing`] (buffered
+//! connections and decoders), [`Listener`] (accepting), [`UdpConn`] (datagrams),
+//! [`framed`] (the asynchat layer), [`pipe`] (the byte pump between two
+//! connections), [`Stats`] and [`StatsLogger`], [`echo`] (the reference server for
+//! benchmarks). `docs/architecture.md` draws the layers. The programs built on it live in their own
 //! crates (`reactor-proxy`, `reactor-bittorrent`, `reactor-relay`,
 //! `reactor-discovery`) and use only this public API.
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 
-pub mod buf;
+// The implementation modules are private; what a program uses is re-exported below
+// in one list. A few modules stay public as namespaces of related items.
+mod buf;
+mod client_key;
 mod clock;
-pub mod conn;
+mod conn;
 pub mod echo;
-pub mod event;
+mod event;
 pub mod framed;
 pub mod framing;
-pub mod handler;
-pub mod listener;
-pub mod log_limit;
+mod handler;
+mod listener;
+mod log_limit;
 pub mod pipe;
-pub mod pool;
-pub mod reactor;
-pub mod stats;
-pub mod stats_log;
-pub mod timer;
-pub mod udp;
+mod pool;
+mod reactor;
+mod stats;
+mod stats_log;
+mod timer;
+mod udp;
 
+pub use client_key::client_key;
 pub use conn::{Conn, ConnConfig, IdleTimeout, ReadStatus};
 pub use event::{
     CloseReason, Error, Event, HandlerId, HandlerResult, ProtocolError, SourceId, is_peer_gone,
 };
 pub use framed::{Framed, FramedConfig, Group, Link, Protocol};
-pub use handler::{Addr, Context, Handler};
-pub use listener::{ListenOptions, Listener};
+pub use handler::{Addr, Context, Handler, split_event};
+pub use listener::{ListenOptions, Listener, bind as bind_tcp};
+pub use log_limit::LogLimiter;
 pub use pool::{JobId, JobPanicked, JobResult, PoolFull};
 pub use reactor::{Config, Loop, Reactor, ReactorHandle};
-pub use stats::{Counter, Gauge, Stats};
+pub use stats::{AppMetrics, Counter, Gauge, Histogram, Stats};
 pub use stats_log::StatsLogger;
 pub use timer::TimerId;
-pub use udp::{SendOutcome, UdpConfig, UdpConn, UdpOptions};
+pub use udp::{RecvStatus, SendOutcome, UdpConfig, UdpConn, UdpOptions, UdpStats, bind_udp};
 
 /// The `mio` types a program names: the streams a [`Listener`]'s factory receives
 /// and [`Conn`] wraps, the listener and UDP sockets, and the interest a source is
@@ -115,3 +121,11 @@ pub use net::TcpStream;
 
 /// The `bytes` crate, whose `BytesMut` the write queues and encoders use.
 pub use bytes;
+
+/// Internals public only for this crate's benchmarks (feature `internals`, which
+/// the benchmarks enable): not part of the API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::timer::Timers;
+}

@@ -26,6 +26,7 @@ const ACCEPT_BUDGET: usize = 128;
 
 /// How to bind and run a listener. The default of each field is in its doc.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ListenOptions {
     /// Set `SO_REUSEPORT` so several loops (threads or processes) share one port and
     /// the kernel spreads connections across them. Default `false`.
@@ -52,6 +53,34 @@ impl Default for ListenOptions {
             retry_after: Duration::from_millis(100),
             nodelay: true,
         }
+    }
+}
+
+impl ListenOptions {
+    /// Sets [`ListenOptions::reuse_port`].
+    pub fn reuse_port(mut self, v: bool) -> ListenOptions {
+        self.reuse_port = v;
+        self
+    }
+    /// Sets [`ListenOptions::backlog`].
+    pub fn backlog(mut self, v: i32) -> ListenOptions {
+        self.backlog = v;
+        self
+    }
+    /// Sets [`ListenOptions::max_connections`].
+    pub fn max_connections(mut self, v: usize) -> ListenOptions {
+        self.max_connections = v;
+        self
+    }
+    /// Sets [`ListenOptions::retry_after`].
+    pub fn retry_after(mut self, v: Duration) -> ListenOptions {
+        self.retry_after = v;
+        self
+    }
+    /// Sets [`ListenOptions::nodelay`].
+    pub fn nodelay(mut self, v: bool) -> ListenOptions {
+        self.nodelay = v;
+        self
     }
 }
 

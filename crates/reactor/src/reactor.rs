@@ -478,6 +478,12 @@ impl<'a> Loop<'a> {
         }
     }
 
+    /// Spare I/O buffers the loop's pool holds for reuse (at most
+    /// [`Config::max_spare_buffers`]).
+    pub fn spare_buffers(&self) -> usize {
+        self.core.bufs.spare()
+    }
+
     /// Jobs waiting in the worker pool's queue for a thread.
     pub fn jobs_queued(&self) -> usize {
         self.core.pool.as_ref().map_or(0, Pool::queued)

@@ -37,8 +37,10 @@ struct Entry {
     owner: HandlerId,
 }
 
-/// The set of live timers, ordered by deadline.
+/// The set of live timers, ordered by deadline. Public only to this crate's
+/// benchmarks (through the `internals` feature).
 #[derive(Debug, Default)]
+#[allow(unreachable_pub)]
 pub struct Timers {
     entries: Slab<Entry>,
     /// (deadline, sequence, slab index, generation): the sequence keeps timers with
@@ -48,6 +50,7 @@ pub struct Timers {
     next_generation: u32,
 }
 
+#[allow(unreachable_pub)]
 impl Timers {
     /// An empty timer set.
     pub fn new() -> Timers {
@@ -55,11 +58,13 @@ impl Timers {
     }
 
     /// Number of live timers.
+    #[allow(dead_code)] // for tests and benchmarks
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// True when no timer is live.
+    #[allow(dead_code)] // for tests and benchmarks
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -38,6 +38,7 @@ use crate::{Event, SourceId};
 /// Socket options for [`bind_udp`]. The default sets none of them (all `false`
 /// or `None`: the kernel's defaults).
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct UdpOptions {
     /// `SO_REUSEADDR`: several sockets (and processes) may bind the same address and
     /// port. Broadcast datagrams reach every one of them.
@@ -52,6 +53,34 @@ pub struct UdpOptions {
     pub recv_buffer: Option<usize>,
     /// `SO_SNDBUF` in bytes, if set.
     pub send_buffer: Option<usize>,
+}
+
+impl UdpOptions {
+    /// Sets [`UdpOptions::reuse_addr`].
+    pub fn reuse_addr(mut self, v: bool) -> UdpOptions {
+        self.reuse_addr = v;
+        self
+    }
+    /// Sets [`UdpOptions::reuse_port`].
+    pub fn reuse_port(mut self, v: bool) -> UdpOptions {
+        self.reuse_port = v;
+        self
+    }
+    /// Sets [`UdpOptions::broadcast`].
+    pub fn broadcast(mut self, v: bool) -> UdpOptions {
+        self.broadcast = v;
+        self
+    }
+    /// Sets [`UdpOptions::recv_buffer`].
+    pub fn recv_buffer(mut self, v: Option<usize>) -> UdpOptions {
+        self.recv_buffer = v;
+        self
+    }
+    /// Sets [`UdpOptions::send_buffer`].
+    pub fn send_buffer(mut self, v: Option<usize>) -> UdpOptions {
+        self.send_buffer = v;
+        self
+    }
 }
 
 /// Binds a non-blocking UDP socket (IPv4 or IPv6) with the given options.
@@ -82,6 +111,7 @@ pub fn bind_udp(addr: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> {
 
 /// Limits of one [`UdpConn`].
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct UdpConfig {
     /// Largest datagram the caller accepts. The receive buffer is one byte larger,
     /// so a longer datagram is detected (and reported as truncated) rather than
@@ -108,6 +138,34 @@ impl Default for UdpConfig {
             queue_datagrams: 256,
             queue_bytes: 256 * 1024,
         }
+    }
+}
+
+impl UdpConfig {
+    /// Sets [`UdpConfig::max_datagram`].
+    pub fn max_datagram(mut self, v: usize) -> UdpConfig {
+        self.max_datagram = v;
+        self
+    }
+    /// Sets [`UdpConfig::recv_budget`].
+    pub fn recv_budget(mut self, v: usize) -> UdpConfig {
+        self.recv_budget = v;
+        self
+    }
+    /// Sets [`UdpConfig::send_budget`].
+    pub fn send_budget(mut self, v: usize) -> UdpConfig {
+        self.send_budget = v;
+        self
+    }
+    /// Sets [`UdpConfig::queue_datagrams`].
+    pub fn queue_datagrams(mut self, v: usize) -> UdpConfig {
+        self.queue_datagrams = v;
+        self
+    }
+    /// Sets [`UdpConfig::queue_bytes`].
+    pub fn queue_bytes(mut self, v: usize) -> UdpConfig {
+        self.queue_bytes = v;
+        self
     }
 }
 

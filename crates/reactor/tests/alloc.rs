@@ -7,65 +7,17 @@
 //! echoed messages of each kind must cost the loop thread no allocation at all.
 //!
 //! To find an allocation that breaks this, run with `ALLOC_BACKTRACE=1`: the first
-//! few counted allocations print a backtrace.
+//! few counted allocations print a backtrace (`reactor_test_support::alloc`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use reactor::echo::{EchoOptions, echo_listener, framed_echo_listener};
 use reactor::{Reactor, Stats};
 
-struct Counting;
-
-static MEASURING: AtomicBool = AtomicBool::new(false);
-static COUNT: AtomicU64 = AtomicU64::new(0);
-static BACKTRACES: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static TRACKED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note() {
-    let tracked = TRACKED.try_with(|t| t.get()).unwrap_or(false);
-    if !tracked || !MEASURING.load(Ordering::Relaxed) {
-        return;
-    }
-    COUNT.fetch_add(1, Ordering::Relaxed);
-    if std::env::var_os("ALLOC_BACKTRACE").is_some()
-        && BACKTRACES.fetch_add(1, Ordering::Relaxed) < 5
-    {
-        // Capturing allocates: stop tracking this thread meanwhile.
-        TRACKED.with(|t| t.set(false));
-        eprintln!(
-            "allocation on the loop thread:\n{}",
-            std::backtrace::Backtrace::force_capture()
-        );
-        TRACKED.with(|t| t.set(true));
-    }
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use reactor_test_support::alloc::{self, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -120,27 +72,22 @@ fn pipelined(conns: &mut [TcpStream], rounds: usize) {
 
 #[test]
 fn echo_allocates_nothing_per_message_in_steady_state() {
-    // First prove the harness can fail: an allocation on a tracked thread is counted, one
-    // on an untracked thread is not. (Runs before the server test uses the counter:
-    // both are in this test to keep the global counter single-user.)
-    let before = COUNT.load(Ordering::SeqCst);
+    // First prove the harness can fail: an allocation on a tracked thread is
+    // counted, one on an untracked thread is not.
     std::thread::spawn(|| {
-        MEASURING.store(true, Ordering::SeqCst);
-        let untracked = Box::new([1u8; 100]);
-        assert_eq!(COUNT.load(Ordering::SeqCst), 0);
-        TRACKED.with(|t| t.set(true));
+        let before = alloc::tracked();
+        let untracked = std::hint::black_box(Box::new([1u8; 100]));
+        assert_eq!(alloc::tracked(), before);
+        alloc::track_this_thread();
         let tracked = std::hint::black_box(Box::new([2u8; 100]));
-        TRACKED.with(|t| t.set(false));
-        MEASURING.store(false, Ordering::SeqCst);
+        alloc::untrack_this_thread();
+        assert_eq!(alloc::tracked(), before + 1);
         drop((untracked, tracked));
     })
     .join()
     .unwrap();
-    assert_eq!(COUNT.load(Ordering::SeqCst), before + 1);
-    COUNT.store(0, Ordering::SeqCst);
 
     echo_steady_state("echo (EchoConn)", false);
-    COUNT.store(0, Ordering::SeqCst);
     // The same on the framed layer: a protocol answering each frame while it is
     // still in the read buffer (`Link::send`), with its idle timeout.
     echo_steady_state("framed echo (FramedEcho)", true);
@@ -149,7 +96,7 @@ fn echo_allocates_nothing_per_message_in_steady_state() {
 fn echo_steady_state(what: &str, framed: bool) {
     let (tx, rx) = mpsc::channel();
     let loop_thread = std::thread::spawn(move || -> Stats {
-        TRACKED.with(|t| t.set(true));
+        alloc::track_this_thread();
         let mut r = Reactor::new().unwrap();
         let addr = "127.0.0.1:0".parse().unwrap();
         if framed {
@@ -172,12 +119,11 @@ fn echo_steady_state(what: &str, framed: bool) {
     rr(&mut rr_conns, 200);
     pipelined(&mut pipe_conns, 50);
 
-    MEASURING.store(true, Ordering::SeqCst);
+    let start = alloc::tracked();
     rr(&mut rr_conns, 1000); // 10 x 1000 = 10,000 messages
-    let rr_allocs = COUNT.load(Ordering::SeqCst);
+    let rr_allocs = alloc::tracked() - start;
     pipelined(&mut pipe_conns, 63); // 10 x 63 x 16 = 10,080 messages
-    MEASURING.store(false, Ordering::SeqCst);
-    let total = COUNT.load(Ordering::SeqCst);
+    let total = alloc::tracked() - start;
 
     handle.stop();
     let stats = loop_thread.join().unwrap();

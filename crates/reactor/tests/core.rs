@@ -15,38 +15,8 @@ use reactor::{
     ListenOptions, Listener, Loop, Reactor, SourceId, TimerId,
 };
 
-/// Counts heap allocations made on threads that opted in (a loop under test).
-struct Counting;
-
-static LOOP_ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNT_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn count_alloc() {
-    if COUNT_HERE.try_with(|c| c.get()).unwrap_or(false) {
-        LOOP_ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        count_alloc();
-        unsafe { std::alloc::System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
-        count_alloc();
-        unsafe { std::alloc::System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 /// Drained read and write buffers go back to the loop's pool (a drained
 /// `BytesMut` reports capacity 0 but still owns its allocation), so an echo in
@@ -54,7 +24,7 @@ static ALLOC: Counting = Counting;
 #[test]
 fn steady_echo_does_not_allocate_per_message() {
     let (addr, _server) = run_loop(Config::default(), |r| {
-        COUNT_HERE.with(|c| c.set(true));
+        common::alloc::track_this_thread();
         let l = echo_listener("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap();
         let a = l.local_addr();
         r.spawn(l);
@@ -68,11 +38,11 @@ fn steady_echo_does_not_allocate_per_message() {
     for _ in 0..10 {
         roundtrip(&mut c, &msg);
     }
-    let before = LOOP_ALLOCS.load(Ordering::Relaxed);
+    let before = common::alloc::tracked();
     for _ in 0..100 {
         roundtrip(&mut c, &msg);
     }
-    let allocs = LOOP_ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = common::alloc::tracked() - before;
     // 100 x 256 KiB is at least 400 reads of a 64 KiB buffer.
     assert!(
         allocs < 40,
@@ -127,9 +97,7 @@ async fn clients(addr: SocketAddr) -> usize {
                 let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                 let mut sizes = Vec::new();
                 for _ in 0..3 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
+                    reactor_test_support::fuzz::xorshift(&mut x);
                     let bits = x % 21; // up to 2^20 = 1 MiB
                     sizes.push(1 + (x >> 8) as usize % (1usize << bits));
                 }
@@ -620,13 +588,7 @@ fn handle_stops_and_shuts_down_from_another_thread() {
 #[test]
 fn connection_cap_pauses_and_resumes_accepting() {
     let (addr, server) = run_loop(Config::default(), |r| {
-        let opts = EchoOptions {
-            listen: ListenOptions {
-                max_connections: 3,
-                ..ListenOptions::default()
-            },
-            ..EchoOptions::default()
-        };
+        let opts = EchoOptions::default().listen(ListenOptions::default().max_connections(3));
         let l = echo_listener("127.0.0.1:0".parse().unwrap(), opts).unwrap();
         let a = l.local_addr();
         r.spawn(l);
@@ -659,10 +621,7 @@ fn connection_cap_pauses_and_resumes_accepting() {
 #[test]
 fn idle_connections_time_out() {
     let (addr, _server) = run_loop(Config::default(), |r| {
-        let opts = EchoOptions {
-            idle_timeout: Duration::from_millis(200),
-            ..EchoOptions::default()
-        };
+        let opts = EchoOptions::default().idle_timeout(Duration::from_millis(200));
         let l = echo_listener("127.0.0.1:0".parse().unwrap(), opts).unwrap();
         let a = l.local_addr();
         r.spawn(l);
@@ -809,10 +768,7 @@ fn backpressure_bounds_buffering_and_loses_nothing() {
     // (which pauses as soon as anything is queued): the queue itself must reach its
     // high watermark, pause reading, and resume at the low one.
     let (addr, server) = run_loop(Config::default(), |r| {
-        let opts = EchoOptions {
-            conn: ConnConfig::default(),
-            ..EchoOptions::default()
-        };
+        let opts = EchoOptions::default().conn(ConnConfig::default());
         let l = echo_listener("127.0.0.1:0".parse().unwrap(), opts).unwrap();
         let a = l.local_addr();
         r.spawn(l);
@@ -902,10 +858,7 @@ fn frame_echo_server<D: reactor::framing::Decoder + Clone + Send + 'static>(
             "127.0.0.1:0".parse().unwrap(),
             ListenOptions::default(),
             move |s, _| {
-                let cfg = ConnConfig {
-                    max_read_buffer,
-                    ..ConnConfig::default()
-                };
+                let cfg = ConnConfig::default().max_read_buffer(max_read_buffer);
                 Some(FrameEcho {
                     conn: Conn::new(s, 0, cfg),
                     codec: codec.clone(),
@@ -1159,13 +1112,7 @@ fn slow_close_is_not_blamed_on_the_next_handler() {
 #[test]
 fn small_write_budget_requeues_until_everything_is_written() {
     let (addr, server) = run_loop(Config::default(), |r| {
-        let opts = EchoOptions {
-            conn: ConnConfig {
-                write_budget: 1000,
-                ..ConnConfig::default()
-            },
-            ..EchoOptions::default()
-        };
+        let opts = EchoOptions::default().conn(ConnConfig::default().write_budget(1000));
         let l = echo_listener("127.0.0.1:0".parse().unwrap(), opts).unwrap();
         let a = l.local_addr();
         r.spawn(l);

@@ -6,7 +6,14 @@ use std::collections::HashMap;
 
 /// Bottom first; a module may import only modules of lower layers.
 const LAYERS: &[&[&str]] = &[
-    &["event", "framing", "buf", "log_limit", "clock"],
+    &[
+        "event",
+        "framing",
+        "buf",
+        "log_limit",
+        "clock",
+        "client_key",
+    ],
     &["timer", "pool", "stats"],
     &["reactor"],
     &["handler"],

@@ -3,8 +3,6 @@
 
 use reactor_test_support as common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket as StdUdp};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixDatagram;
@@ -14,36 +12,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::run_loop;
-use reactor::udp::{UdpConfig, UdpConn, UdpOptions, UdpStats, bind_udp};
 use reactor::{CloseReason, Config, Context, Handler, HandlerResult, SendOutcome, SourceId};
-
-/// Counts allocations made by the current thread, so the loop thread's own
-/// allocations can be measured while other test threads run.
-struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use reactor::{UdpConfig, UdpConn, UdpOptions, UdpStats, bind_udp};
 
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
+    common::alloc::here()
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,11 +87,7 @@ fn recv_under_budget_delivers_everything_and_flags_truncation() {
     let (done_tx, done_rx) = mpsc::channel();
     let c2 = count.clone();
     let (addr, lp) = run_loop(Config::default(), move |r| {
-        let cfg = UdpConfig {
-            max_datagram: 100,
-            recv_budget: 4,
-            ..UdpConfig::default()
-        };
+        let cfg = UdpConfig::default().max_datagram(100).recv_budget(4);
         let udp = UdpConn::bind(
             "127.0.0.1:0".parse().unwrap(),
             &UdpOptions::default(),
@@ -235,12 +207,10 @@ fn send_queue_keeps_order_flushes_on_writable_and_counts_drops() {
     let sock = unsafe { StdUdp::from_raw_fd(ours.into_raw_fd()) };
     let (rep_tx, rep_rx) = mpsc::channel();
     let (_, lp) = run_loop(Config::default(), move |r| {
-        let cfg = UdpConfig {
-            queue_datagrams: 20,
-            queue_bytes: 64 * 1024,
-            send_budget: 3,
-            ..UdpConfig::default()
-        };
+        let cfg = UdpConfig::default()
+            .queue_datagrams(20)
+            .queue_bytes(64 * 1024)
+            .send_budget(3);
         let udp = UdpConn::new(mio::net::UdpSocket::from_std(sock), 0, cfg);
         r.spawn(Blaster {
             udp,
@@ -333,10 +303,7 @@ impl Handler for UdpEcho {
 fn no_allocation_per_datagram() {
     let (done_tx, done_rx) = mpsc::channel();
     let (addr, lp) = run_loop(Config::default(), move |r| {
-        let cfg = UdpConfig {
-            recv_budget: 8,
-            ..UdpConfig::default()
-        };
+        let cfg = UdpConfig::default().recv_budget(8);
         let udp = UdpConn::bind(
             "127.0.0.1:0".parse().unwrap(),
             &UdpOptions::default(),
@@ -389,12 +356,10 @@ fn recv_one(s: &mio::net::UdpSocket) -> Option<Vec<u8>> {
 fn every_socket_sharing_the_port_receives_each_broadcast() {
     let bcast: std::net::IpAddr = "127.255.255.255".parse().unwrap();
     for (reuse_addr, reuse_port) in [(true, false), (false, true), (true, true)] {
-        let opts = UdpOptions {
-            reuse_addr,
-            reuse_port,
-            broadcast: true,
-            ..UdpOptions::default()
-        };
+        let opts = UdpOptions::default()
+            .reuse_addr(reuse_addr)
+            .reuse_port(reuse_port)
+            .broadcast(true);
         let first = bind_udp(SocketAddr::new(bcast, 0), &opts).unwrap();
         let port = first.local_addr().unwrap().port();
         let mut socks = vec![first];

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use reactor::Event;
 use reactor::Loop;
-use reactor::conn::{Conn, ConnConfig};
 use reactor::pipe::{DOWN, Pipe, UP};
+use reactor::{Conn, ConnConfig};
 
 use super::table::{BudgetExceeded, CircuitLimits, Direction};
 

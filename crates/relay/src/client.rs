@@ -21,13 +21,13 @@ use std::time::Duration;
 use mio::net::TcpStream;
 
 use reactor::CloseReason;
-use reactor::conn::{Conn, ConnConfig};
-use reactor::listener::{ListenOptions, Listener};
-use reactor::log_limit::LogLimiter;
-use reactor::pool::{JobId, JobResult};
-use reactor::timer::TimerId;
+use reactor::LogLimiter;
+use reactor::TimerId;
+use reactor::{Conn, ConnConfig};
 use reactor::{Context, Loop};
 use reactor::{Event, Handler, HandlerId, HandlerResult, SourceId};
+use reactor::{JobId, JobResult};
+use reactor::{ListenOptions, Listener};
 
 use super::bridge::{Bridge, LINGER, Pumped};
 use super::proto::{self, Message, Reason};

@@ -7,6 +7,10 @@
 //! both use for circuits. Handlers around the codec and the table must stay thin.
 //! The protocol is described in `docs/relay.md`.
 
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod bridge;
 pub mod client;
 pub mod proto;

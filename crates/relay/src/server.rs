@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use reactor::conn::{Conn, ConnConfig, IdleTimeout};
-use reactor::handler::{self, Handler};
-use reactor::listener::{ListenOptions, Listener};
-use reactor::log_limit::LogLimiter;
-use reactor::timer::TimerId;
+use reactor::Handler;
+use reactor::LogLimiter;
+use reactor::TimerId;
 use reactor::{Addr, CloseReason, HandlerId, HandlerResult, SourceId};
+use reactor::{Conn, ConnConfig, IdleTimeout};
 use reactor::{Context, Loop, Reactor};
+use reactor::{ListenOptions, Listener};
 
 use super::bridge::{Bridge, LINGER, Pumped};
 use super::proto::{self, Message, Reason};
@@ -805,7 +805,7 @@ impl Handler for RelayConn {
             _ => {}
         }
         // Frames: the trait's default split.
-        handler::split_event(self, cx, ev)
+        reactor::split_event(self, cx, ev)
     }
 
     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {

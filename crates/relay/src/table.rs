@@ -26,7 +26,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::proto::Reason;
@@ -268,22 +268,6 @@ impl fmt::Display for Stats {
     }
 }
 
-/// The address a per-IP limit is counted against: IPv4 addresses as they
-/// are (IPv4-mapped IPv6 included), IPv6 addresses by their /64, since one
-/// host usually controls a whole /64.
-pub fn ip_bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let [a, b, c, d, ..] = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 /// Internal handle of a reservation; monotonic, so it also orders ties.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Key(u64);
@@ -436,7 +420,8 @@ impl Table {
         conn: ConnId,
         now: Instant,
     ) -> Result<Duration, Reason> {
-        let ip = ip_bucket(ip);
+        // One client: an IPv4 address, or an IPv6 /64.
+        let ip = reactor::client_key(ip);
         let result = match self.ids.get(id).copied() {
             Some(key) => self.reclaim(key, peer, ip, conn, now),
             None => self.insert_new(peer, id, ip, conn, now),
@@ -1272,7 +1257,7 @@ mod tests {
         );
         assert!(t.reserve("q", "2", c, ConnId(2), now).is_ok());
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(ip_bucket(mapped), ip(1));
+        assert_eq!(reactor::client_key(mapped), ip(1));
     }
 
     #[test]

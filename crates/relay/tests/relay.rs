@@ -19,38 +19,8 @@ use reactor::echo::{EchoOptions, echo_listener};
 use reactor_relay::proto::{self, Message, Reason};
 use reactor_relay::server::{self, RelayConfig};
 
-/// Counts heap allocations made on threads that opted in (the relay's loop).
-struct Counting;
-
-static LOOP_ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-thread_local! {
-    static COUNT_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn count(n: u64) {
-    if COUNT_HERE.try_with(|c| c.get()).unwrap_or(false) {
-        LOOP_ALLOCS.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        count(1);
-        unsafe { std::alloc::System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
-        count(1);
-        unsafe { std::alloc::System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: common::alloc::Counting = common::alloc::Counting;
 
 /// Every blocking read in these tests gives up after this.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -962,7 +932,7 @@ fn transfer(a: &mut Peer, b: &mut Peer, mib: usize) {
 #[test]
 fn circuit_forwarding_does_not_allocate_per_message() {
     let (addr, _relay) = run_loop(Config::default(), |r| {
-        COUNT_HERE.with(|c| c.set(true));
+        common::alloc::track_this_thread();
         let cfg = cfg(|c| c.circuits.max_bytes_per_direction = 0);
         server::spawn(r, "127.0.0.1:0".parse().unwrap(), cfg)
             .unwrap()
@@ -972,10 +942,10 @@ fn circuit_forwarding_does_not_allocate_per_message() {
     assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
     let (mut a, mut b) = open_circuit(addr, &mut owner, "svc");
     transfer(&mut a, &mut b, 8); // warm the buffer pool
-    let before = LOOP_ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
+    let before = common::alloc::tracked();
     const MIB: usize = 64;
     transfer(&mut a, &mut b, MIB);
-    let allocs = LOOP_ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let allocs = common::alloc::tracked() - before;
     eprintln!("{allocs} allocations on the relay loop for {MIB} MiB each way");
     // Reads are at most 64 KiB, so 2 x 64 MiB is over 2,000 messages.
     assert!(allocs < 50, "{allocs} allocations for {MIB} MiB each way");
@@ -1150,11 +1120,9 @@ fn tunnel(
     let mut owner = Peer::connect(addr);
     assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
     let (local, client_loop) = run_loop(Config::default(), move |r| {
-        let conn = reactor::ConnConfig {
-            high_watermark: 256 * 1024,
-            low_watermark: 64 * 1024,
-            ..reactor::ConnConfig::default()
-        };
+        let conn = reactor::ConnConfig::default()
+            .high_watermark(256 * 1024)
+            .low_watermark(64 * 1024);
         let l = connect_listener(
             "127.0.0.1:0".parse().unwrap(),
             addr,

@@ -1,7 +1,12 @@
 //! Helpers shared by the workspace's integration tests: in-process loops on a
 //! thread, programs as child processes (each crate's tests find its binaries
 //! through `CARGO_BIN_EXE_*`), byte streams, kernel-buffer helpers. Everything binds
-//! 127.0.0.1:0. This crate is for tests only (`publish = false`).
+//! 127.0.0.1:0. [`alloc`] is the counting allocator of the zero-allocation tests,
+//! [`fuzz`] the seeded input generator of the parsers' unit tests. This crate is for
+//! tests only (`publish = false`).
+
+pub mod alloc;
+pub mod fuzz;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -197,9 +202,7 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     let mut v = Vec::with_capacity(len);
     while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        crate::fuzz::xorshift(&mut x);
         v.extend_from_slice(&x.to_le_bytes());
     }
     v.truncate(len);
@@ -253,9 +256,7 @@ impl Stream {
     pub fn fill(&mut self, buf: &mut [u8]) {
         for c in buf.chunks_mut(8) {
             let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            crate::fuzz::xorshift(&mut x);
             self.0 = x;
             c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
         }

@@ -56,10 +56,7 @@ fn run(args: Args) -> Result<(), String> {
         return Err("--threads must be at least 1".into());
     }
     let stats = secs("stats-interval", args.stats_interval)?;
-    let mut opts = EchoOptions {
-        idle_timeout: secs("idle-timeout", args.idle_timeout)?,
-        ..EchoOptions::default()
-    };
+    let mut opts = EchoOptions::default().idle_timeout(secs("idle-timeout", args.idle_timeout)?);
     opts.listen.max_connections = args.max_connections;
     opts.listen.reuse_port = args.threads > 1;
 

@@ -36,7 +36,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use reactor::stats::Histogram;
+use reactor::Histogram;
 use reactor::{
     CloseReason, Conn, ConnConfig, Context, Handler, HandlerResult, JobId, JobResult, Loop,
     Reactor, SourceId, TimerId,
