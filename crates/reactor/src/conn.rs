@@ -407,6 +407,22 @@ impl Conn {
         &self.rbuf
     }
 
+    /// The bytes read and not yet consumed, to change in place: a stream cipher
+    /// (BitTorrent's RC4 after its handshake) decrypts what arrived before it is
+    /// framed. Keep track of how much is already decrypted; [`consume`](Conn::consume)
+    /// moves the start.
+    pub fn read_buf_mut(&mut self) -> &mut [u8] {
+        &mut self.rbuf
+    }
+
+    /// The last `n` bytes of the write queue (at most all of it), to change in
+    /// place before they are sent: queue plaintext, then encrypt it where it lies,
+    /// without a copy of its own.
+    pub fn queued_tail_mut(&mut self, n: usize) -> &mut [u8] {
+        let len = self.wbuf.len();
+        &mut self.wbuf[len - n.min(len)..]
+    }
+
     /// The read buffer and the write queue at once, so that a frame can be
     /// answered while it is still borrowed (the framed layer's `on_frame`). A write
     /// queue of zero capacity holds no buffer: take one from the pool
