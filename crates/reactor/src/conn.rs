@@ -50,6 +50,7 @@ const SEND_FLAGS: SendFlags = SendFlags::NOSIGNAL;
 const SEND_FLAGS: SendFlags = SendFlags::empty();
 
 use crate::event::{Event, SourceId};
+use crate::filter::StreamFilter;
 use crate::framing::{Decoder, Frame, FrameError};
 use crate::reactor::Loop;
 use crate::timer::TimerId;
@@ -172,6 +173,32 @@ pub struct Conn {
     /// A socket call failed (a reset, most often): queued output can never be
     /// delivered, so dropping it is no truncation.
     broken: bool,
+    /// A stream filter (TLS) sits between the socket and the buffers; the flag is
+    /// tested with the others on the hot path, the filter itself only then.
+    filtered: bool,
+    filter: Option<Box<Filtered>>,
+}
+
+/// A connection's filter and its wire-side buffers.
+struct Filtered {
+    f: Box<dyn StreamFilter>,
+    /// Wire bytes read from the socket that the filter has not taken yet.
+    win: BytesMut,
+    /// Wire bytes the filter produced, waiting for the socket.
+    wout: BytesMut,
+    /// We ended our stream through the filter (`close_notify` queued).
+    closed: bool,
+}
+
+impl std::fmt::Debug for Filtered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filtered")
+            .field("filter", &self.f.name())
+            .field("wire_in", &self.win.len())
+            .field("wire_out", &self.wout.len())
+            .field("closed", &self.closed)
+            .finish()
+    }
 }
 
 impl Conn {
@@ -194,7 +221,47 @@ impl Conn {
             connecting: false,
             closing: false,
             broken: false,
+            filtered: false,
+            filter: None,
         }
+    }
+
+    /// This connection with `filter` between its socket and its buffers (TLS:
+    /// `reactor-tls`). Set it before the first byte is read or written.
+    pub fn with_filter(mut self, filter: Box<dyn StreamFilter>) -> Conn {
+        self.filter = Some(Box::new(Filtered {
+            f: filter,
+            win: BytesMut::new(),
+            wout: BytesMut::new(),
+            closed: false,
+        }));
+        self.filtered = true;
+        self
+    }
+
+    /// The connection's filter, if it has one (downcast it with
+    /// [`StreamFilter::as_any`] to read, say, a TLS connection's ALPN protocol).
+    pub fn filter(&self) -> Option<&dyn StreamFilter> {
+        self.filter.as_deref().map(|f| &*f.f)
+    }
+
+    /// For a connection that is being given up on after its filter failed (a TLS
+    /// error): one best-effort send of what the filter still wants to say (the
+    /// alert that tells the peer why), ignoring errors. Nothing is queued.
+    pub fn send_final(&mut self, cx: &mut Loop<'_>) {
+        let Some(flt) = self.filter.as_mut() else {
+            return;
+        };
+        let mut out = BytesMut::new();
+        if flt.f.output(&mut out).is_ok() && !out.is_empty() {
+            let sent = rustix::net::send(&self.stream, &out, SEND_FLAGS).unwrap_or(0);
+            cx.core().stats.bytes_out += sent as u64;
+        }
+    }
+
+    /// True while the connection's filter is still in its handshake.
+    pub fn is_handshaking(&self) -> bool {
+        self.filter.as_ref().is_some_and(|f| f.f.is_handshaking())
     }
 
     /// Starts a non-blocking connect to `addr` (with `TCP_NODELAY`). Register it, then
@@ -289,8 +356,11 @@ impl Conn {
             bytes: 0,
             eof: self.eof,
         };
-        // One test of four flags on the hot path (`|`, not `||`: no branches).
-        if self.eof | self.paused | self.self_paused | self.closing {
+        // One test of five flags on the hot path (`|`, not `||`: no branches).
+        if self.eof | self.paused | self.self_paused | self.closing | self.filtered {
+            if self.filtered {
+                return self.fill_filtered(cx, self.closing);
+            }
             if self.closing {
                 return self.discard_input(cx);
             }
@@ -427,8 +497,9 @@ impl Conn {
     /// answered while it is still borrowed (the framed layer's `on_frame`). A write
     /// queue of zero capacity holds no buffer: take one from the pool
     /// ([`queue_into`]) before writing.
-    pub(crate) fn split_io(&mut self) -> (&[u8], &mut BytesMut) {
-        (&self.rbuf, &mut self.wbuf)
+    pub(crate) fn split_io(&mut self) -> (&[u8], &mut BytesMut, Option<&dyn StreamFilter>) {
+        let filter = self.filter.as_deref().map(|f| &*f.f);
+        (&self.rbuf, &mut self.wbuf, filter)
     }
 
     /// Raises the largest frame the read buffer may grow to hold
@@ -455,6 +526,9 @@ impl Conn {
     /// to the read budget per call (then the handler is re-queued), to end of file
     /// or `WouldBlock`.
     pub fn discard_input(&mut self, cx: &mut Loop<'_>) -> io::Result<ReadStatus> {
+        if self.filtered {
+            return self.fill_filtered(cx, true);
+        }
         self.scanned = 0;
         self.rbuf.clear();
         let mut st = ReadStatus {
@@ -602,18 +676,23 @@ impl Conn {
         self.congested = false;
         let b = std::mem::take(&mut self.wbuf);
         cx.core().bufs.put(b);
+        if let Some(f) = self.filter.as_mut() {
+            let b = std::mem::take(&mut f.wout);
+            cx.core().bufs.put(b);
+        }
         self.lift_self_pause(cx);
     }
 
-    /// Bytes waiting in the write queue.
+    /// Bytes waiting in the write queue (with a filter: and its wire bytes not yet
+    /// sent).
     pub fn write_pending(&self) -> usize {
-        self.wbuf.len()
+        self.wbuf.len() + self.filter.as_ref().map_or(0, |f| f.wout.len())
     }
 
     /// True while the write queue is above the high watermark: whoever feeds this
     /// connection should stop reading its source.
     pub fn is_congested(&self) -> bool {
-        self.wbuf.len() >= self.cfg.high_watermark
+        self.write_pending() >= self.cfg.high_watermark
     }
 
     /// Queues `data` and writes what the socket accepts now.
@@ -631,8 +710,13 @@ impl Conn {
     /// a pause set with [`pause_reading`](Conn::pause_reading) stays.
     #[inline(always)]
     pub fn flush(&mut self, cx: &mut Loop<'_>) -> io::Result<bool> {
-        if self.connecting && !self.poll_connect()? {
-            return Ok(false);
+        if self.connecting | self.filtered {
+            if self.connecting && !self.poll_connect()? {
+                return Ok(false);
+            }
+            if self.filtered {
+                return self.flush_filtered(cx);
+            }
         }
         if self.wbuf.is_empty() {
             // Nothing queued (a writable edge after everything went out, or a flush
@@ -827,6 +911,284 @@ impl Conn {
         }
         let b = std::mem::take(&mut self.wbuf);
         cx.core().bufs.put(b);
+        if let Some(f) = self.filter.as_mut() {
+            let (win, wout) = (std::mem::take(&mut f.win), std::mem::take(&mut f.wout));
+            cx.core().bufs.put(win);
+            cx.core().bufs.put(wout);
+        }
+    }
+
+    /// `fill` through the filter: wire bytes from the socket to the filter, its
+    /// plaintext to the read buffer (dropped when `discard`), and whatever the
+    /// filter answers (a handshake) to the socket. Cold: only filtered connections
+    /// come here.
+    #[inline(never)]
+    fn fill_filtered(&mut self, cx: &mut Loop<'_>, discard: bool) -> io::Result<ReadStatus> {
+        let mut st = ReadStatus {
+            bytes: 0,
+            eof: self.eof,
+        };
+        if self.eof {
+            if discard {
+                self.rbuf.clear();
+                self.scanned = 0;
+            }
+            return Ok(st);
+        }
+        if self.connecting && !self.poll_connect()? {
+            return Ok(st);
+        }
+        if !discard {
+            if self.paused || self.self_paused {
+                return Ok(st);
+            }
+            if self.cfg.pause_on_own_queue && self.write_pending() >= self.cfg.high_watermark {
+                self.self_paused = true;
+                return Ok(st);
+            }
+        }
+        let r = self.filtered_read(cx, discard, &mut st);
+        if r.is_err() {
+            self.broken = true;
+        }
+        r?;
+        // A handshake answers what it read: send it now, before the loop sleeps.
+        if self.filter.as_ref().is_some_and(|f| f.f.wants_output()) {
+            self.flush_filtered(cx)?;
+        }
+        if self.rbuf.is_empty() {
+            self.release_read_buf(cx);
+        }
+        Ok(st)
+    }
+
+    fn filtered_read(
+        &mut self,
+        cx: &mut Loop<'_>,
+        discard: bool,
+        st: &mut ReadStatus,
+    ) -> io::Result<()> {
+        let pool_size = cx.core().bufs.buffer_size();
+        let Some(flt) = self.filter.as_mut() else {
+            return Ok(());
+        };
+        let mut wire = 0usize;
+        let mut wire_eof = false;
+        // Stopped before `WouldBlock` (budget, full buffer): no new edge will come
+        // for what the socket still holds.
+        let mut more_wire = false;
+        // Wire bytes in, to `WouldBlock`, end of file or the budget. Unlike
+        // plaintext reads, no short-read shortcut: one more read per event, for
+        // the few connections that are filtered.
+        loop {
+            if flt.win.capacity() == 0 {
+                flt.win = cx.core().bufs.get();
+            }
+            if flt.win.len() == flt.win.capacity() {
+                // The filter did not take what is buffered yet: give it a turn.
+                more_wire = true;
+                break;
+            }
+            let spare = flt.win.spare_capacity_mut();
+            let want = spare
+                .len()
+                .min(self.cfg.read_budget.saturating_sub(wire).max(1));
+            match rustix::io::read(&self.stream, &mut spare[..want]) {
+                Ok(([], _)) => {
+                    wire_eof = true;
+                    break;
+                }
+                Ok((init, _)) => {
+                    let n = init.len();
+                    // SAFETY: the kernel initialised the first `n` bytes of spare
+                    // capacity (reviewed: as in `fill`).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        flt.win.set_len(flt.win.len() + n)
+                    };
+                    wire += n;
+                    if wire >= self.cfg.read_budget {
+                        more_wire = true;
+                        break;
+                    }
+                }
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        cx.core().stats.bytes_in += wire as u64;
+        // Wire bytes to the filter, plaintext out, until neither moves.
+        loop {
+            let mut moved = false;
+            if !flt.win.is_empty() {
+                let n = flt.f.input(&flt.win)?;
+                if n > 0 {
+                    moved = true;
+                    if n >= flt.win.len() {
+                        flt.win.clear();
+                    } else {
+                        flt.win.advance(n);
+                    }
+                }
+            }
+            if flt.win.is_empty() && wire_eof {
+                flt.f.input_eof()?;
+            }
+            if self.rbuf.capacity() == 0 {
+                self.rbuf = cx.core().bufs.get();
+            }
+            let room = if discard {
+                pool_size
+            } else {
+                self.cfg.max_read_buffer.saturating_sub(self.rbuf.len())
+            };
+            let got = flt.f.read_plain(&mut self.rbuf, room)?;
+            if got.bytes > 0 {
+                moved = true;
+                if discard {
+                    self.rbuf.clear();
+                    self.scanned = 0;
+                } else {
+                    st.bytes += got.bytes;
+                }
+            }
+            if got.eof {
+                self.eof = true;
+                st.eof = true;
+                break;
+            }
+            if got.more && room == 0 {
+                // The read buffer is full: the handler consumes, then this runs
+                // again for what the filter still holds (no new edge will come).
+                cx.requeue(Event::readable(self.source));
+                break;
+            }
+            if !moved {
+                break;
+            }
+        }
+        if wire_eof && !self.eof {
+            // The socket ended and the filter did not say the stream did.
+            self.eof = true;
+            st.eof = true;
+        }
+        if more_wire || !flt.win.is_empty() {
+            // Wire bytes left in the socket or not taken by the filter yet: no new
+            // edge will come for them.
+            cx.requeue(Event::readable(self.source));
+        }
+        Ok(())
+    }
+
+    /// `flush` through the filter: plaintext into the filter, its wire bytes to the
+    /// socket (one send of at most the write budget, as `flush`), then its close
+    /// and our FIN once everything is out and a shutdown was asked for.
+    #[inline(never)]
+    fn flush_filtered(&mut self, cx: &mut Loop<'_>) -> io::Result<bool> {
+        let r = self.flush_filtered_inner(cx);
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn flush_filtered_inner(&mut self, cx: &mut Loop<'_>) -> io::Result<bool> {
+        let Some(flt) = self.filter.as_mut() else {
+            return Ok(false);
+        };
+        // The filter holds a bounded amount of plaintext, so the queue may have to
+        // go through it in several rounds: plaintext in, wire bytes out, sent; again
+        // until the socket is full, the budget spent, or nothing is left.
+        let budget = self.cfg.write_budget.max(1);
+        let mut sent_total = 0usize;
+        loop {
+            while !self.wbuf.is_empty() {
+                let n = flt.f.write_plain(&self.wbuf)?;
+                if n == 0 {
+                    break;
+                }
+                if n >= self.wbuf.len() {
+                    self.wbuf.clear();
+                } else {
+                    self.wbuf.advance(n);
+                }
+            }
+            if self.shutdown_requested && self.wbuf.is_empty() && !flt.closed {
+                flt.closed = true;
+                flt.f.close();
+            }
+            if flt.f.wants_output() {
+                if flt.wout.capacity() == 0 {
+                    flt.wout = cx.core().bufs.get();
+                }
+                flt.f.output(&mut flt.wout)?;
+            }
+            if self.wbuf.len() + flt.wout.len() >= self.cfg.high_watermark {
+                self.congested = true;
+            }
+            if flt.wout.is_empty() {
+                break;
+            }
+            let queued = flt.wout.len();
+            let want = queued.min(budget - sent_total);
+            let sent = loop {
+                match rustix::net::send(&self.stream, &flt.wout[..want], SEND_FLAGS) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "socket accepted no bytes",
+                        ));
+                    }
+                    Ok(n) => break n,
+                    Err(Errno::AGAIN) => break 0,
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            cx.core().stats.bytes_out += sent as u64;
+            sent_total += sent;
+            if sent == queued {
+                flt.wout.clear();
+            } else {
+                flt.wout.advance(sent);
+            }
+            if sent < want {
+                break; // the socket is full: a writable edge will come
+            }
+            if sent_total >= budget {
+                // Stopped by the budget with room left: no edge will come.
+                cx.requeue(Event::writable(self.source));
+                break;
+            }
+        }
+        if flt.wout.is_empty() && flt.wout.capacity() != 0 {
+            let b = std::mem::take(&mut flt.wout);
+            cx.core().bufs.put(b);
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() != 0 {
+            let b = std::mem::take(&mut self.wbuf);
+            cx.core().bufs.put(b);
+        }
+        let pending = self.wbuf.len() + flt.wout.len();
+        let closed = flt.closed && !flt.f.wants_output();
+        if pending == 0 {
+            // Everything is out, the filter's close included: our FIN may follow.
+            self.lift_self_pause(cx);
+            if self.shutdown_requested && closed && !self.write_shut {
+                self.write_shut = true;
+                match self.stream.shutdown(Shutdown::Write) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        } else if pending <= self.cfg.low_watermark {
+            self.lift_self_pause(cx);
+        } else {
+            return Ok(false);
+        }
+        Ok(self.take_congested())
     }
 }
 

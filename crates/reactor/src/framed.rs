@@ -112,6 +112,7 @@ use slab::Slab;
 
 use crate::conn::{Conn, ConnConfig, IdleTimeout, queue_into};
 use crate::event::{CloseReason, Error, Event, HandlerId, HandlerResult, is_peer_gone};
+use crate::filter::StreamFilter;
 use crate::framing::{Decoder, FrameError, Framing};
 use crate::handler::{Addr, Context, Handler, short_type_name};
 use crate::listener::{ListenOptions, Listener};
@@ -158,11 +159,13 @@ pub trait Protocol: Sized + 'static {
     /// [`CloseReason::PeerClosed`]), after the replies already queued.
     fn on_eof(&mut self, link: &mut Link<'_, Self>, rest: &[u8]) -> HandlerResult {
         if !rest.is_empty() {
-            log::debug!(
-                "{}: {} bytes of an incomplete frame at end of input dropped",
-                link.peer_label(),
+            let peer = link.peer_label();
+            link.log_peer(format_args!(
+                "{}: {peer}: the peer ended its stream in the middle of a frame ({} bytes \
+                 dropped)",
+                self.name(),
                 rest.len()
-            );
+            ));
         }
         link.close_when_done();
         Ok(())
@@ -245,6 +248,9 @@ pub struct FramedConfig {
     pub linger: Duration,
     /// The listener's settings, for [`listen`]. Default [`ListenOptions::default`].
     pub listen: ListenOptions,
+    /// A connection whose filter (TLS) has not finished its handshake this long
+    /// after it opened is closed as [`CloseReason::ProtocolError`]. Default 10 s.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for FramedConfig {
@@ -254,6 +260,7 @@ impl Default for FramedConfig {
             idle_timeout: Some(Duration::from_secs(300)),
             linger: Duration::from_secs(2),
             listen: ListenOptions::default(),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -279,6 +286,11 @@ impl FramedConfig {
         self.listen = listen;
         self
     }
+    /// Sets [`FramedConfig::handshake_timeout`].
+    pub fn handshake_timeout(mut self, d: Duration) -> FramedConfig {
+        self.handshake_timeout = d;
+        self
+    }
 }
 
 /// How a protocol asked the conversation to end.
@@ -299,6 +311,8 @@ struct Control {
     /// callback's occasion (idle, end of file, ...) or `Local`.
     occasion: CloseReason,
     ending: Option<Ending>,
+    /// `Link::finish_sending`: shut our side down after what is queued.
+    half_close: bool,
     pause: Option<bool>,
     outbox: Option<Outbox>,
     peer: Option<SocketAddr>,
@@ -324,6 +338,8 @@ pub struct Framed<P: Protocol> {
     idle: Option<IdleTimeout>,
     linger_after: Duration,
     linger: Option<TimerId>,
+    handshake_after: Duration,
+    handshake: Option<TimerId>,
     phase: Phase,
     eof_told: bool,
 }
@@ -381,6 +397,7 @@ impl<P: Protocol> Framed<P> {
                 framing,
                 occasion: CloseReason::Local,
                 ending: None,
+                half_close: false,
                 pause: None,
                 outbox: None,
                 peer: None,
@@ -389,8 +406,39 @@ impl<P: Protocol> Framed<P> {
             idle: cfg.idle_timeout.map(IdleTimeout::new),
             linger_after: cfg.linger,
             linger: None,
+            handshake_after: cfg.handshake_timeout,
+            handshake: None,
             phase,
             eof_told: false,
+        }
+    }
+
+    /// A framed connection over a [`Conn`] made by the caller: one with a filter
+    /// (TLS: `reactor-tls`), or another [`ConnConfig`]. A connecting `Conn`
+    /// ([`Conn::connect`]) opens once connected, as [`Framed::connect`]. The read
+    /// buffer is allowed to grow to the framing's largest frame if it is less.
+    pub fn with_conn(
+        mut conn: Conn,
+        framing: impl Into<Framing>,
+        cfg: FramedConfig,
+        proto: P,
+    ) -> Framed<P> {
+        let framing = framing.into();
+        if framing.max_frame() > conn.config().max_read_buffer {
+            conn.set_max_read_buffer(framing.max_frame());
+        }
+        let phase = if conn.is_connecting() {
+            Phase::Connecting
+        } else {
+            Phase::Open
+        };
+        Framed::from_conn(conn, framing, cfg, proto, phase)
+    }
+
+    /// Arms the handshake timeout if the connection's filter is handshaking.
+    fn watch_handshake(&mut self, cx: &mut Context<'_, Self>) {
+        if self.conn.is_handshaking() && self.handshake.is_none() {
+            self.handshake = Some(cx.timer_once(self.handshake_after));
         }
     }
 
@@ -408,10 +456,11 @@ impl<P: Protocol> Framed<P> {
         f: impl FnOnce(&mut P, &mut Link<'_, P>) -> HandlerResult,
     ) {
         self.ctl.occasion = occasion;
-        let (_, wbuf) = self.conn.split_io();
+        let (_, wbuf, filter) = self.conn.split_io();
         let mut link = Link {
             lp: cx.reborrow(),
             wbuf,
+            filter,
             ctl: &mut self.ctl,
             _proto: std::marker::PhantomData,
         };
@@ -442,10 +491,11 @@ impl<P: Protocol> Framed<P> {
                     break;
                 }
             };
-            let (input, wbuf) = self.conn.split_io();
+            let (input, wbuf, filter) = self.conn.split_io();
             let mut link = Link {
                 lp: cx.reborrow(),
                 wbuf,
+                filter,
                 ctl: &mut self.ctl,
                 _proto: std::marker::PhantomData,
             };
@@ -503,6 +553,11 @@ impl<P: Protocol> Framed<P> {
                 self.conn.resume_reading(cx);
             }
         }
+        if std::mem::take(&mut self.ctl.half_close)
+            && let Err(e) = self.conn.shutdown_write(cx)
+        {
+            return self.socket_failed(cx, &e);
+        }
         match self.ctl.ending.take() {
             None => {}
             Some(Ending::Abort(reason)) => {
@@ -554,6 +609,8 @@ impl<P: Protocol> Framed<P> {
         if reason == CloseReason::ProtocolError {
             let peer = self.peer_label();
             cx.log_peer(format_args!("{}: {peer}: {e}; closing", self.proto.name()));
+            // A filter's error (a TLS alert) is worth telling the peer.
+            self.conn.send_final(cx);
         } else {
             log::debug!("{}: {}: {e}; closing", self.proto.name(), self.peer_label());
         }
@@ -586,10 +643,11 @@ impl<P: Protocol> Framed<P> {
         if st.eof && !self.eof_told && matches!(self.phase, Phase::Open) && !cx.is_closing() {
             self.eof_told = true;
             self.ctl.occasion = CloseReason::PeerClosed;
-            let (input, wbuf) = self.conn.split_io();
+            let (input, wbuf, filter) = self.conn.split_io();
             let mut link = Link {
                 lp: cx.reborrow(),
                 wbuf,
+                filter,
                 ctl: &mut self.ctl,
                 _proto: std::marker::PhantomData,
             };
@@ -654,6 +712,7 @@ impl<P: Protocol> Handler for Framed<P> {
 
     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.conn.register(cx)?;
+        self.watch_handshake(cx);
         if matches!(self.phase, Phase::Connecting) {
             return Ok(());
         }
@@ -679,6 +738,19 @@ impl<P: Protocol> Handler for Framed<P> {
     }
 
     fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
+        if self.handshake == Some(t) {
+            self.handshake = None;
+            if self.conn.is_handshaking() {
+                let (name, peer) = (self.proto.name(), self.peer_label());
+                cx.log_peer(format_args!(
+                    "{name}: {peer}: handshake not finished within {:?}; closing",
+                    self.handshake_after
+                ));
+                self.conn.clear_write_queue(cx);
+                self.close(cx, CloseReason::ProtocolError);
+            }
+            return Ok(());
+        }
         if self.linger == Some(t) {
             self.linger = None;
             if let Phase::Closing(reason) = self.phase {
@@ -811,6 +883,7 @@ where
 pub struct Link<'a, P: Protocol> {
     lp: Loop<'a>,
     wbuf: &'a mut BytesMut,
+    filter: Option<&'a dyn StreamFilter>,
     ctl: &'a mut Control,
     _proto: std::marker::PhantomData<fn(&P)>,
 }
@@ -855,6 +928,16 @@ impl<P: Protocol> Link<'_, P> {
         self.close_when_done();
     }
 
+    /// Ends our side only (a half-close): what is queued is sent, then end of
+    /// file (over TLS, `close_notify` first), and frames from the peer keep coming
+    /// until it ends its side, which then ends the conversation
+    /// ([`Protocol::on_eof`]). For a client that sends its request and reads the
+    /// answer to the end.
+    pub fn finish_sending(&mut self) {
+        self.ctl.half_close = true;
+        self.ctl.dirty = true;
+    }
+
     /// Like [`close_when_done`](Link::close_when_done), with the reason given.
     pub fn close_when_done_because(&mut self, reason: CloseReason) {
         self.ctl.ending.get_or_insert(Ending::Graceful(reason));
@@ -885,6 +968,13 @@ impl<P: Protocol> Link<'_, P> {
         self.ctl
             .peer
             .map_or_else(|| "peer".to_string(), |a| a.to_string())
+    }
+
+    /// The connection's stream filter, if it has one: a protocol that cares
+    /// whether it runs over TLS (and which ALPN protocol or server name was chosen)
+    /// asks it; `reactor_tls::TlsFilter::of_filter` turns it into the TLS view.
+    pub fn filter(&self) -> Option<&dyn StreamFilter> {
+        self.filter
     }
 
     /// The framing in use.

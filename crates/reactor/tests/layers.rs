@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
         "log_limit",
         "clock",
         "client_key",
+        "filter",
     ],
     &["timer", "pool", "stats"],
     &["reactor"],

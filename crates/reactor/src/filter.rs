@@ -1,0 +1,75 @@
+//! Stream filters: what sits between a connection's socket and the bytes its handler
+//! reads and writes, TLS above all.
+//!
+//! A [`Conn`](crate::Conn) with a filter reads wire bytes from its socket, gives them
+//! to the filter, and puts the plaintext the filter returns in its read buffer; what
+//! the handler queues goes through the filter on its way out, and the filter's wire
+//! bytes are what the socket sends. So everything above `Conn` (framing, the framed
+//! layer, a proxy's pipe) works unchanged over TLS: budgets, backpressure, half-close
+//! (the filter's own close, TLS's `close_notify`, goes first), `close_when_done`.
+//!
+//! The `reactor-tls` crate implements this trait on rustls. This module only says
+//! what a filter must do; it must not know any filter.
+
+use std::any::Any;
+use std::io;
+
+use bytes::BytesMut;
+
+/// What a [`StreamFilter::read_plain`] call found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlainRead {
+    /// Plaintext bytes appended by this call.
+    pub bytes: usize,
+    /// The peer ended its stream cleanly (TLS `close_notify`): no more plaintext.
+    pub eof: bool,
+    /// More plaintext is waiting inside the filter (the `max` stopped this call).
+    pub more: bool,
+}
+
+/// A transformation between a connection's socket bytes and its handler's bytes.
+///
+/// The connection calls it in this order as bytes arrive: [`input`](Self::input)
+/// with wire bytes (repeatedly, until it takes no more), [`read_plain`](Self::read_plain)
+/// for what that produced, and [`output`](Self::output) for wire bytes the filter
+/// wants to send in answer (a handshake). On the way out: [`write_plain`](Self::write_plain),
+/// then [`output`](Self::output). Errors are the peer's fault (a bad record, a failed
+/// handshake): return them as `io::ErrorKind::InvalidData` so they count as protocol
+/// errors.
+pub trait StreamFilter: 'static {
+    /// Takes wire bytes read from the socket and returns how many it took; it may
+    /// take fewer (even none) while its own buffer is full of plaintext that
+    /// [`read_plain`](Self::read_plain) has not taken yet.
+    fn input(&mut self, wire: &[u8]) -> io::Result<usize>;
+
+    /// The socket reached end of file: no more wire bytes will come.
+    fn input_eof(&mut self) -> io::Result<()>;
+
+    /// Appends at most `max` bytes of the plaintext decoded so far to `plain`.
+    /// A peer that closed the socket without ending its stream cleanly is an
+    /// error (`io::ErrorKind::UnexpectedEof`: a truncation).
+    fn read_plain(&mut self, plain: &mut BytesMut, max: usize) -> io::Result<PlainRead>;
+
+    /// Takes plaintext to send and returns how much it took (it may take less while
+    /// its own output buffer is full).
+    fn write_plain(&mut self, plain: &[u8]) -> io::Result<usize>;
+
+    /// Appends the wire bytes waiting to be sent to `wire`; returns how many.
+    fn output(&mut self, wire: &mut BytesMut) -> io::Result<usize>;
+
+    /// True while wire bytes wait for [`output`](Self::output).
+    fn wants_output(&self) -> bool;
+
+    /// Ends our stream (TLS `close_notify`); [`output`](Self::output) then carries it.
+    fn close(&mut self);
+
+    /// True until the filter's handshake, if it has one, is complete.
+    fn is_handshaking(&self) -> bool;
+
+    /// A short name for log lines (`"tls"`).
+    fn name(&self) -> &'static str;
+
+    /// The filter itself, for callers that know its type (to read a TLS
+    /// connection's negotiated ALPN protocol or server name).
+    fn as_any(&self) -> &dyn Any;
+}

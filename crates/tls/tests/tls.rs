@@ -1,0 +1,659 @@
+//! TLS on the reactor against real clients (Python's `ssl`, `openssl s_client`,
+//! `curl`) and our own client, on 127.0.0.1 with throwaway certificates made at test
+//! time (`rcgen`): byte-exact echo, ALPN and SNI as the client sees them, client
+//! certificates, and the bad inputs of the TLS issue.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reactor::framing::Lines;
+use reactor::{
+    CloseReason, Config, Conn, ConnConfig, Framed, FramedConfig, HandlerResult, Link, Loop,
+    Protocol, Stats,
+};
+use reactor_test_support::{Running, run_loop, tmpdir};
+use reactor_tls::{ClientTls, Identity, ServerTls, TlsAcceptor, TlsFilter};
+
+/// A throwaway CA and certificates it signed, as PEM files in a temp dir.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = tmpdir("tls", name);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "reactor test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki {
+            dir,
+            ca: rcgen::Issuer::new(ca_params, ca_key),
+        }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) signed by the CA,
+    /// written as `file.pem` and `file.key`.
+    fn issue(&self, file: &str, names: &[&str]) -> Identity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        std::fs::write(self.path(&format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
+        Identity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+    }
+}
+
+type Ends = Arc<Mutex<Vec<CloseReason>>>;
+
+/// Echoes every line, upper-cased when it was negotiated with ALPN "upper"; says
+/// which server name the client asked for on `/sni`.
+struct Echo {
+    ends: Ends,
+}
+
+impl Protocol for Echo {
+    type Message = ();
+    type Job = ();
+
+    fn on_frame(&mut self, link: &mut Link<'_, Self>, line: &[u8]) -> HandlerResult {
+        link.send(line);
+        link.send(b"\n");
+        Ok(())
+    }
+
+    fn on_close(&mut self, _: &mut Loop<'_>, reason: CloseReason) {
+        self.ends.lock().unwrap().push(reason);
+    }
+}
+
+fn echo_server(acceptor: TlsAcceptor, cfg: FramedConfig) -> (SocketAddr, Running, Ends) {
+    let ends: Ends = Arc::default();
+    let e = ends.clone();
+    let (addr, server) = run_loop(Config::default(), move |r| {
+        let l = reactor_tls::listen(
+            "127.0.0.1:0".parse().unwrap(),
+            &acceptor,
+            Lines::new(1 << 20),
+            cfg,
+            move |_| Some(Echo { ends: e.clone() }),
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    (addr, server, ends)
+}
+
+fn drain(server: Running) -> Stats {
+    server.handle.shutdown();
+    server.join()
+}
+
+fn python() -> Option<&'static str> {
+    Command::new("python3")
+        .args(["-c", "import ssl"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| "python3")
+}
+
+#[test]
+fn python_ssl_client_gets_every_byte_back() {
+    let pki = Pki::new("python");
+    let id = pki.issue("server", &["localhost", "127.0.0.1"]);
+    let tls = ServerTls::new(id).build().unwrap();
+    let (addr, server, _) = echo_server(tls, FramedConfig::default());
+    let py = python().expect("python3 with ssl");
+    // 4 MiB of lines, sent while the echo is read back; SHA-256 compared.
+    let script = r#"
+import hashlib, socket, ssl, sys, threading
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname="localhost")
+line = b"0123456789abcdef" * 63 + b"\n"
+n = 4 * 1024 * 1024 // len(line)
+sent = hashlib.sha256()
+def send():
+    for i in range(n):
+        data = b"%08d" % i + line[8:]
+        sent.update(data)
+        s.sendall(data)
+t = threading.Thread(target=send); t.start()
+got, total = hashlib.sha256(), 0
+while total < n * len(line):
+    b = s.recv(65536)
+    if not b: break
+    got.update(b); total += len(b)
+t.join()
+print(total, sent.hexdigest() == got.hexdigest(), s.version(), s.cipher()[0])
+"#;
+    let out = Command::new(py)
+        .args(["-c", script, &addr.port().to_string()])
+        .arg(pki.path("ca.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(words[1], "True", "the echo differs: {text}");
+    // Lines of 1009 bytes, as many as fit in 4 MiB.
+    assert_eq!(words[0], (4 * 1024 * 1024 / 1009 * 1009).to_string());
+    assert!(words[2].starts_with("TLSv1.3"), "{text}");
+    let stats = drain(server);
+    assert_eq!(stats.handlers_failed, 0);
+}
+
+/// `openssl s_client` with `-servername` and `-alpn`: the handshake, the chosen
+/// certificate (SNI) and protocol (ALPN) as the client prints them.
+fn s_client(addr: SocketAddr, pki: &Pki, name: &str, alpn: &str, input: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            name,
+        ])
+        .args(["-alpn", alpn, "-CAfile"])
+        .arg(pki.path("ca.pem"))
+        .args(["-verify_return_error", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    // -ign_eof: it keeps reading after stdin ends, until the server closes.
+    let out = wait_bounded(child, Duration::from_secs(20));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Vec<u8> {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("client still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Closes every connection after its first line: lets `s_client -ign_eof` end.
+struct OneLine {
+    ends: Ends,
+}
+
+impl Protocol for OneLine {
+    type Message = ();
+    type Job = ();
+
+    fn on_frame(&mut self, link: &mut Link<'_, Self>, line: &[u8]) -> HandlerResult {
+        let alpn = alpn_of(link);
+        link.send(b"got ");
+        link.send(line);
+        link.send(b" over ");
+        link.send(alpn.as_bytes());
+        link.send(b"\n");
+        link.close_when_done();
+        Ok(())
+    }
+
+    fn on_close(&mut self, _: &mut Loop<'_>, reason: CloseReason) {
+        self.ends.lock().unwrap().push(reason);
+    }
+}
+
+fn alpn_of(link: &Link<'_, OneLine>) -> String {
+    link.filter()
+        .and_then(TlsFilter::of_filter)
+        .and_then(|t| t.alpn_protocol())
+        .map_or_else(
+            || "no alpn".to_string(),
+            |p| String::from_utf8_lossy(p).into_owned(),
+        )
+}
+
+fn one_line_server(acceptor: TlsAcceptor, cfg: FramedConfig) -> (SocketAddr, Running, Ends) {
+    let ends: Ends = Arc::default();
+    let e = ends.clone();
+    let (addr, server) = run_loop(Config::default(), move |r| {
+        let l = reactor_tls::listen(
+            "127.0.0.1:0".parse().unwrap(),
+            &acceptor,
+            Lines::new(4096),
+            cfg,
+            move |_| Some(OneLine { ends: e.clone() }),
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    (addr, server, ends)
+}
+
+#[test]
+fn openssl_s_client_sees_the_certificate_for_its_server_name_and_the_alpn_choice() {
+    let pki = Pki::new("sni");
+    let default = pki.issue("default", &["localhost"]);
+    let alt = pki.issue("alt", &["alt.test"]);
+    let tls = ServerTls::new(default)
+        .name("alt.test", alt)
+        .alpn(&["upper", "echo"])
+        .build()
+        .unwrap();
+    let (addr, server, _) = one_line_server(tls, FramedConfig::default());
+    let out = s_client(addr, &pki, "alt.test", "echo", b"hello\n");
+    assert!(
+        out.contains("subject=CN=alt.test") || out.contains("subject=CN = alt.test"),
+        "{out}"
+    );
+    assert!(out.contains("ALPN protocol: echo"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains("got hello over echo"), "{out}");
+    // Another name: the default certificate; the server's own preference wins
+    // when the client offers both protocols.
+    let out = s_client(addr, &pki, "localhost", "echo,upper", b"again\n");
+    assert!(
+        out.contains("subject=CN=localhost") || out.contains("subject=CN = localhost"),
+        "{out}"
+    );
+    assert!(out.contains("ALPN protocol: upper"), "{out}");
+    assert!(out.contains("got again over upper"), "{out}");
+    assert_eq!(drain(server).handlers_failed, 0);
+}
+
+/// A minimal HTTP/1.1 server: answers every request with `body`, then ends the
+/// conversation (`Connection: close`).
+struct Http {
+    body: Arc<Vec<u8>>,
+}
+
+impl Protocol for Http {
+    type Message = ();
+    type Job = ();
+
+    fn on_frame(&mut self, link: &mut Link<'_, Self>, _head: &[u8]) -> HandlerResult {
+        use std::fmt::Write as _;
+        write!(
+            link,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        )?;
+        link.send(&self.body);
+        link.close_when_done();
+        Ok(())
+    }
+}
+
+#[test]
+fn curl_fetches_over_tls_with_the_ca_and_http_1_1_by_alpn() {
+    let pki = Pki::new("curl");
+    let id = pki.issue("server", &["localhost"]);
+    let tls = ServerTls::new(id).alpn(&["http/1.1"]).build().unwrap();
+    let body = Arc::new(reactor_test_support::pseudo_random_bytes(3, 3 << 20));
+    let b = body.clone();
+    let (addr, server) = run_loop(Config::default(), move |r| {
+        let heads = reactor::framing::Delimited::new(b"\r\n\r\n", 16 * 1024);
+        let l = reactor_tls::listen(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            heads,
+            FramedConfig::default(),
+            move |_| Some(Http { body: b.clone() }),
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let out_file = pki.path("body.bin");
+    let url = format!("https://localhost:{}/", addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", addr.port());
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-v",
+            "--max-time",
+            "20",
+            "--resolve",
+            &resolve,
+            "--cacert",
+        ])
+        .arg(pki.path("ca.pem"))
+        .arg("-o")
+        .arg(&out_file)
+        .arg(&url)
+        .output()
+        .expect("curl");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("ALPN: server accepted http/1.1"), "{log}");
+    assert!(
+        std::fs::read(&out_file).unwrap() == *body,
+        "the body differs"
+    );
+    // Without the CA, curl refuses our certificate.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--resolve", &resolve, &url])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "curl trusted a certificate it cannot verify"
+    );
+    let stats = drain(server);
+    assert_eq!(stats.handlers_failed, 0);
+    assert_eq!(stats.truncated_closes, 0);
+}
+
+/// The client side: our connection over TLS to our server, lines out, a
+/// half-close (`close_notify` then FIN), every echo back, then end of file.
+struct Talker {
+    lines: usize,
+    got: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Protocol for Talker {
+    type Message = ();
+    type Job = ();
+
+    fn on_open(&mut self, link: &mut Link<'_, Self>) -> HandlerResult {
+        for i in 0..self.lines {
+            use std::fmt::Write as _;
+            writeln!(link, "line {i}")?;
+        }
+        link.finish_sending();
+        Ok(())
+    }
+
+    fn on_frame(&mut self, _: &mut Link<'_, Self>, line: &[u8]) -> HandlerResult {
+        let mut got = self.got.lock().unwrap();
+        got.extend_from_slice(line);
+        got.push(b'\n');
+        Ok(())
+    }
+}
+
+#[test]
+fn our_client_talks_to_our_server_and_refuses_a_server_it_cannot_verify() {
+    let pki = Pki::new("client");
+    let id = pki.issue("server", &["localhost"]);
+    let tls = ServerTls::new(id).build().unwrap();
+    let (addr, server, ends) = echo_server(tls, FramedConfig::default());
+    let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (g, c) = (got.clone(), connector.clone());
+    let (_, client) = run_loop(Config::default(), move |r| {
+        let conn = Conn::connect(addr, 0, ConnConfig::default())
+            .unwrap()
+            .with_filter(c.filter("localhost").unwrap());
+        r.spawn(Framed::with_conn(
+            conn,
+            Lines::new(4096),
+            FramedConfig::default(),
+            Talker {
+                lines: 20_000,
+                got: g,
+            },
+        ));
+    });
+    let t0 = Instant::now();
+    let expect: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    while got.lock().unwrap().len() < expect.len() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        String::from_utf8_lossy(&got.lock().unwrap()) == expect,
+        "echoes differ"
+    );
+    drop(client);
+    // A client that trusts another CA fails the handshake and closes.
+    let other = Pki::new("other-ca");
+    let stranger = ClientTls::with_ca(other.ca_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let closed = Arc::new(Mutex::new(None));
+    let cl = closed.clone();
+    let (_, client) = run_loop(Config::default(), move |r| {
+        let conn = Conn::connect(addr, 0, ConnConfig::default())
+            .unwrap()
+            .with_filter(stranger.filter("localhost").unwrap());
+        r.spawn(Framed::with_conn(
+            conn,
+            Lines::new(4096),
+            FramedConfig::default(),
+            Recorder { closed: cl },
+        ));
+    });
+    let t0 = Instant::now();
+    while closed.lock().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(*closed.lock().unwrap(), Some(CloseReason::ProtocolError));
+    drop(client);
+    let stats = drain(server);
+    assert_eq!(stats.handlers_failed, 0);
+    let ends = ends.lock().unwrap().clone();
+    assert!(ends.contains(&CloseReason::PeerClosed), "{ends:?}");
+}
+
+/// Records how its connection ended.
+struct Recorder {
+    closed: Arc<Mutex<Option<CloseReason>>>,
+}
+
+impl Protocol for Recorder {
+    type Message = ();
+    type Job = ();
+    fn on_frame(&mut self, _: &mut Link<'_, Self>, _: &[u8]) -> HandlerResult {
+        Ok(())
+    }
+    fn on_close(&mut self, _: &mut Loop<'_>, reason: CloseReason) {
+        *self.closed.lock().unwrap() = Some(reason);
+    }
+}
+
+impl Pki {
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.path("ca.pem")).unwrap()
+    }
+}
+
+#[test]
+fn client_certificates_required_or_optional() {
+    let pki = Pki::new("mtls");
+    let id = pki.issue("server", &["localhost"]);
+    pki.issue("client", &["client.test"]);
+    let py = python().expect("python3 with ssl");
+    let script = r#"
+import socket, ssl, sys
+port, ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+if cert != "-":
+    ctx.load_cert_chain(cert, key)
+try:
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
+    s.sendall(b"hi\n")
+    print(s.recv(100))
+except (ssl.SSLError, ConnectionError, OSError) as e:
+    print("refused", type(e).__name__)
+"#;
+    let run = |addr: SocketAddr, with_cert: bool| {
+        let (cert, key) = if with_cert {
+            (pki.path("client.pem"), pki.path("client.key"))
+        } else {
+            ("-".into(), "-".into())
+        };
+        let out = Command::new(py)
+            .args(["-c", script, &addr.port().to_string()])
+            .arg(pki.path("ca.pem"))
+            .arg(cert)
+            .arg(key)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ca = pki.ca_pem();
+    let required = ServerTls::new(id)
+        .client_ca(ca.as_bytes(), true)
+        .build()
+        .unwrap();
+    let (addr, server, _) = echo_server(required, FramedConfig::default());
+    assert_eq!(run(addr, true), "b'hi\\n'");
+    assert!(
+        run(addr, false).starts_with("refused"),
+        "no certificate, yet served"
+    );
+    drop(server);
+    let id = pki.issue("server2", &["localhost"]);
+    let optional = ServerTls::new(id)
+        .client_ca(ca.as_bytes(), false)
+        .build()
+        .unwrap();
+    let (addr, server, _) = echo_server(optional, FramedConfig::default());
+    assert_eq!(run(addr, true), "b'hi\\n'");
+    assert_eq!(run(addr, false), "b'hi\\n'");
+    drop(server);
+}
+
+/// A ClientHello, made by our own client side without a socket.
+fn client_hello(pki: &Pki) -> Vec<u8> {
+    let c = ClientTls::with_ca(pki.ca_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut f = c.filter("localhost").unwrap();
+    let mut out = bytes::BytesMut::new();
+    reactor::StreamFilter::output(&mut *f, &mut out).unwrap();
+    out.to_vec()
+}
+
+/// Sends `bytes`, optionally half-closes, and returns how long the server took
+/// to close (a reset counts).
+fn closed_after(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Duration {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    s.write_all(bytes).unwrap();
+    if half_close {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return t0.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_closed_with_its_reason_and_others_carry_on() {
+    let pki = Pki::new("bad");
+    let id = pki.issue("server", &["localhost"]);
+    let tls = ServerTls::new(id).build().unwrap();
+    let cfg = FramedConfig::default().handshake_timeout(Duration::from_millis(500));
+    let (addr, server, ends) = echo_server(tls, cfg);
+    let hello = client_hello(&pki);
+    // Plain HTTP instead of a ClientHello.
+    closed_after(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    // A ClientHello cut short, then end of file.
+    closed_after(addr, &hello[..hello.len() / 2], true);
+    // A record header announcing more than the largest record (16 KiB + 2 KiB).
+    closed_after(addr, &[0x16, 0x03, 0x03, 0x48, 0x01, 0, 0, 0], false);
+    // A client that starts the handshake and never finishes it: the handshake
+    // timeout (500 ms here), not the idle timeout (300 s), ends it.
+    let took = closed_after(addr, &hello, false);
+    assert!(
+        took < Duration::from_secs(5),
+        "a stalled handshake held on for {took:?}"
+    );
+    // `close_notify` in the middle of a line: the partial line is dropped (and
+    // logged), the rest of the conversation was served.
+    let py = python().expect("python3 with ssl");
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10), server_hostname="localhost")
+s.sendall(b"whole\nhalf a li")
+print(s.recv(100))
+s = s.unwrap()  # close_notify, then a clean end
+print(s.recv(100))
+"#;
+    let out = Command::new(py)
+        .args(["-c", script, &addr.port().to_string()])
+        .arg(pki.path("ca.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("b'whole\\n'"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every other connection carries on.
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10), server_hostname="localhost")
+s.sendall(b"still here\n")
+print(s.recv(100))
+"#;
+    let out = Command::new(py)
+        .args(["-c", script, &addr.port().to_string()])
+        .arg(pki.path("ca.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "b'still here\\n'"
+    );
+    let t0 = Instant::now();
+    while ends.lock().unwrap().len() < 5 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = drain(server);
+    let ends = ends.lock().unwrap().clone();
+    let protocol_errors = ends
+        .iter()
+        .filter(|r| **r == CloseReason::ProtocolError)
+        .count();
+    assert!(protocol_errors >= 4, "{ends:?}");
+    assert!(ends.contains(&CloseReason::PeerClosed), "{ends:?}");
+    assert_eq!(stats.handlers_failed, 0, "{stats}");
+}
