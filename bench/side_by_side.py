@@ -68,10 +68,23 @@ def target_dir():
 
 
 def build():
-    log("building release examples (echo, tokio_echo, loadgen)...")
+    log("building release examples (echo, tokio_echo, tokio_tls_echo, loadgen)...")
     subprocess.run(["cargo", "build", "--release", "--example", "echo", "--example",
-                    "tokio_echo", "--example", "loadgen"], cwd=ROOT, check=True)
+                    "tokio_echo", "--example", "tokio_tls_echo", "--example", "loadgen"],
+                   cwd=ROOT, check=True)
     return os.path.join(target_dir(), "release", "examples")
+
+
+def tls_servers(bins, certs, key_kind):
+    """The TLS comparison: our echo with --tls-cert and tokio + tokio-rustls with the
+    very same rustls configuration (reactor_tls::ServerTls) and certificate."""
+    cert = os.path.join(certs, f"server-{key_kind}.pem")
+    key = os.path.join(certs, f"server-{key_kind}.key")
+    tls = ["--tls-cert", cert, "--tls-key", key]
+    return [("reactor", [os.path.join(bins, "echo"), "--listen", "127.0.0.1:0",
+                         "--idle-timeout", "3600"] + tls),
+            ("tokio", [os.path.join(bins, "tokio_tls_echo"), "--listen", "127.0.0.1:0",
+                       "--buf-size", str(TOKIO_DEFAULT_BUF)] + tls)]
 
 
 def build_c(bins):
@@ -341,6 +354,9 @@ def main():
     p.add_argument("--no-scaling", action="store_true", help="skip --threads 1 vs 2")
     p.add_argument("--skip-build", action="store_true")
     p.add_argument("--out", default=DOCS, help="directory for the CSV files and the chart")
+    p.add_argument("--tls", choices=["ec", "rsa"],
+                   help="TLS instead: our echo --tls-cert against tokio-rustls, with an "
+                        "ECDSA P-256 or RSA-2048 certificate (files named bench_tls_*)")
     a = p.parse_args()
     if not (1 <= a.rounds <= 20 and 0.5 <= a.duration <= 120 and 0 <= a.warmup <= 30):
         p.error("--rounds 1..20, --duration 0.5..120, --warmup 0..30")
@@ -361,7 +377,20 @@ def main():
     c_echo = build_c(bins)
     if not c_echo:
         log("no C compiler (cc/gcc): the c-epoll floor is skipped")
-    srvs = servers(bins, asyncore_ok, c_echo)
+    prefix = "bench_"
+    if a.tls:
+        import tempfile
+        certs = tempfile.mkdtemp(prefix="reactor-tls-bench-")
+        subprocess.run([os.path.join(ROOT, "bench", "tls_certs.sh"), certs], check=True,
+                       capture_output=True)
+        srvs = tls_servers(bins, certs, a.tls)
+        scenarios = [(s, args + ["--tls", "--ca", os.path.join(certs, "ca.pem")])
+                     for s, args in scenarios]
+        prefix = f"bench_tls_{a.tls}_"
+        a.no_idle = a.no_scaling = True
+        log(f"TLS ({a.tls} certificate): reactor echo vs tokio-rustls, same rustls config")
+    else:
+        srvs = servers(bins, asyncore_ok, c_echo)
     names = [n for n, _ in srvs]
 
     rows = []
@@ -393,7 +422,7 @@ def main():
     fields = ["round", "scenario", "server", "ok", "msgs_per_s", "mb_per_s", "conns_per_s",
               "p50_us", "p99_us", "p999_us", "user_ns_per_msg", "total_ns_per_msg",
               "utime_ticks", "stime_ticks", "hwm_kb", "errors"]
-    with open(os.path.join(a.out, "bench_results.csv"), "w", newline="") as f:
+    with open(os.path.join(a.out, prefix + "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
@@ -445,11 +474,11 @@ def main():
                                  "total_ns_per_msg": round(m["total_ns_per_msg"], 1),
                                  "total_vs_tokio": round(ratio("total_ns_per_msg"), 3),
                                  "peak_rss_kb": m["hwm_kb"]})
-    with open(os.path.join(a.out, "bench_summary.csv"), "w", newline="") as f:
+    with open(os.path.join(a.out, prefix + "summary.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(summary_rows[0].keys()) if summary_rows else ["none"])
         w.writeheader()
         w.writerows(summary_rows)
-    svg_chart(summary, names, os.path.join(a.out, "bench_chart.svg"))
+    svg_chart(summary, names, os.path.join(a.out, prefix + "chart.svg"))
 
     idle = []
     if not a.no_idle:
@@ -514,7 +543,7 @@ def main():
     if ours:
         chk("10,000 idle connections <= 2 KiB each", ours[0]["bytes_per_conn"] <= 2048,
             f"{ours[0]['bytes_per_conn']:.0f} B")
-    print(f"\nwrote {a.out}/bench_results.csv, bench_summary.csv, bench_chart.svg"
+    print(f"\nwrote {a.out}/{prefix}results.csv, {prefix}summary.csv, {prefix}chart.svg"
           + (", bench_idle.csv" if idle else "") + (", bench_scaling.csv" if scal else ""))
 
 

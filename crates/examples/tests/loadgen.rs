@@ -142,6 +142,95 @@ fn every_mode_runs_clean_against_the_echo_server() {
     assert!(!log.contains("failed"), "server log: {log}");
 }
 
+/// `echo --tls-cert/--tls-key` and `loadgen --tls --ca`: every mode runs clean
+/// through TLS (churn does a full handshake per connection), and the wrong CA or
+/// server name fails the run with a message instead of counting as traffic.
+#[test]
+fn every_mode_runs_clean_over_tls_and_a_bad_certificate_fails_the_run() {
+    let pki = common::pki::Pki::new("loadgen");
+    let cert = pki.issue("server", &["localhost"]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echo"));
+    cmd.args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert.cert_path)
+        .arg("--tls-key")
+        .arg(&cert.key_path);
+    let mut srv = Server::start(cmd);
+    let target = srv.addr.to_string();
+    let ca = pki.path("ca.pem");
+    let ca = ca.to_str().unwrap();
+    for (mode, size, pipeline) in [
+        ("pipeline", "64", "8"),
+        ("rr", "100", "1"),
+        ("bulk", "65536", "2"),
+        ("churn", "64", "1"),
+    ] {
+        let args = [
+            "--target",
+            &target,
+            "--mode",
+            mode,
+            "--connections",
+            "2",
+            "--size",
+            size,
+            "--pipeline",
+            pipeline,
+            "--duration",
+            "0.6",
+            "--warmup",
+            "0.2",
+            "--tls",
+            "--ca",
+            ca,
+        ];
+        let out = loadgen(&args, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {:?}: {stderr}", out.status);
+        let r = result_line(&out);
+        assert_eq!(f(&r, "errors"), 0.0, "{mode}: {r:?}");
+        assert!(f(&r, "messages") > 0.0, "{mode}: {r:?}");
+        if mode == "churn" {
+            assert!(f(&r, "conns_per_s") > 0.0, "{r:?}");
+        }
+    }
+    // A CA that did not sign the server's certificate, then a name it is not for.
+    let other = common::pki::Pki::new("loadgen-other");
+    let other_ca = other.path("ca.pem");
+    for extra in [
+        [
+            "--ca",
+            other_ca.to_str().unwrap(),
+            "--server-name",
+            "localhost",
+        ],
+        ["--ca", ca, "--server-name", "elsewhere.test"],
+    ] {
+        let mut args = vec![
+            "--target",
+            &target,
+            "--mode",
+            "rr",
+            "--connections",
+            "1",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--tls",
+        ];
+        args.extend_from_slice(&extra);
+        let out = loadgen(&args, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} passed: {stderr}");
+        assert!(
+            stderr.to_lowercase().contains("certificate"),
+            "{extra:?}: no word of the certificate in: {stderr}"
+        );
+    }
+    let log = srv.stderr_text();
+    assert!(!log.contains("panick"), "server log: {log}");
+}
+
 /// A tiny blocking TCP server on 127.0.0.1:0 that handles each connection with
 /// `serve` on its own thread until `stop` is set.
 struct TestServer {

@@ -12,6 +12,7 @@ use mio::net::TcpStream;
 
 use crate::CloseReason;
 use crate::conn::{Conn, ConnConfig, IdleTimeout};
+use crate::filter::FilterFactory;
 use crate::framed::{self, Framed, FramedConfig, Link, Protocol};
 use crate::framing::Framing;
 use crate::listener::{ListenOptions, Listener};
@@ -35,8 +36,13 @@ pub struct EchoConn {
 impl EchoConn {
     /// An echo handler for an accepted stream, closed after `idle` without traffic.
     pub fn new(stream: TcpStream, cfg: ConnConfig, idle: Duration) -> EchoConn {
+        EchoConn::with_conn(Conn::new(stream, 0, cfg), idle)
+    }
+
+    /// An echo handler for a connection made by the caller (one with a filter).
+    pub fn with_conn(conn: Conn, idle: Duration) -> EchoConn {
         EchoConn {
-            conn: Conn::new(stream, 0, cfg),
+            conn,
             idle: IdleTimeout::new(idle),
             ending: None,
         }
@@ -137,6 +143,8 @@ pub struct EchoOptions {
     pub conn: ConnConfig,
     /// Idle connections are closed after this long. Default 300 s.
     pub idle_timeout: Duration,
+    /// A filter for every connection (TLS). Default none.
+    pub filter: Option<FilterFactory>,
 }
 
 impl Default for EchoOptions {
@@ -155,6 +163,7 @@ impl Default for EchoOptions {
                 ..ConnConfig::default()
             },
             idle_timeout: Duration::from_secs(300),
+            filter: None,
         }
     }
 }
@@ -168,6 +177,11 @@ impl EchoOptions {
     /// Sets [`EchoOptions::conn`].
     pub fn conn(mut self, v: ConnConfig) -> EchoOptions {
         self.conn = v;
+        self
+    }
+    /// Sets [`EchoOptions::filter`].
+    pub fn filter(mut self, f: FilterFactory) -> EchoOptions {
+        self.filter = Some(f);
         self
     }
     /// Sets [`EchoOptions::idle_timeout`].
@@ -204,10 +218,11 @@ pub fn framed_echo_listener(
 ) -> io::Result<
     Listener<impl FnMut(TcpStream, SocketAddr) -> Option<Framed<FramedEcho>> + Send + 'static>,
 > {
-    let cfg = FramedConfig::default()
+    let mut cfg = FramedConfig::default()
         .conn(opts.conn)
         .idle_timeout(Some(opts.idle_timeout))
         .listen(opts.listen);
+    cfg.filter = opts.filter;
     framed::listen(addr, Framing::Raw, cfg, |_peer| Some(FramedEcho))
 }
 
@@ -219,7 +234,18 @@ pub fn echo_listener(
 ) -> io::Result<Listener<impl FnMut(TcpStream, SocketAddr) -> Option<EchoConn> + 'static>> {
     let conn_cfg = opts.conn;
     let idle = opts.idle_timeout;
-    Listener::bind(addr, opts.listen, move |stream, _peer| {
-        Some(EchoConn::new(stream, conn_cfg, idle))
+    let filter = opts.filter;
+    Listener::bind(addr, opts.listen, move |stream, peer| {
+        let mut conn = Conn::new(stream, 0, conn_cfg);
+        if let Some(f) = &filter {
+            match f.make() {
+                Ok(f) => conn = conn.with_filter(f),
+                Err(e) => {
+                    log::warn!("cannot start the filter for {peer}: {e}; refusing it");
+                    return None;
+                }
+            }
+        }
+        Some(EchoConn::with_conn(conn, idle))
     })
 }

@@ -12,7 +12,9 @@
 //! what a filter must do; it must not know any filter.
 
 use std::any::Any;
+use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 
@@ -72,4 +74,37 @@ pub trait StreamFilter: 'static {
     /// The filter itself, for callers that know its type (to read a TLS
     /// connection's negotiated ALPN protocol or server name).
     fn as_any(&self) -> &dyn Any;
+}
+
+/// Makes a new filter for each connection (a TLS server connection per accepted
+/// socket): what a listener's settings carry ([`crate::FramedConfig::filter`],
+/// [`crate::echo::EchoOptions::filter`]). Cloning shares the maker; it is `Send`, so
+/// several loops' listeners can use one.
+///
+/// ```
+/// use reactor::FilterFactory;
+/// let none = FilterFactory::new(|| Err(std::io::Error::other("no filters here")));
+/// assert!(none.make().is_err());
+/// ```
+#[derive(Clone)]
+pub struct FilterFactory(Arc<dyn Fn() -> io::Result<Box<dyn StreamFilter>> + Send + Sync>);
+
+impl FilterFactory {
+    /// A factory calling `make` for every connection.
+    pub fn new(
+        make: impl Fn() -> io::Result<Box<dyn StreamFilter>> + Send + Sync + 'static,
+    ) -> FilterFactory {
+        FilterFactory(Arc::new(make))
+    }
+
+    /// A new filter.
+    pub fn make(&self) -> io::Result<Box<dyn StreamFilter>> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for FilterFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FilterFactory")
+    }
 }

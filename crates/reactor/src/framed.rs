@@ -112,7 +112,7 @@ use slab::Slab;
 
 use crate::conn::{Conn, ConnConfig, IdleTimeout, queue_into};
 use crate::event::{CloseReason, Error, Event, HandlerId, HandlerResult, is_peer_gone};
-use crate::filter::StreamFilter;
+use crate::filter::{FilterFactory, StreamFilter};
 use crate::framing::{Decoder, FrameError, Framing};
 use crate::handler::{Addr, Context, Handler, short_type_name};
 use crate::listener::{ListenOptions, Listener};
@@ -251,6 +251,9 @@ pub struct FramedConfig {
     /// A connection whose filter (TLS) has not finished its handshake this long
     /// after it opened is closed as [`CloseReason::ProtocolError`]. Default 10 s.
     pub handshake_timeout: Duration,
+    /// A filter for every connection [`listen`] accepts (TLS: `reactor-tls`'s
+    /// `TlsAcceptor::factory`). Default none.
+    pub filter: Option<FilterFactory>,
 }
 
 impl Default for FramedConfig {
@@ -261,6 +264,7 @@ impl Default for FramedConfig {
             linger: Duration::from_secs(2),
             listen: ListenOptions::default(),
             handshake_timeout: Duration::from_secs(10),
+            filter: None,
         }
     }
 }
@@ -284,6 +288,11 @@ impl FramedConfig {
     /// Sets [`FramedConfig::listen`].
     pub fn listen(mut self, listen: ListenOptions) -> FramedConfig {
         self.listen = listen;
+        self
+    }
+    /// Sets [`FramedConfig::filter`].
+    pub fn filter(mut self, f: FilterFactory) -> FramedConfig {
+        self.filter = Some(f);
         self
     }
     /// Sets [`FramedConfig::handshake_timeout`].
@@ -865,12 +874,24 @@ where
     let framing = framing.into();
     Listener::bind(addr, cfg.listen.clone(), move |stream, peer| {
         let proto = make(peer)?;
-        Some(Framed::with_config(
-            stream,
-            framing.clone(),
-            cfg.clone(),
-            proto,
-        ))
+        let Some(factory) = &cfg.filter else {
+            return Some(Framed::with_config(
+                stream,
+                framing.clone(),
+                cfg.clone(),
+                proto,
+            ));
+        };
+        let filter = match factory.make() {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("cannot start the filter for {peer}: {e}; refusing it");
+                return None;
+            }
+        };
+        let conn_cfg = Framed::<P>::conn_config(&cfg, &framing);
+        let conn = Conn::new(stream, 0, conn_cfg).with_filter(filter);
+        Some(Framed::with_conn(conn, framing.clone(), cfg.clone(), proto))
     })
 }
 

@@ -2,11 +2,14 @@
 //! thread, programs as child processes (each crate's tests find its binaries
 //! through `CARGO_BIN_EXE_*`), byte streams, kernel-buffer helpers. Everything binds
 //! 127.0.0.1:0. [`alloc`] is the counting allocator of the zero-allocation tests,
-//! [`fuzz`] the seeded input generator of the parsers' unit tests. This crate is for
+//! [`fuzz`] the seeded input generator of the parsers' unit tests, `pki` (feature
+//! `pki`) a throwaway CA for the TLS tests. This crate is for
 //! tests only (`publish = false`).
 
 pub mod alloc;
 pub mod fuzz;
+#[cfg(feature = "pki")]
+pub mod pki;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

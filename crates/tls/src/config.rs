@@ -208,6 +208,13 @@ impl TlsAcceptor {
         Ok(Box::new(TlsFilter::new(conn.into())))
     }
 
+    /// A maker of server-side filters, for [`reactor::FramedConfig::filter`] and
+    /// [`reactor::echo::EchoOptions::filter`].
+    pub fn factory(&self) -> reactor::FilterFactory {
+        let me = self.clone();
+        reactor::FilterFactory::new(move || Ok(me.filter()? as Box<dyn reactor::StreamFilter>))
+    }
+
     /// The rustls configuration inside.
     pub fn config(&self) -> &Arc<ServerConfig> {
         &self.cfg

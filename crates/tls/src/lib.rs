@@ -63,7 +63,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use reactor::framing::Framing;
-use reactor::{Conn, Framed, FramedConfig, Listener, Protocol, TcpStream};
+use reactor::{Framed, FramedConfig, Listener, Protocol, TcpStream};
 
 pub use config::{ClientTls, Identity, ServerTls, TlsAcceptor, TlsConnector};
 pub use filter::TlsFilter;
@@ -71,7 +71,8 @@ pub use rustls;
 
 /// Binds a listener on `addr` whose connections speak TLS (`acceptor`) and run a
 /// protocol made by `make(peer)` (`None` refuses the connection) with the given
-/// framing and settings: [`reactor::framed::listen`] over TLS.
+/// framing and settings: [`reactor::framed::listen`] with
+/// [`FramedConfig::filter`](reactor::FramedConfig::filter) set to the acceptor.
 // The factory's type cannot be named (a closure), so the return type spells it out.
 #[allow(clippy::type_complexity)]
 pub fn listen<P, F>(
@@ -79,24 +80,11 @@ pub fn listen<P, F>(
     acceptor: &TlsAcceptor,
     framing: impl Into<Framing>,
     cfg: FramedConfig,
-    mut make: F,
+    make: F,
 ) -> io::Result<Listener<impl FnMut(TcpStream, SocketAddr) -> Option<Framed<P>> + 'static>>
 where
     P: Protocol,
     F: FnMut(SocketAddr) -> Option<P> + 'static,
 {
-    let framing = framing.into();
-    let acceptor = acceptor.clone();
-    Listener::bind(addr, cfg.listen.clone(), move |stream, peer| {
-        let proto = make(peer)?;
-        let filter = match acceptor.filter() {
-            Ok(f) => f,
-            Err(e) => {
-                log::warn!("cannot start TLS for {peer}: {e}");
-                return None;
-            }
-        };
-        let conn = Conn::new(stream, 0, cfg.conn).with_filter(filter);
-        Some(Framed::with_conn(conn, framing.clone(), cfg.clone(), proto))
-    })
+    reactor::framed::listen(addr, framing, cfg.filter(acceptor.factory()), make)
 }

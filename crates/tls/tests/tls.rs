@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,51 +14,14 @@ use reactor::{
     CloseReason, Config, Conn, ConnConfig, Framed, FramedConfig, HandlerResult, Link, Loop,
     Protocol, Stats,
 };
-use reactor_test_support::{Running, run_loop, tmpdir};
+use reactor_test_support::pki::Pki;
+use reactor_test_support::{Running, run_loop};
 use reactor_tls::{ClientTls, Identity, ServerTls, TlsAcceptor, TlsFilter};
 
-/// A throwaway CA and certificates it signed, as PEM files in a temp dir.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = tmpdir("tls", name);
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "reactor test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki {
-            dir,
-            ca: rcgen::Issuer::new(ca_params, ca_key),
-        }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.join(f)
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses) signed by the CA,
-    /// written as `file.pem` and `file.key`.
-    fn issue(&self, file: &str, names: &[&str]) -> Identity {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        std::fs::write(self.path(&format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
-        Identity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
-    }
+/// A certificate signed by the test CA, as the reactor's `Identity`.
+fn issue(pki: &Pki, file: &str, names: &[&str]) -> Identity {
+    let c = pki.issue(file, names);
+    Identity::from_pem(c.cert_pem.as_bytes(), c.key_pem.as_bytes()).unwrap()
 }
 
 type Ends = Arc<Mutex<Vec<CloseReason>>>;
@@ -121,32 +83,47 @@ fn python() -> Option<&'static str> {
 #[test]
 fn python_ssl_client_gets_every_byte_back() {
     let pki = Pki::new("python");
-    let id = pki.issue("server", &["localhost", "127.0.0.1"]);
+    let id = issue(&pki, "server", &["localhost", "127.0.0.1"]);
     let tls = ServerTls::new(id).build().unwrap();
     let (addr, server, _) = echo_server(tls, FramedConfig::default());
     let py = python().expect("python3 with ssl");
     // 4 MiB of lines, sent while the echo is read back; SHA-256 compared.
+    // One thread with a non-blocking socket: OpenSSL does not allow SSL_read
+    // and SSL_write on one connection from two threads at once (python
+    // crashes with SIGSEGV when a sender thread is used).
     let script = r#"
-import hashlib, socket, ssl, sys, threading
+import hashlib, selectors, socket, ssl, sys, time
 port, ca = int(sys.argv[1]), sys.argv[2]
 ctx = ssl.create_default_context(cafile=ca)
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname="localhost")
+s.setblocking(False)
 line = b"0123456789abcdef" * 63 + b"\n"
 n = 4 * 1024 * 1024 // len(line)
-sent = hashlib.sha256()
-def send():
-    for i in range(n):
-        data = b"%08d" % i + line[8:]
-        sent.update(data)
-        s.sendall(data)
-t = threading.Thread(target=send); t.start()
-got, total = hashlib.sha256(), 0
-while total < n * len(line):
-    b = s.recv(65536)
-    if not b: break
-    got.update(b); total += len(b)
-t.join()
-print(total, sent.hexdigest() == got.hexdigest(), s.version(), s.cipher()[0])
+data = b"".join(b"%08d" % i + line[8:] for i in range(n))
+sent = hashlib.sha256(data).hexdigest()
+got, total, off = hashlib.sha256(), 0, 0
+sel = selectors.DefaultSelector()
+sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+deadline = time.time() + 30
+while total < len(data) and time.time() < deadline:
+    sel.select(1)
+    if off < len(data):
+        try:
+            off += s.send(data[off:off + 65536])
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            pass
+        if off == len(data):
+            sel.modify(s, selectors.EVENT_READ)
+    while True:
+        try:
+            b = s.recv(65536)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            break
+        if not b:
+            deadline = 0
+            break
+        got.update(b); total += len(b)
+print(total, sent == got.hexdigest(), s.version(), s.cipher()[0])
 "#;
     let out = Command::new(py)
         .args(["-c", script, &addr.port().to_string()])
@@ -156,7 +133,8 @@ print(total, sent.hexdigest() == got.hexdigest(), s.version(), s.cipher()[0])
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{text} {}",
+        "{:?} {text} {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -265,8 +243,8 @@ fn one_line_server(acceptor: TlsAcceptor, cfg: FramedConfig) -> (SocketAddr, Run
 #[test]
 fn openssl_s_client_sees_the_certificate_for_its_server_name_and_the_alpn_choice() {
     let pki = Pki::new("sni");
-    let default = pki.issue("default", &["localhost"]);
-    let alt = pki.issue("alt", &["alt.test"]);
+    let default = issue(&pki, "default", &["localhost"]);
+    let alt = issue(&pki, "alt", &["alt.test"]);
     let tls = ServerTls::new(default)
         .name("alt.test", alt)
         .alpn(&["upper", "echo"])
@@ -319,7 +297,7 @@ impl Protocol for Http {
 #[test]
 fn curl_fetches_over_tls_with_the_ca_and_http_1_1_by_alpn() {
     let pki = Pki::new("curl");
-    let id = pki.issue("server", &["localhost"]);
+    let id = issue(&pki, "server", &["localhost"]);
     let tls = ServerTls::new(id).alpn(&["http/1.1"]).build().unwrap();
     let body = Arc::new(reactor_test_support::pseudo_random_bytes(3, 3 << 20));
     let b = body.clone();
@@ -408,7 +386,7 @@ impl Protocol for Talker {
 #[test]
 fn our_client_talks_to_our_server_and_refuses_a_server_it_cannot_verify() {
     let pki = Pki::new("client");
-    let id = pki.issue("server", &["localhost"]);
+    let id = issue(&pki, "server", &["localhost"]);
     let tls = ServerTls::new(id).build().unwrap();
     let (addr, server, ends) = echo_server(tls, FramedConfig::default());
     let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
@@ -488,16 +466,10 @@ impl Protocol for Recorder {
     }
 }
 
-impl Pki {
-    fn ca_pem(&self) -> String {
-        std::fs::read_to_string(self.path("ca.pem")).unwrap()
-    }
-}
-
 #[test]
 fn client_certificates_required_or_optional() {
     let pki = Pki::new("mtls");
-    let id = pki.issue("server", &["localhost"]);
+    let id = issue(&pki, "server", &["localhost"]);
     pki.issue("client", &["client.test"]);
     let py = python().expect("python3 with ssl");
     let script = r#"
@@ -540,7 +512,7 @@ except (ssl.SSLError, ConnectionError, OSError) as e:
         "no certificate, yet served"
     );
     drop(server);
-    let id = pki.issue("server2", &["localhost"]);
+    let id = issue(&pki, "server2", &["localhost"]);
     let optional = ServerTls::new(id)
         .client_ca(ca.as_bytes(), false)
         .build()
@@ -585,7 +557,7 @@ fn closed_after(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Duration {
 #[test]
 fn bad_input_is_closed_with_its_reason_and_others_carry_on() {
     let pki = Pki::new("bad");
-    let id = pki.issue("server", &["localhost"]);
+    let id = issue(&pki, "server", &["localhost"]);
     let tls = ServerTls::new(id).build().unwrap();
     let cfg = FramedConfig::default().handshake_timeout(Duration::from_millis(500));
     let (addr, server, ends) = echo_server(tls, cfg);

@@ -3,6 +3,7 @@
 //! ```text
 //! echo [--listen 127.0.0.1:7878] [--threads N] [--stats-interval SECS]
 //!      [--idle-timeout SECS] [--max-connections N] [--framed]
+//!      [--tls-cert FILE --tls-key FILE]
 //! ```
 //! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM drain and exit 0.
 //! With `--threads N`, N independent loops share the port through `SO_REUSEPORT`.
@@ -38,6 +39,12 @@ struct Args {
     /// handler, to measure what the layer costs per message.
     #[arg(long)]
     framed: bool,
+    /// Serve TLS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Spawns one loop's listener (made, and bound, on the main thread).
@@ -58,6 +65,13 @@ fn run(args: Args) -> Result<(), String> {
     let stats = secs("stats-interval", args.stats_interval)?;
     let mut opts = EchoOptions::default().idle_timeout(secs("idle-timeout", args.idle_timeout)?);
     opts.listen.max_connections = args.max_connections;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let id = reactor_tls::Identity::from_pem_files(cert, key).map_err(|e| e.to_string())?;
+        let tls = reactor_tls::ServerTls::new(id)
+            .build()
+            .map_err(|e| e.to_string())?;
+        opts = opts.filter(tls.factory());
+    }
     opts.listen.reuse_port = args.threads > 1;
 
     // Bind every loop's socket before printing, so the address printed is served.

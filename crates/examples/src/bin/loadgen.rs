@@ -113,6 +113,16 @@ struct Args {
     /// server, for CPU per message).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Speak TLS to the server (every scenario; in churn every connection makes a
+    /// full handshake). Trusts the system's CAs unless --ca is given.
+    #[arg(long)]
+    tls: bool,
+    /// Trust only the CA certificates in this PEM file (with --tls).
+    #[arg(long, requires = "tls")]
+    ca: Option<std::path::PathBuf>,
+    /// The server name to ask for and check the certificate against (with --tls).
+    #[arg(long, default_value = "localhost", requires = "tls")]
+    server_name: String,
 }
 
 /// Validated settings.
@@ -126,6 +136,8 @@ struct Settings {
     warmup: Duration,
     mode: Mode,
     server_pid: Option<u32>,
+    /// TLS: how to make each connection's client side, and the name to ask for.
+    tls: Option<(reactor_tls::TlsConnector, String)>,
 }
 
 fn validate(a: Args) -> Result<Settings, String> {
@@ -172,7 +184,19 @@ fn validate(a: Args) -> Result<Settings, String> {
     if !(a.warmup.is_finite() && (0.0..=MAX_DURATION).contains(&a.warmup)) {
         return Err(format!("--warmup must be 0..={MAX_DURATION} seconds"));
     }
+    let tls = if a.tls {
+        let client = match &a.ca {
+            Some(ca) => reactor_tls::ClientTls::with_ca_file(ca),
+            None => reactor_tls::ClientTls::system_roots(),
+        }
+        .and_then(|c| c.build())
+        .map_err(|e| format!("--tls: {e}"))?;
+        Some((client, a.server_name.clone()))
+    } else {
+        None
+    };
     Ok(Settings {
+        tls,
         target,
         connections: a.connections,
         size: a.size,
@@ -312,7 +336,10 @@ impl Client {
     fn new(shared: Rc<Shared>) -> std::io::Result<Client> {
         let n = shared.next_conn.get();
         shared.next_conn.set(n + 1);
-        let conn = Conn::connect(shared.cfg.target, 0, ConnConfig::default())?;
+        let mut conn = Conn::connect(shared.cfg.target, 0, ConnConfig::default())?;
+        if let Some((tls, name)) = &shared.cfg.tls {
+            conn = conn.with_filter(tls.filter(name)?);
+        }
         let depth = shared.cfg.depth;
         Ok(Client {
             conn,
