@@ -351,6 +351,12 @@ pub struct Framed<P: Protocol> {
     handshake: Option<TimerId>,
     phase: Phase,
     eof_told: bool,
+    /// Reading resumed after a pause: frames read before it may still be in the
+    /// buffer, and go to the protocol before anything more is read.
+    resumed: bool,
+    /// The protocol paused reading ([`Link::pause_reading`]): whole frames may
+    /// wait in the buffer, so end of file is not told yet.
+    paused: bool,
 }
 
 impl<P: Protocol> Framed<P> {
@@ -419,6 +425,8 @@ impl<P: Protocol> Framed<P> {
             handshake: None,
             phase,
             eof_told: false,
+            resumed: false,
+            paused: false,
         }
     }
 
@@ -556,9 +564,11 @@ impl<P: Protocol> Framed<P> {
     fn apply_changes(&mut self, cx: &mut Context<'_, Self>) {
         self.ctl.dirty = false;
         if let Some(pause) = self.ctl.pause.take() {
+            self.paused = pause;
             if pause {
                 self.conn.pause_reading();
             } else {
+                self.resumed = true;
                 self.conn.resume_reading(cx);
             }
         }
@@ -633,9 +643,25 @@ impl<P: Protocol> Framed<P> {
             .map_or_else(|| "peer".to_string(), |a| a.to_string())
     }
 
+    /// Reading resumed: what the paused protocol left in the buffer comes first. A
+    /// buffer full of whole frames would otherwise look like one frame too large,
+    /// and reading behind them only grows it. Returns whether to read on (not if
+    /// the protocol paused again, or is ending). Out of line: the read path must
+    /// stay one inlined piece.
+    #[cold]
+    #[inline(never)]
+    fn deliver_after_pause(&mut self, cx: &mut Context<'_, Self>) -> bool {
+        self.resumed = false;
+        self.deliver_frames(cx);
+        !self.paused && matches!(self.phase, Phase::Open)
+    }
+
     /// Reads, hands frames over, and tells the protocol about end of file.
     #[inline]
     fn read(&mut self, cx: &mut Context<'_, Self>) {
+        if self.resumed && !self.deliver_after_pause(cx) {
+            return;
+        }
         let st = match self.conn.fill(cx) {
             Ok(st) => st,
             Err(e) => return self.socket_failed(cx, &e),
@@ -649,7 +675,14 @@ impl<P: Protocol> Framed<P> {
             idle.touch(cx);
         }
         self.deliver_frames(cx);
-        if st.eof && !self.eof_told && matches!(self.phase, Phase::Open) && !cx.is_closing() {
+        // A paused protocol may have whole frames still in the buffer: the end of
+        // the stream comes after them, when reading resumes.
+        if st.eof
+            && !self.eof_told
+            && matches!(self.phase, Phase::Open)
+            && !cx.is_closing()
+            && !self.paused
+        {
             self.eof_told = true;
             self.ctl.occasion = CloseReason::PeerClosed;
             let (input, wbuf, filter) = self.conn.split_io();
