@@ -1,5 +1,6 @@
 //! What the command-line programs of the reactor workspace share: the logger
-//! set-up, durations given in seconds, and how a failure becomes an exit code.
+//! set-up, durations given in seconds, `--metrics ADDR`, and how a failure
+//! becomes an exit code.
 //!
 //! Programs only: the libraries never depend on this crate (a library must not
 //! set up a logger or decide how its caller exits).
@@ -8,6 +9,7 @@
 #![warn(unreachable_pub)]
 
 use std::fmt::Display;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -38,6 +40,21 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| "not a number of seconds".to_string())?;
     Duration::try_from_secs_f64(v).map_err(|_| "not a non-negative number of seconds".to_string())
+}
+
+/// `--metrics ADDR`: serves the Prometheus metrics of `reactor` (label
+/// `loop="0"`) on `addr`, if one was given. For several loops, use
+/// [`reactor_metrics::Metrics`] directly.
+pub fn serve_metrics(
+    reactor: &mut reactor::Reactor,
+    addr: Option<SocketAddr>,
+) -> Result<(), String> {
+    match addr {
+        Some(a) => reactor_metrics::serve(reactor, a)
+            .map(|_| ())
+            .map_err(|e| format!("cannot serve metrics on {a}: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// The exit code for a program's result: success, or the error on stderr as

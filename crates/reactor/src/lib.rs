@@ -107,7 +107,7 @@ pub use listener::{ListenOptions, Listener, bind as bind_tcp};
 pub use log_limit::LogLimiter;
 pub use pool::{JobId, JobPanicked, JobResult, PoolFull};
 pub use reactor::{Config, Loop, Reactor, ReactorHandle};
-pub use stats::{AppMetrics, Counter, Gauge, Histogram, Stats};
+pub use stats::{AppMetrics, Counter, Gauge, Histogram, SlowHandlers, Stats};
 pub use stats_log::StatsLogger;
 pub use timer::TimerId;
 pub use udp::{RecvStatus, SendOutcome, UdpConfig, UdpConn, UdpOptions, UdpStats, bind_udp};

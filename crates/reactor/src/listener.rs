@@ -201,8 +201,14 @@ where
                             cx.spawn(h);
                             self.open += 1;
                             self.accepted += 1;
+                            let stats = cx.stats_mut();
+                            stats.connections_accepted += 1;
+                            stats.connections_open += 1;
                         }
-                        None => self.refused += 1,
+                        None => {
+                            self.refused += 1;
+                            cx.stats_mut().connections_refused += 1;
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -268,6 +274,8 @@ where
 
     fn on_child_closed(&mut self, cx: &mut Context<'_, Self>, _child: HandlerId) -> HandlerResult {
         self.open = self.open.saturating_sub(1);
+        let stats = cx.stats_mut();
+        stats.connections_open = stats.connections_open.saturating_sub(1);
         if self.at_cap && self.open < self.opts.max_connections {
             self.at_cap = false;
             // Connections waiting in the backlog made no new edge: accept them now.
@@ -284,6 +292,9 @@ where
             self.refused,
             self.open
         );
+        // Its children's closes will not reach it any more: stop counting them.
+        let stats = cx.stats_mut();
+        stats.connections_open = stats.connections_open.saturating_sub(self.open as u64);
         cx.close_with(CloseReason::Shutdown);
         Ok(())
     }

@@ -504,9 +504,21 @@ impl<'a> Loop<'a> {
         self.core.state = RunState::Stopping;
     }
 
-    /// The loop's counters.
+    /// The loop's counters (the sampled fields as of the last snapshot).
     pub fn stats(&self) -> &Stats {
         &self.core.stats
+    }
+
+    /// A copy of the loop's counters with the sampled fields
+    /// ([`Stats::timers_live`], [`Stats::jobs_queued`], [`Stats::spare_buffers`])
+    /// measured now. It allocates (the histogram is copied): take one per
+    /// scrape or log line, not per event.
+    pub fn snapshot(&mut self) -> Stats {
+        self.core.snapshot()
+    }
+
+    pub(crate) fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.core.stats
     }
 
     /// The program counter `name` of this loop (created at zero on first use):
@@ -621,6 +633,29 @@ impl Core {
         }
     }
 
+    /// A callback ran longer than the threshold: count it (by handler name) and
+    /// say so. Out of line, so the dispatch path stays small.
+    #[cold]
+    #[inline(never)]
+    fn slow_dispatch(&mut self, handler: &dyn Erased, id: HandlerId, ns: u64) {
+        self.stats.slow_dispatches += 1;
+        self.stats.slow_handlers.count(handler.name());
+        log::warn!(
+            "slow handler: {} {} blocked the loop for {:.1} ms (threshold {} ms)",
+            handler.name(),
+            id,
+            ns as f64 / 1e6,
+            self.config.slow_threshold.as_millis()
+        );
+    }
+
+    fn snapshot(&mut self) -> Stats {
+        self.stats.timers_live = self.timers.len() as u64;
+        self.stats.jobs_queued = self.pool.as_ref().map_or(0, Pool::queued) as u64;
+        self.stats.spare_buffers = self.bufs.spare() as u64;
+        self.stats.clone()
+    }
+
     pub(crate) fn insert(
         &mut self,
         handler: Box<dyn Erased>,
@@ -724,14 +759,7 @@ impl Core {
         self.stats.dispatches += 1;
         self.stats.dispatch_time.record(ns);
         if ns >= self.slow_ns {
-            self.stats.slow_dispatches += 1;
-            log::warn!(
-                "slow handler: {} {} blocked the loop for {:.1} ms (threshold {} ms)",
-                handler.name(),
-                id,
-                ns as f64 / 1e6,
-                self.config.slow_threshold.as_millis()
-            );
+            self.slow_dispatch(&*handler, id, ns);
         }
         match outcome {
             Ok(Ok(())) => {}
@@ -893,6 +921,9 @@ impl Core {
             }
         }
         while let Some(Done { owner, job, result }) = self.pool.as_ref().and_then(Pool::try_done) {
+            if result.is_err() {
+                self.stats.jobs_panicked += 1;
+            }
             if self.dispatch(owner, None, |h, lp| h.job(lp, job, result)) {
                 self.stats.jobs_completed += 1;
             } else {
@@ -994,9 +1025,17 @@ impl Reactor {
         self.core.handle()
     }
 
-    /// The loop's counters.
+    /// The loop's counters (the sampled fields as of the last snapshot).
     pub fn stats(&self) -> &Stats {
         &self.core.stats
+    }
+
+    /// A copy of the loop's counters with the sampled fields
+    /// ([`Stats::timers_live`], [`Stats::jobs_queued`], [`Stats::spare_buffers`])
+    /// measured now. It allocates (the histogram is copied): take one per
+    /// scrape or log line, not per event.
+    pub fn snapshot(&mut self) -> Stats {
+        self.core.snapshot()
     }
 
     /// The program counter `name` of this loop (see [`Loop::counter`]), for a

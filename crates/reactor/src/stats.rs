@@ -26,7 +26,9 @@ const BUCKETS: usize = 64 * SUB;
 #[derive(Clone)]
 pub struct Histogram {
     counts: Box<[u64; BUCKETS]>,
-    total: u64,
+    // No running count: `count` adds the buckets up when asked, so recording
+    // stays one increment, one add and one compare.
+    sum_ns: u64,
     max_ns: u64,
 }
 
@@ -34,7 +36,7 @@ impl Default for Histogram {
     fn default() -> Self {
         Histogram {
             counts: Box::new([0; BUCKETS]),
-            total: 0,
+            sum_ns: 0,
             max_ns: 0,
         }
     }
@@ -43,7 +45,7 @@ impl Default for Histogram {
 impl fmt::Debug for Histogram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Histogram")
-            .field("total", &self.total)
+            .field("count", &self.count())
             .field("max_ns", &self.max_ns)
             .finish()
     }
@@ -75,15 +77,16 @@ impl Histogram {
     #[inline]
     pub fn record(&mut self, ns: u64) {
         self.counts[bucket_of(ns)] += 1;
-        self.total += 1;
+        self.sum_ns = self.sum_ns.wrapping_add(ns);
         if ns > self.max_ns {
             self.max_ns = ns;
         }
     }
 
-    /// Number of values recorded.
+    /// Number of values recorded (a sum over the buckets: call it per report,
+    /// not per value).
     pub fn count(&self) -> u64 {
-        self.total
+        self.counts.iter().sum()
     }
 
     /// The largest value recorded, exactly.
@@ -91,13 +94,37 @@ impl Histogram {
         Duration::from_nanos(self.max_ns)
     }
 
+    /// The sum of the values recorded (for a mean, or a Prometheus `_sum`).
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.sum_ns)
+    }
+
+    /// How many values were at most `d`, counting whole buckets: a bucket that
+    /// straddles `d` is left out, so this is low by at most the values within
+    /// 12.5 % below `d` (a Prometheus `le` bucket, conservatively).
+    pub fn count_at_most(&self, d: Duration) -> u64 {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if ns >= self.max_ns {
+            return self.count();
+        }
+        let mut n = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            if bucket_upper(b) > ns {
+                break;
+            }
+            n += c;
+        }
+        n
+    }
+
     /// The value below which a fraction `q` (0.0 to 1.0) of the records fall, as the
     /// upper bound of its bucket (at most 12.5 % high), capped at the exact maximum.
     pub fn percentile(&self, q: f64) -> Duration {
-        if self.total == 0 {
+        let total = self.count();
+        if total == 0 {
             return Duration::ZERO;
         }
-        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
         for (b, &c) in self.counts.iter().enumerate() {
             seen += c;
@@ -236,6 +263,53 @@ impl AppMetrics {
     }
 }
 
+/// Slow callbacks counted by the name of their handler ([`Handler::name`](crate::Handler::name)),
+/// for the stats line and a metrics label. At most [`SlowHandlers::MAX_NAMES`]
+/// names are kept (a label set must stay bounded, whatever names handlers
+/// make up); slow callbacks of further names are counted under `other`.
+/// Only a slow callback touches this, never the fast path.
+#[derive(Clone, Debug, Default)]
+pub struct SlowHandlers {
+    names: Vec<(String, u64)>,
+    other: u64,
+}
+
+impl SlowHandlers {
+    /// Names kept at most.
+    pub const MAX_NAMES: usize = 32;
+
+    /// Counts one slow callback of the handler called `name`.
+    pub(crate) fn count(&mut self, name: &str) {
+        if let Some((_, n)) = self.names.iter_mut().find(|(k, _)| k == name) {
+            *n += 1;
+        } else if self.names.len() < Self::MAX_NAMES {
+            self.names.push((name.to_string(), 1));
+        } else {
+            self.other += 1;
+        }
+    }
+
+    /// Slow callbacks of the handler called `name` (`"other"` for the names
+    /// beyond the cap).
+    pub fn get(&self, name: &str) -> u64 {
+        if name == "other" {
+            return self.other;
+        }
+        self.names
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Every name with its count, in the order first seen; `other` last if any.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.names
+            .iter()
+            .map(|(k, n)| (k.as_str(), *n))
+            .chain((self.other > 0).then_some(("other", self.other)))
+    }
+}
+
 /// Counters kept by the loop. Cumulative since the reactor was created; the
 /// loop's own fields are a snapshot once cloned, while [`Stats::app`] shares the
 /// program's live counters.
@@ -248,12 +322,15 @@ impl AppMetrics {
 /// slow=N timers=N jobs=OFFLOADED/COMPLETED/DROPPED/REJECTED open=N started=N
 /// failed=N closes=peer_closed:N,peer_reset:N,idle_timeout:N,protocol_error:N,
 /// local:N,shutdown:N,handler_error:N,panic:N truncated=N bytes_in=N bytes_out=N
-/// [NAME=N ...]
+/// accepted=N refused=N conns=N jobs_panicked=N timers_live=N jobs_queued=N
+/// spare_buffers=N [slow_by=NAME:N,...] [NAME=N ...]
 /// ```
 ///
 /// (one line; `failed` is `handler_error` plus `panic`; `truncated` counts closes
-/// that dropped output still queued; the program's counters and gauges come
-/// last, by name).
+/// that dropped output still queued; `conns` is the connections open; `slow_by`
+/// appears once a callback was slow; the program's counters and gauges come
+/// last, by name). `timers_live`, `jobs_queued` and `spare_buffers` are sampled:
+/// see [`Stats::timers_live`].
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Stats {
@@ -296,6 +373,30 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to sockets by [`crate::Conn`].
     pub bytes_out: u64,
+    /// Slow callbacks by handler name (their total is [`Stats::slow_dispatches`]).
+    pub slow_handlers: SlowHandlers,
+    /// Jobs whose closure panicked (their handler got a
+    /// [`JobPanicked`](crate::JobPanicked); counted in `jobs_completed` or
+    /// `jobs_dropped` too).
+    pub jobs_panicked: u64,
+    /// Connections accepted by [`Listener`](crate::Listener)s and given a handler.
+    pub connections_accepted: u64,
+    /// Connections accepted and then refused by a listener's factory (it returned
+    /// `None`).
+    pub connections_refused: u64,
+    /// Connections from listeners open now (those of a listener that has
+    /// closed are no longer counted).
+    pub connections_open: u64,
+    /// Timers set and not yet fired or cancelled. Sampled, like `jobs_queued`
+    /// and `spare_buffers`: filled in by [`Loop::snapshot`](crate::Loop::snapshot)
+    /// and [`Reactor::snapshot`](crate::Reactor::snapshot) (so the fast path
+    /// never updates them); [`Loop::stats`](crate::Loop::stats) shows the values
+    /// of the last snapshot.
+    pub timers_live: u64,
+    /// Jobs waiting in the worker pool's queue for a thread (sampled).
+    pub jobs_queued: u64,
+    /// Spare I/O buffers held by the loop's buffer pool for reuse (sampled).
+    pub spare_buffers: u64,
     /// The program's own counters and gauges.
     pub app: AppMetrics,
 }
@@ -363,9 +464,23 @@ impl fmt::Display for Stats {
         }
         write!(
             f,
-            " truncated={} bytes_in={} bytes_out={}",
-            self.truncated_closes, self.bytes_in, self.bytes_out
+            " truncated={} bytes_in={} bytes_out={} accepted={} refused={} conns={} \
+             jobs_panicked={} timers_live={} jobs_queued={} spare_buffers={}",
+            self.truncated_closes,
+            self.bytes_in,
+            self.bytes_out,
+            self.connections_accepted,
+            self.connections_refused,
+            self.connections_open,
+            self.jobs_panicked,
+            self.timers_live,
+            self.jobs_queued,
+            self.spare_buffers,
         )?;
+        for (i, (name, n)) in self.slow_handlers.iter().enumerate() {
+            let sep = if i == 0 { " slow_by=" } else { "," };
+            write!(f, "{sep}{name}:{n}")?;
+        }
         for (name, v) in self.app.counters() {
             write!(f, " {name}={v}")?;
         }
@@ -408,6 +523,66 @@ mod tests {
         assert_eq!(h.percentile(1.0), Duration::from_micros(1000));
         assert_eq!(h.max(), Duration::from_micros(1000));
         assert_eq!(Histogram::default().percentile(0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn sum_and_prometheus_buckets() {
+        let mut h = Histogram::default();
+        for ns in [500u64, 1_000, 2_000, 900_000] {
+            h.record(ns);
+        }
+        assert_eq!(h.sum(), Duration::from_nanos(903_500));
+        assert_eq!(h.count_at_most(Duration::from_nanos(499)), 0);
+        assert_eq!(
+            h.count_at_most(Duration::from_micros(1)),
+            1,
+            "1000 ns shares a bucket with 1001..1023"
+        );
+        assert_eq!(h.count_at_most(Duration::from_micros(3)), 3);
+        assert_eq!(h.count_at_most(Duration::from_millis(1)), 4);
+        assert_eq!(h.count_at_most(Duration::MAX), 4);
+        // Never more than the exact count at or below the bound.
+        let mut g = Histogram::default();
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        let mut vals = Vec::new();
+        for _ in 0..2000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let v = rng % 5_000_000;
+            vals.push(v);
+            g.record(v);
+        }
+        for le in [1_000u64, 10_000, 100_000, 1_000_000, 4_000_000] {
+            let exact = vals.iter().filter(|&&v| v <= le).count() as u64;
+            let low = vals
+                .iter()
+                .filter(|&&v| (v as f64) <= le as f64 / 1.125)
+                .count() as u64;
+            let got = g.count_at_most(Duration::from_nanos(le));
+            assert!(
+                got <= exact && got >= low,
+                "le={le}: {low} <= {got} <= {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn slow_handlers_keep_a_bounded_set_of_names() {
+        let mut s = SlowHandlers::default();
+        s.count("Peer");
+        s.count("Peer");
+        for i in 0..SlowHandlers::MAX_NAMES + 5 {
+            s.count(&format!("H{i}"));
+        }
+        assert_eq!(s.get("Peer"), 2);
+        assert_eq!(s.iter().count(), SlowHandlers::MAX_NAMES + 1);
+        assert_eq!(s.get("other"), 6);
+        assert_eq!(s.iter().last(), Some(("other", 6)));
+        assert_eq!(
+            s.iter().map(|(_, n)| n).sum::<u64>(),
+            2 + SlowHandlers::MAX_NAMES as u64 + 5
+        );
     }
 
     #[test]

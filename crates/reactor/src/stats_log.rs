@@ -1,7 +1,8 @@
 //! [`StatsLogger`]: the handler that writes the stats line.
 //!
 //! It sits above the loop (it is an ordinary handler reading
-//! [`Loop::stats`](crate::Loop::stats)), so the statistics module below the loop
+//! [`Loop::snapshot`](crate::Loop::snapshot), the same numbers the metrics
+//! endpoint of `reactor-metrics` serves), so the statistics module below the loop
 //! knows nothing of handlers or logging. It must not keep anything but the
 //! previous line's numbers, to compute rates.
 
@@ -112,11 +113,13 @@ impl Handler for StatsLogger {
         Ok(())
     }
     fn on_timer(&mut self, cx: &mut Context<'_, Self>, _t: TimerId) -> HandlerResult {
-        log::info!("{}", self.render(cx.stats(), cx.now()));
+        let stats = cx.snapshot();
+        log::info!("{}", self.render(&stats, cx.now()));
         Ok(())
     }
     fn on_shutdown(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
-        log::info!("{}", self.render(cx.stats(), cx.now()));
+        let stats = cx.snapshot();
+        log::info!("{}", self.render(&stats, cx.now()));
         cx.close_with(CloseReason::Shutdown);
         Ok(())
     }

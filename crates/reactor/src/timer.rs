@@ -58,7 +58,6 @@ impl Timers {
     }
 
     /// Number of live timers.
-    #[allow(dead_code)] // for tests and benchmarks
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -3,13 +3,16 @@
 //! through `CARGO_BIN_EXE_*`), byte streams, kernel-buffer helpers. Everything binds
 //! 127.0.0.1:0. [`alloc`] is the counting allocator of the zero-allocation tests,
 //! [`fuzz`] the seeded input generator of the parsers' unit tests, `pki` (feature
-//! `pki`) a throwaway CA for the TLS tests. This crate is for
+//! `pki`) a throwaway CA for the TLS tests,
+//! [`scrape`] reads a metrics endpoint, [`require_tool`] decides whether a test
+//! without its outside client skips or fails. This crate is for
 //! tests only (`publish = false`).
 
 pub mod alloc;
 pub mod fuzz;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod scrape;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -20,6 +23,29 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use reactor::{Config, Reactor, ReactorHandle, Stats};
+
+/// Whether the outside program a test needs (`cmd`, run with `args`) works
+/// here. If not: in CI (`REACTOR_REQUIRE_INTEROP=1`) the test fails, naming
+/// `install`; on a developer's machine it prints `SKIPPED: ...` and the test
+/// returns early.
+pub fn require_tool(cmd: &str, args: &[&str], install: &str) -> bool {
+    let why = match Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => return true,
+        Ok(s) => format!("`{cmd} {}` exited with {s}", args.join(" ")),
+        Err(e) => format!("cannot run {cmd}: {e}"),
+    };
+    if std::env::var("REACTOR_REQUIRE_INTEROP").as_deref() == Ok("1") {
+        panic!("{why}; it is required (REACTOR_REQUIRE_INTEROP=1): {install}");
+    }
+    println!("SKIPPED: {why} ({install}; REACTOR_REQUIRE_INTEROP=1 makes this a failure)");
+    false
+}
 
 /// A reactor running on its own thread.
 pub struct Running {
@@ -152,6 +178,26 @@ impl Server {
             }
         }
         false
+    }
+
+    /// The address of the metrics endpoint the server logged
+    /// (`metrics on http://ADDR/metrics`, from `--metrics`), waiting up to 10 s.
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        assert!(
+            self.wait_stderr("metrics on http://", Duration::from_secs(10)),
+            "no metrics line in: {}",
+            self.stderr_text()
+        );
+        let line = self
+            .stderr_log
+            .iter()
+            .find(|l| l.contains("metrics on http://"))
+            .expect("found above");
+        let rest = &line[line.find("metrics on http://").unwrap() + "metrics on http://".len()..];
+        rest.split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     /// Everything read from stderr so far.

@@ -25,6 +25,9 @@ struct Args {
     /// Seconds between stats lines (0: none).
     #[arg(long, default_value = "0", value_parser = reactor_cli::parse_secs)]
     stats_interval: Duration,
+    /// Serve Prometheus metrics (GET /metrics, /healthz) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// What the clients of the room share.
@@ -115,6 +118,11 @@ pub fn main() -> std::io::Result<()> {
     reactor.shutdown_on_signals()?;
     if !args.stats_interval.is_zero() {
         reactor.spawn(StatsLogger::new(args.stats_interval, ""));
+    }
+    if let Some(addr) = args.metrics {
+        reactor_metrics::serve(&mut reactor, addr).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
+        })?;
     }
     let idle = Some(args.idle_timeout).filter(|d| !d.is_zero());
     // Reads of 64 KiB at most: a member's 256 KiB then holds several bursts.

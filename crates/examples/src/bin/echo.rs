@@ -3,10 +3,11 @@
 //! ```text
 //! echo [--listen 127.0.0.1:7878] [--threads N] [--stats-interval SECS]
 //!      [--idle-timeout SECS] [--max-connections N] [--framed]
-//!      [--tls-cert FILE --tls-key FILE]
+//!      [--tls-cert FILE --tls-key FILE] [--metrics ADDR]
 //! ```
 //! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM drain and exit 0.
-//! With `--threads N`, N independent loops share the port through `SO_REUSEPORT`.
+//! With `--threads N`, N independent loops share the port through `SO_REUSEPORT`,
+//! and `--metrics` reports each of them (label `loop`) from one endpoint.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -45,6 +46,9 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics, /healthz) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Spawns one loop's listener (made, and bound, on the main thread).
@@ -96,16 +100,18 @@ fn run(args: Args) -> Result<(), String> {
     // and glibc then skips the thread-cancellation bookkeeping around `epoll_wait`.
     let mut listeners = listeners.into_iter();
     let first = listeners.next().expect("--threads is at least 1");
+    let metrics = args.metrics.map(|_| reactor_metrics::Metrics::new());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
     for (i, l) in listeners.enumerate() {
         let i = i + 1;
         let ready = ready_tx.clone();
         let label = format!("loop {i}: ");
+        let metrics = metrics.clone();
         let t = std::thread::Builder::new()
             .name(format!("loop-{i}"))
             .spawn(move || -> Result<(), String> {
-                let mut r = match event_loop(i, l, stats, label) {
+                let mut r = match event_loop(i, l, stats, label, metrics.as_ref()) {
                     Ok(r) => r,
                     Err(msg) => {
                         let _ = ready.send(Err(msg.clone()));
@@ -120,7 +126,11 @@ fn run(args: Args) -> Result<(), String> {
     }
     drop(ready_tx);
     let label = if args.threads > 1 { "loop 0: " } else { "" };
-    let mut main_loop = event_loop(0, first, stats, label.to_string())?;
+    let mut main_loop = event_loop(0, first, stats, label.to_string(), metrics.as_ref())?;
+    if let (Some(m), Some(a)) = (&metrics, args.metrics) {
+        m.serve(&mut main_loop, a, Default::default())
+            .map_err(|e| format!("cannot serve metrics on {a}: {e}"))?;
+    }
     for _ in 1..args.threads {
         ready_rx
             .recv()
@@ -142,17 +152,22 @@ fn run(args: Args) -> Result<(), String> {
     result
 }
 
-/// One event loop with its listener (and a stats logger when asked), ready to run.
+/// One event loop with its listener (and a stats logger and the metrics agent
+/// when asked), ready to run.
 fn event_loop(
     i: usize,
     listener: SpawnListener,
     stats: Duration,
     label: String,
+    metrics: Option<&reactor_metrics::Metrics>,
 ) -> Result<Reactor, String> {
     let setup = || -> std::io::Result<Reactor> {
         let mut r = Reactor::new()?;
         r.shutdown_on_signals()?;
         listener(&mut r);
+        if let Some(m) = metrics {
+            m.attach(&mut r, i.to_string());
+        }
         if !stats.is_zero() {
             r.spawn(StatsLogger::new(stats, label));
         }

@@ -123,11 +123,17 @@ struct Args {
     /// The server name to ask for and check the certificate against (with --tls).
     #[arg(long, default_value = "localhost", requires = "tls")]
     server_name: String,
+    /// Serve this load generator's own loop metrics (Prometheus, GET /metrics) on
+    /// this address while it runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Validated settings.
 #[derive(Clone, Debug)]
 struct Settings {
+    /// Where to serve this process's own metrics.
+    metrics: Option<SocketAddr>,
     target: SocketAddr,
     connections: usize,
     size: usize,
@@ -205,6 +211,7 @@ fn validate(a: Args) -> Result<Settings, String> {
         warmup: Duration::from_secs_f64(a.warmup),
         mode: a.mode,
         server_pid: a.server_pid,
+        metrics: a.metrics,
     })
 }
 
@@ -739,6 +746,7 @@ fn run(cfg: Settings) -> Result<bool, String> {
     let mut r = Reactor::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
     r.shutdown_on_signals()
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    reactor_cli::serve_metrics(&mut r, shared.cfg.metrics)?;
     r.spawn(Controller {
         shared: shared.clone(),
         warm: None,

@@ -1,6 +1,7 @@
 //! The README's custom server: answers every line in upper case.
-//! `upper` prints `listening on IP:PORT`; SIGINT/SIGTERM stop it.
+//! `upper [--metrics ADDR]` prints `listening on IP:PORT`; SIGINT/SIGTERM stop it.
 
+use clap::Parser;
 use reactor::framing::Delimited;
 use reactor::{Framed, HandlerResult, Link, ListenOptions, Listener, Protocol, Reactor};
 
@@ -17,10 +18,21 @@ impl Protocol for Upper {
     }
 }
 
+#[derive(Parser)]
+struct Args {
+    /// Serve Prometheus metrics (GET /metrics) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+}
+
 pub fn main() -> std::io::Result<()> {
-    env_logger::init();
+    reactor_cli::init_logger(); // info: says where it listens for metrics
+    let args = Args::parse();
     let mut reactor = Reactor::new()?;
     reactor.shutdown_on_signals()?; // SIGINT/SIGTERM: stop accepting, drain, exit
+    if let Some(addr) = args.metrics {
+        reactor_metrics::serve(&mut reactor, addr)?; // the loop's numbers, for Prometheus
+    }
     let lines = Delimited::new(b"\n", 64 * 1024);
     let listener = Listener::bind(
         "127.0.0.1:0".parse().unwrap(),
