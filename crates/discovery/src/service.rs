@@ -74,6 +74,7 @@ use reactor::LogLimiter;
 use reactor::TimerId;
 use reactor::{Addr, Handler, HandlerResult, SourceId};
 use reactor::{Context, Loop};
+use reactor::{Counter, Gauge};
 use reactor::{SendOutcome, UdpConfig, UdpConn, UdpOptions, UdpStats};
 
 /// A membership change reported to the owner: the table's event type.
@@ -568,6 +569,50 @@ pub struct DiscoveryHandler {
     sink: Sink,
     events: Vec<PeerEvent>,
     closing: bool,
+    metrics: Option<Metrics>,
+}
+
+/// The service's numbers in its loop's registry (the stats line and the metrics
+/// endpoint): `discovery_peers` now, and what the service counted since the last
+/// update, added to the loop's counters.
+struct Metrics {
+    peers: Gauge,
+    announcements: Counter,
+    received: Counter,
+    malformed: Counter,
+    joined: Counter,
+    left: Counter,
+    dropped: Counter,
+    last: DiscoveryStats,
+}
+
+impl Metrics {
+    fn new(cx: &mut Loop<'_>) -> Metrics {
+        Metrics {
+            peers: cx.gauge("discovery_peers"),
+            announcements: cx.counter("discovery_announcements"),
+            received: cx.counter("discovery_datagrams_received"),
+            malformed: cx.counter("discovery_datagrams_malformed"),
+            joined: cx.counter("discovery_peers_joined"),
+            left: cx.counter("discovery_peers_left"),
+            dropped: cx.counter("discovery_peers_refused_table_full"),
+            last: DiscoveryStats::default(),
+        }
+    }
+
+    fn update(&mut self, disc: &Discovery) {
+        let now = disc.stats();
+        let (a, b) = (&now.table, &self.last.table);
+        self.announcements
+            .add(now.announcements - self.last.announcements);
+        self.received.add(a.received - b.received);
+        self.malformed.add(a.malformed - b.malformed);
+        self.joined.add(a.joined - b.joined);
+        self.left.add(a.left - b.left);
+        self.dropped.add(a.dropped - b.dropped);
+        self.peers.set(disc.table().len() as i64);
+        self.last = now;
+    }
 }
 
 impl DiscoveryHandler {
@@ -578,6 +623,7 @@ impl DiscoveryHandler {
             sink: Sink::Owner(owner),
             events: Vec::new(),
             closing: false,
+            metrics: None,
         }
     }
 
@@ -591,6 +637,7 @@ impl DiscoveryHandler {
             sink: Sink::Callback(Box::new(f)),
             events: Vec::new(),
             closing: false,
+            metrics: None,
         }
     }
 
@@ -600,6 +647,9 @@ impl DiscoveryHandler {
     }
 
     fn deliver(&mut self, cx: &mut Loop<'_>) {
+        if let Some(m) = &mut self.metrics {
+            m.update(&self.disc);
+        }
         for ev in self.events.drain(..) {
             match &mut self.sink {
                 Sink::Owner(owner) => cx.send(*owner, ev),
@@ -619,6 +669,7 @@ impl Handler for DiscoveryHandler {
 
     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         self.disc.start(cx)?;
+        self.metrics = Some(Metrics::new(cx));
         log::debug!(
             "discovery {}: bound to {}, announcing to {} every {:?}",
             self.disc.id(),

@@ -107,6 +107,27 @@ impl Node {
         }
     }
 
+    /// The metrics endpoint's address from the `metrics on http://ADDR/metrics` log
+    /// line (started with `--metrics 127.0.0.1:0`).
+    fn metrics_addr(&mut self) -> SocketAddr {
+        let needle = "metrics on http://";
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = end
+                .checked_duration_since(Instant::now())
+                .expect("no metrics line");
+            let l = self.stderr.recv_timeout(left).expect("node stderr");
+            if let Some(i) = l.find(needle) {
+                return l[i + needle.len()..]
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+            }
+        }
+    }
+
     fn drain(&mut self) -> &[(Instant, String)] {
         while let Ok(x) = self.lines.try_recv() {
             self.seen.push(x);
@@ -650,4 +671,54 @@ fn owner_handler_receives_events_as_messages() {
         t.elapsed()
     );
     drop(lp);
+}
+
+#[test]
+fn metrics_count_peers_and_announcements_and_promtool_accepts_them() {
+    let mut a = Node::start("metrics-a", 0, 0.2, &["--metrics", "127.0.0.1:0"]);
+    let addr = a.metrics_addr();
+    let mut b = Node::start("metrics-b", a.port, 0.2, &[]);
+    let end = Instant::now() + Duration::from_secs(10);
+    // No --tcp-port: the address announced is the node's IP and port 0.
+    assert!(
+        a.wait_line("joined metrics-b 127.0.0.1:0", end).is_some(),
+        "{:?}",
+        a.drain()
+    );
+    // Counters are updated as events are handled: poll until the join shows.
+    let m = loop {
+        let m = common::scrape::metrics(addr);
+        if m.get(r#"discovery_peers{loop="0"}"#) == Some(&1.0) {
+            break m;
+        }
+        assert!(
+            Instant::now() < end,
+            "discovery_peers never reached 1: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(m[r#"discovery_peers_joined_total{loop="0"}"#], 1.0);
+    assert!(m[r#"discovery_announcements_total{loop="0"}"#] >= 1.0);
+    assert!(m[r#"discovery_datagrams_received_total{loop="0"}"#] >= 1.0);
+    assert_eq!(m[r#"discovery_datagrams_malformed_total{loop="0"}"#], 0.0);
+    // b says goodbye: the gauge goes back to 0, the left counter to 1.
+    b.signal(libc::SIGTERM);
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), Some(0));
+    loop {
+        let m = common::scrape::metrics(addr);
+        if m.get(r#"discovery_peers{loop="0"}"#) == Some(&0.0) {
+            assert_eq!(m[r#"discovery_peers_left_total{loop="0"}"#], 1.0);
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "discovery_peers never went back to 0: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if common::require_tool("promtool", &["--version"], "apt-get install prometheus") {
+        let body = common::scrape::get(addr, "/metrics").body;
+        let (ok, said) = common::scrape::promtool(&body);
+        assert!(ok, "promtool: {said}\n{body}");
+    }
 }

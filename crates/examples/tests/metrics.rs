@@ -9,32 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use reactor_test_support::scrape;
+use reactor_test_support::scrape::{self, promtool};
 use reactor_test_support::{Server, require_tool, tmpdir};
 
 fn program(bin: &str, args: &[&str]) -> Server {
     let mut cmd = Command::new(bin);
     cmd.args(args).args(["--metrics", "127.0.0.1:0"]);
     Server::start(cmd)
-}
-
-/// `promtool check metrics` on `text`: its verdict and what it said.
-fn promtool(text: &str) -> (bool, String) {
-    let mut p = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said)
 }
 
 #[test]

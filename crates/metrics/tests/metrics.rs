@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reactor::echo::{EchoOptions, echo_listener};
@@ -256,21 +255,8 @@ fn promtool_accepts_the_output() {
     echo(&mut c, 100, 64);
     std::thread::sleep(Duration::from_millis(250)); // a slow tick or two
     let body = scrape::get(addr, "/metrics").body;
-    let mut p = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {} {}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, said) = scrape::promtool(&body);
+    assert!(ok, "promtool: {said}\n{body}");
     assert!(body.contains("handler=\"Sleepy\""), "{body}");
 }
 

@@ -45,6 +45,20 @@ impl BufPool {
             .unwrap_or_else(|| BytesMut::with_capacity(self.size))
     }
 
+    /// Makes `buf` ready to be filled, if it holds nothing: one from the pool when it
+    /// has no buffer, a whole one again when it was consumed to empty in pieces
+    /// (`BytesMut::clear` keeps the consumed offset, so each fill would get less
+    /// room). A buffer still holding bytes is left as it is.
+    pub(crate) fn refill(&mut self, buf: &mut BytesMut) {
+        if buf.capacity() == 0 {
+            *buf = self.get();
+        } else if buf.is_empty() && buf.capacity() < self.size {
+            let old = std::mem::take(buf);
+            self.put(old);
+            *buf = self.get();
+        }
+    }
+
     /// Gives a buffer back. Its contents are discarded. Buffers that grew far beyond
     /// the pool's size (a large frame) are freed rather than kept.
     #[inline]

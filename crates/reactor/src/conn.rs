@@ -968,7 +968,6 @@ impl Conn {
         discard: bool,
         st: &mut ReadStatus,
     ) -> io::Result<()> {
-        let pool_size = cx.core().bufs.buffer_size();
         let Some(flt) = self.filter.as_mut() else {
             return Ok(());
         };
@@ -981,9 +980,7 @@ impl Conn {
         // plaintext reads, no short-read shortcut: one more read per event, for
         // the few connections that are filtered.
         loop {
-            if flt.win.capacity() == 0 {
-                flt.win = cx.core().bufs.get();
-            }
+            cx.core().bufs.refill(&mut flt.win);
             if flt.win.len() == flt.win.capacity() {
                 // The filter did not take what is buffered yet: give it a turn.
                 more_wire = true;
@@ -1035,14 +1032,17 @@ impl Conn {
             if flt.win.is_empty() && wire_eof {
                 flt.f.input_eof()?;
             }
-            if self.rbuf.capacity() == 0 {
-                self.rbuf = cx.core().bufs.get();
+            cx.core().bufs.refill(&mut self.rbuf);
+            // Plaintext goes into the room the buffer has: growing it (past the
+            // allocator's mmap threshold, for a pool-sized buffer) on every read
+            // would cost far more than the copy. Only a frame larger than the
+            // buffer makes it grow, up to `max_read_buffer`, as in `fill`.
+            let len = self.rbuf.len();
+            if !discard && len == self.rbuf.capacity() && len < self.cfg.max_read_buffer {
+                self.rbuf
+                    .reserve(len.min(self.cfg.max_read_buffer - len).max(1));
             }
-            let room = if discard {
-                pool_size
-            } else {
-                self.cfg.max_read_buffer.saturating_sub(self.rbuf.len())
-            };
+            let room = self.rbuf.capacity() - self.rbuf.len();
             let got = flt.f.read_plain(&mut self.rbuf, room)?;
             if got.bytes > 0 {
                 moved = true;
@@ -1103,11 +1103,19 @@ impl Conn {
         let budget = self.cfg.write_budget.max(1);
         let mut sent_total = 0usize;
         loop {
-            while !self.wbuf.is_empty() {
-                let n = flt.f.write_plain(&self.wbuf)?;
+            cx.core().bufs.refill(&mut flt.wout);
+            // Only as much plaintext as fits, encrypted, in the room `wout` has:
+            // growing a pool-sized buffer past it would reallocate (past the
+            // allocator's mmap threshold) on every round.
+            let room = flt.wout.capacity() - flt.wout.len();
+            let mut fits = room.saturating_sub(flt.f.overhead(room));
+            while !self.wbuf.is_empty() && fits > 0 {
+                let take = self.wbuf.len().min(fits);
+                let n = flt.f.write_plain(&self.wbuf[..take])?;
                 if n == 0 {
                     break;
                 }
+                fits -= n;
                 if n >= self.wbuf.len() {
                     self.wbuf.clear();
                 } else {
@@ -1119,9 +1127,6 @@ impl Conn {
                 flt.f.close();
             }
             if flt.f.wants_output() {
-                if flt.wout.capacity() == 0 {
-                    flt.wout = cx.core().bufs.get();
-                }
                 flt.f.output(&mut flt.wout)?;
             }
             if self.wbuf.len() + flt.wout.len() >= self.cfg.high_watermark {

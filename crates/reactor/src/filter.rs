@@ -56,8 +56,18 @@ pub trait StreamFilter: 'static {
     /// its own output buffer is full).
     fn write_plain(&mut self, plain: &[u8]) -> io::Result<usize>;
 
-    /// Appends the wire bytes waiting to be sent to `wire`; returns how many.
+    /// Appends every wire byte waiting to be sent to `wire`; returns how many.
     fn output(&mut self, wire: &mut BytesMut) -> io::Result<usize>;
+
+    /// At most how many more wire bytes than `plain` bytes of plaintext become
+    /// (record headers and tags): the connection hands the filter only as much
+    /// plaintext as will fit, as wire bytes, in the room its pool-sized output
+    /// buffer has, so that buffer is never reallocated. Default 0 (a filter that
+    /// does not grow the stream).
+    fn overhead(&self, plain: usize) -> usize {
+        let _ = plain;
+        0
+    }
 
     /// True while wire bytes wait for [`output`](Self::output).
     fn wants_output(&self) -> bool;

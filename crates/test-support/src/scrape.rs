@@ -114,3 +114,24 @@ pub fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
     );
     samples(&r.body)
 }
+
+/// Runs `promtool check metrics` on `text`: whether it passed, and what it said.
+/// (Check [`crate::require_tool`] first: this panics if promtool cannot run.)
+pub fn promtool(text: &str) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}

@@ -629,3 +629,39 @@ print(s.recv(100))
     assert!(ends.contains(&CloseReason::PeerClosed), "{ends:?}");
     assert_eq!(stats.handlers_failed, 0, "{stats}");
 }
+
+/// The default key type (rcgen's, ECDSA P-256) and the default slow-handler
+/// threshold (100 ms): ordinary handshakes never trip the warning. Fifty full
+/// handshakes from a blocking rustls client, each with one echoed line.
+#[test]
+fn ordinary_handshakes_do_not_trip_the_slow_handler_warning() {
+    let pki = Pki::new("slow");
+    let id = issue(&pki, "server", &["localhost"]);
+    let tls = ServerTls::new(id).build().unwrap();
+    let (addr, server, _) = echo_server(tls, FramedConfig::default());
+    let client = ClientTls::with_ca(pki.ca_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    for i in 0..50 {
+        let name = reactor_tls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn =
+            reactor_tls::rustls::ClientConnection::new(client.config().clone(), name).unwrap();
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut s = reactor_tls::rustls::StreamOwned::new(conn, sock);
+        let line = format!("handshake {i}\n");
+        s.write_all(line.as_bytes()).unwrap();
+        let mut back = vec![0; line.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, line.as_bytes());
+    }
+    let stats = drain(server);
+    assert_eq!(stats.closes(CloseReason::ProtocolError), 0);
+    assert_eq!(
+        stats.slow_dispatches, 0,
+        "a handshake blocked the loop past the default threshold: {:?}",
+        stats.slow_handlers
+    );
+}

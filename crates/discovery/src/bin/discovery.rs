@@ -3,7 +3,7 @@
 //! ```text
 //! discovery --id NAME [--port 7979] [--interval 1.0] [--broadcast 127.255.255.255]
 //!           [--service NAME] [--tcp-port N] [--meta KEY=VALUE]... [--bind ADDR]
-//!           [--ttl SECS] [--max-peers N]
+//!           [--ttl SECS] [--max-peers N] [--metrics ADDR]
 //! ```
 //! Stdout carries one line per event and nothing else, flushed at once:
 //! `joined ID ADDR` (ADDR = the announcer's IP and announced TCP port) and
@@ -54,6 +54,9 @@ struct Args {
     /// Peers remembered at most.
     #[arg(long, default_value_t = 1024)]
     max_peers: usize,
+    /// Serve Prometheus metrics (GET /metrics, /healthz) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, String> {
@@ -100,6 +103,7 @@ fn run(args: Args) -> Result<(), String> {
     );
     let mut reactor = Reactor::new().map_err(|e| e.to_string())?;
     reactor.shutdown_on_signals().map_err(|e| e.to_string())?;
+    reactor_cli::serve_metrics(&mut reactor, args.metrics)?;
     // A line per membership change: rare, short, so written directly (a consumer
     // that stops reading stdout would stall the node, which is the consumer's call).
     reactor.spawn(DiscoveryHandler::with_callback(disc, |_cx, ev| {
