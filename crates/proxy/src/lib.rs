@@ -4,11 +4,13 @@
 //! handshake state machine over byte slices, tested without sockets. [`rules`] says
 //! which destinations SOCKS5 clients may not reach. The core's
 //! [`Pipe`](reactor::pipe::Pipe) moves bytes between the two connections of a
-//! session (backpressure, half-close), and
-//! [`session::Session`] is the handler that owns those two connections: SOCKS5
-//! handshake, name resolution on the worker pool, non-blocking connect with a
-//! timeout, then the pipe. [`proxy_listener`] puts it behind a [`Listener`] with
-//! session limits.
+//! session (backpressure, half-close). [`session::SessionState`] is the sans-io
+//! session: phases, deadlines (handshake, the connect split across addresses,
+//! idle, linger) and typed failures, fed events and `now`, answering with actions;
+//! [`session::Session`] is the thin handler around it that owns the two
+//! connections: SOCKS5 handshake, name resolution on the worker pool,
+//! non-blocking connect, then the pipe. [`proxy_listener`] puts it behind a
+//! [`Listener`] with session limits.
 //!
 //! Parsing stays in the codec; the handlers only move bytes and drive the codec.
 //! Nothing here blocks the loop: host names are resolved with
@@ -132,7 +134,7 @@ pub struct ProxyOptions {
     /// Buffer limits of each of the two connections (watermarks for backpressure).
     /// Its `pause_on_own_queue` holds during the SOCKS5 handshake only: once
     /// relaying, a proxy pauses a side only while the *other* side's queue is
-    /// congested, never for its own (see [`forward::Pipe::start`]).
+    /// congested, never for its own (see [`Pipe::start`](reactor::pipe::Pipe::start)).
     pub conn: ConnConfig,
     /// Listener settings. Its `max_connections` is a hard accept pause; the session
     /// limits below refuse (close) connections instead, and count them.

@@ -1,0 +1,796 @@
+//! The proxy session as a state machine: what a [`Session`](super::Session) does,
+//! decided without sockets, without a clock of its own and without a loop.
+//!
+//! [`SessionState`] is fed events (bytes of the SOCKS5 handshake, a resolution's
+//! result, a connect's outcome, the pipe's progress, a deadline passing) with the
+//! time they happened, and answers with [`Action`]s (resolve this name, connect to
+//! this address, start relaying, refuse with this reply, close for this reason) and
+//! with the one instant it next wants to be woken at ([`poll_timeout`]). Its phase
+//! is a [`Phase`]: what is only valid in one phase (the handshake codec, the
+//! addresses left to try, the idle and linger deadlines) lives in that phase's
+//! variant. Why a session failed is a [`Failure`], and [`Failure::reply`] is the one
+//! place that turns a failure into a SOCKS5 reply.
+//!
+//! Deadlines, all from [`Timeouts`]:
+//! - the SOCKS5 handshake must finish within `handshake`;
+//! - the whole connect (name resolution, retries while the worker pool is full, every
+//!   address) within `connect`. Each address but the last gets an equal share of
+//!   what is left when it starts, so a silent address cannot use up the time of the
+//!   ones after it, and one that fails at once leaves its share to them;
+//! - a relaying session with no bytes moved for `idle` is closed (checked lazily: a
+//!   transfer only stores its time);
+//! - after one side failed and the other got everything, the session waits at most
+//!   `linger` for that other side to close;
+//! - a refused client has `handshake` to read its reply and close.
+//!
+//! It must not do I/O: the handler ([`Session`](super::Session)) owns the sockets,
+//! the pipe, the worker pool and the loop's timer, performs the actions and reports
+//! back. It logs only at debug level; what is a rejection (rate-limited and
+//! counted) is for the handler to log, from the [`Failure`].
+//!
+//! [`poll_timeout`]: SessionState::poll_timeout
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use reactor::CloseReason;
+use reactor::pipe::PipeStatus;
+
+use crate::Mode;
+use crate::rules::Rules;
+use crate::socks5::{Command, Handshake, HandshakeError, Reply, Request, Step, Target};
+
+/// When the worker pool's queue is full, resolution is retried after this long
+/// (still within the connect timeout).
+pub const RESOLVE_RETRY: Duration = Duration::from_millis(20);
+
+/// The deadlines of one session (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Resolution and every connect attempt together.
+    pub connect: Duration,
+    /// No bytes moved in either direction while relaying.
+    pub idle: Duration,
+    /// After one side failed and the other got everything, waiting for it to close.
+    pub linger: Duration,
+    /// The SOCKS5 handshake; also how long a refused client has to read its reply.
+    pub handshake: Duration,
+}
+
+impl Timeouts {
+    /// The timeouts of a [`ProxyOptions`](crate::ProxyOptions).
+    pub fn of(opts: &crate::ProxyOptions) -> Timeouts {
+        Timeouts {
+            connect: opts.connect_timeout,
+            idle: opts.idle_timeout,
+            linger: opts.linger_timeout,
+            handshake: opts.handshake_timeout,
+        }
+    }
+}
+
+/// Where a session is. Data valid in one phase only lives in its variant.
+#[derive(Debug)]
+pub enum Phase {
+    /// Accepted, not started yet ([`SessionState::start`]).
+    Accepted {
+        /// What the proxy does with the connection.
+        mode: Mode,
+    },
+    /// SOCKS5: reading the greeting, the credentials and the request.
+    Handshake {
+        /// The sans-IO SOCKS5 server handshake.
+        codec: Handshake,
+        /// The handshake must be finished by then.
+        until: Instant,
+    },
+    /// A host name is being resolved on the worker pool.
+    Resolving {
+        /// The name.
+        host: String,
+        /// The destination port.
+        port: u16,
+        /// The whole connect must be done by then.
+        by: Instant,
+        /// The pool was full: ask again at this instant.
+        retry_at: Option<Instant>,
+    },
+    /// Connecting to each address in turn.
+    Connecting {
+        /// Where the client wants to go.
+        target: Target,
+        /// Every address to try, in order.
+        addrs: Vec<SocketAddr>,
+        /// How many of them were tried; the one being connected to is the one
+        /// before.
+        tried: usize,
+        /// The whole connect must be done by then.
+        by: Instant,
+        /// The current address's share of the time ends then (none for the last).
+        attempt_until: Option<Instant>,
+        /// Why the last address failed.
+        last_err: Option<Unreachable>,
+    },
+    /// The pipe moves bytes.
+    Relaying {
+        /// The last time bytes moved.
+        last_activity: Instant,
+        /// When the idle timeout is next checked.
+        idle_at: Instant,
+        /// A side failed and the other has everything: close by then at the latest.
+        linger_until: Option<Instant>,
+    },
+    /// A failure reply was queued; the client is given time to read it and close.
+    Refusing {
+        /// Close by then at the latest.
+        until: Instant,
+    },
+    /// Nothing more to do: the handler closes.
+    Closed,
+}
+
+/// What the handler is to do next; see [`SessionState::poll_action`].
+#[derive(Debug)]
+pub enum Action {
+    /// Resolve `host` on the worker pool and report with
+    /// [`resolved`](SessionState::resolved), or with
+    /// [`pool_full`](SessionState::pool_full) if the pool takes no more work. The
+    /// client is not read until the upstream is connected.
+    Resolve {
+        /// The name.
+        host: String,
+        /// The port the addresses get.
+        port: u16,
+    },
+    /// Drop the connection being attempted (if any) and start one to this address;
+    /// report with [`connect_failed`](SessionState::connect_failed) (at once, if it
+    /// cannot even start) or [`connected`](SessionState::connected). The client is
+    /// not read meanwhile.
+    Connect(SocketAddr),
+    /// The upstream is connected: queue `reply` to the client (SOCKS5's success,
+    /// with the upstream connection's local address), start the pipe, read both
+    /// sides. Report the pipe's progress with [`relayed`](SessionState::relayed).
+    Relay {
+        /// The address connected to.
+        to: SocketAddr,
+        /// The reply to send first, if any.
+        reply: Option<Reply>,
+    },
+    /// The client is turned away: log and count `failure`, drop the upstream, queue
+    /// `reply` (if any: the handshake may have queued its own answer already), shut
+    /// the client's write side down after it and read and drop what it still
+    /// sends; report with [`client_done`](SessionState::client_done) once it
+    /// closed.
+    Refuse {
+        /// Why.
+        failure: Failure,
+        /// What to tell the client.
+        reply: Option<Reply>,
+    },
+    /// Close the session now.
+    Close(End),
+}
+
+/// Why a session ended; [`End::close_reason`] is the loop's name for it.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions finished, or a side failed and the other one has
+    /// everything and closed too.
+    Finished,
+    /// No bytes moved for this long.
+    Idle(Duration),
+    /// A side failed; the other got everything but did not close within this long.
+    LingerTimeout(Duration),
+    /// A refused client read its reply and closed.
+    RefusalDelivered,
+    /// A refused client did not close within the handshake timeout.
+    RefusalTimeout,
+    /// Turned away without a reply (log and count the failure).
+    Rejected(Failure),
+    /// The client reset while the upstream was resolved or connected: nobody waits
+    /// for it any more.
+    ClientLeft(io::Error),
+    /// The loop is shutting down and the session was not relaying yet.
+    Shutdown,
+}
+
+impl End {
+    /// How the loop counts this ending.
+    pub fn close_reason(&self) -> CloseReason {
+        match self {
+            End::ClientLeft(_) => CloseReason::PeerReset,
+            End::RefusalDelivered => CloseReason::ProtocolError,
+            _ => CloseReason::Local,
+        }
+    }
+}
+
+/// Why a session was turned away.
+#[derive(Debug)]
+pub enum Failure {
+    /// The client closed during the SOCKS5 handshake.
+    HandshakeEof,
+    /// The SOCKS5 handshake was not finished within this long.
+    HandshakeTimeout(Duration),
+    /// The handshake failed (not SOCKS5, no acceptable method, bad credentials, a
+    /// malformed request); the codec queued its own answer, if it has one.
+    Handshake(HandshakeError),
+    /// A command this proxy does not carry out.
+    Unsupported {
+        /// The command.
+        command: Command,
+        /// Its destination.
+        target: Target,
+    },
+    /// The destination (its address or its port) is denied by the rules.
+    Denied(Target),
+    /// The destination could not be reached.
+    Unreachable {
+        /// Where the client wanted to go.
+        target: Target,
+        /// Why not.
+        why: Unreachable,
+    },
+}
+
+/// Why a destination could not be reached.
+#[derive(Debug)]
+pub enum Unreachable {
+    /// Resolving its name failed.
+    Resolve(io::Error),
+    /// Its name has no address (or none was left to try).
+    NoAddress,
+    /// Every address its name has is denied by the rules.
+    AllDenied,
+    /// Its name was not resolved within the connect timeout.
+    ResolveTimeout(Duration),
+    /// The last address tried failed (refused, unreachable, ...).
+    Connect(SocketAddr, io::Error),
+    /// The address did not answer within its share of the connect timeout.
+    NoAnswer(SocketAddr),
+    /// The connect timeout passed.
+    Timeout {
+        /// The connect timeout.
+        timeout: Duration,
+        /// Addresses tried.
+        tried: usize,
+        /// Addresses there were.
+        of: usize,
+        /// The one that did not answer.
+        last: Option<SocketAddr>,
+        /// Why the one before it failed, if one did.
+        before: Option<Box<Unreachable>>,
+    },
+}
+
+impl Failure {
+    /// What a SOCKS5 client is told: the one place a failure becomes a reply.
+    /// `None`: nothing (the client closed or timed out, or the handshake codec
+    /// queued its own answer).
+    pub fn reply(&self) -> Option<Reply> {
+        match self {
+            Failure::HandshakeEof | Failure::HandshakeTimeout(_) | Failure::Handshake(_) => None,
+            Failure::Unsupported { .. } => Some(Reply::CommandNotSupported),
+            Failure::Denied(_) => Some(Reply::NotAllowed),
+            Failure::Unreachable { why, .. } => Some(match why {
+                Unreachable::Resolve(_) | Unreachable::NoAddress => Reply::HostUnreachable,
+                Unreachable::AllDenied => Reply::NotAllowed,
+                Unreachable::ResolveTimeout(_)
+                | Unreachable::NoAnswer(_)
+                | Unreachable::Timeout { .. } => Reply::TtlExpired,
+                // What the kernel said about the connect (refused, unreachable).
+                Unreachable::Connect(_, e) => Reply::from_io_error(e),
+            }),
+        }
+    }
+
+    /// True for a failure of the handshake (counted as such); false for an
+    /// upstream that could not be reached (a connect failure).
+    pub fn is_handshake(&self) -> bool {
+        !matches!(self, Failure::Unreachable { .. })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::HandshakeEof => f.write_str("client closed during the SOCKS5 handshake"),
+            Failure::HandshakeTimeout(d) => {
+                write!(f, "SOCKS5 handshake not finished within {d:?}; closing")
+            }
+            Failure::Handshake(e) => write!(f, "{e}"),
+            Failure::Unsupported { command, target } => {
+                write!(f, "SOCKS5 command {command:?} to {target} is not supported")
+            }
+            Failure::Denied(t) => write!(f, "CONNECT {t} denied by the rules"),
+            Failure::Unreachable { target, why } => write!(f, "cannot reach {target}: {why}"),
+        }
+    }
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreachable::Resolve(e) => write!(f, "cannot resolve the name: {e}"),
+            Unreachable::NoAddress => f.write_str("no address to connect to"),
+            Unreachable::AllDenied => {
+                f.write_str("every address of the name is denied by the rules")
+            }
+            Unreachable::ResolveTimeout(d) => write!(f, "name resolution took longer than {d:?}"),
+            Unreachable::Connect(a, e) => write!(f, "connect to {a}: {e}"),
+            Unreachable::NoAnswer(a) => write!(f, "connect to {a} did not answer in time"),
+            Unreachable::Timeout {
+                timeout,
+                tried,
+                of,
+                last,
+                before,
+            } => {
+                write!(
+                    f,
+                    "no connection within {timeout:?} (tried {tried} of {of} addresses"
+                )?;
+                if let Some(a) = last {
+                    write!(f, ", the last {a} did not answer")?;
+                }
+                if let Some(b) = before {
+                    write!(f, "; before that: {b}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// One proxied connection's decisions. See the module docs.
+#[derive(Debug)]
+pub struct SessionState {
+    /// For debug lines.
+    peer: SocketAddr,
+    timeouts: Timeouts,
+    socks: bool,
+    phase: Phase,
+    actions: VecDeque<Action>,
+}
+
+impl SessionState {
+    /// A session of a proxy in `mode` for the client at `peer`; nothing happens
+    /// before [`start`](Self::start).
+    pub fn new(peer: SocketAddr, mode: Mode, timeouts: Timeouts) -> SessionState {
+        SessionState {
+            peer,
+            timeouts,
+            socks: matches!(mode, Mode::Socks5 { .. }),
+            phase: Phase::Accepted { mode },
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The session starts at `now`: a SOCKS5 session waits for the handshake; a
+    /// forwarder starts resolving or connecting at once (see
+    /// [`poll_action`](Self::poll_action)).
+    pub fn start(&mut self, now: Instant) {
+        let Phase::Accepted { mode } = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return;
+        };
+        match mode {
+            Mode::Socks5 { auth } => {
+                self.phase = Phase::Handshake {
+                    codec: Handshake::new(auth),
+                    until: now + self.timeouts.handshake,
+                };
+            }
+            Mode::Forward(target) => self.start_connect(now, target),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The current phase's name, for logs.
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Accepted { .. } => "accepted",
+            Phase::Handshake { .. } => "handshake",
+            Phase::Resolving { .. } => "resolving",
+            Phase::Connecting { .. } => "connecting",
+            Phase::Relaying { .. } => "relaying",
+            Phase::Refusing { .. } => "refusing",
+            Phase::Closed => "closed",
+        }
+    }
+
+    /// The next action to perform, if any. Call it until `None` after every event.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The instant this session next wants [`on_timeout`](Self::on_timeout)
+    /// called, if any (the earliest of the current phase's deadlines).
+    #[inline]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Handshake { until, .. } | Phase::Refusing { until } => Some(*until),
+            Phase::Resolving { by, retry_at, .. } => Some(earliest(*by, *retry_at)),
+            Phase::Connecting {
+                by, attempt_until, ..
+            } => Some(earliest(*by, *attempt_until)),
+            Phase::Relaying {
+                idle_at,
+                linger_until,
+                ..
+            } => Some(earliest(*idle_at, *linger_until)),
+            Phase::Accepted { .. } | Phase::Closed => None,
+        }
+    }
+
+    /// SOCKS5 handshake bytes: everything the client sent so far and not consumed
+    /// (`input`), and whether it has half-closed. Appends what to send back to
+    /// `out` and returns how many bytes of `input` were used; after the request,
+    /// the bytes left are tunnel payload (keep them for the upstream). Outside the
+    /// handshake it does nothing.
+    pub fn handshake(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        eof: bool,
+        rules: &Rules,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let Phase::Handshake { codec, .. } = &mut self.phase else {
+            return 0;
+        };
+        let before = out.len();
+        match codec.feed(input, out) {
+            Ok((n, Step::NeedMore)) => {
+                if eof {
+                    self.close(End::Rejected(Failure::HandshakeEof));
+                }
+                n
+            }
+            Ok((n, Step::Request(req))) => {
+                self.request(now, req, rules);
+                n
+            }
+            Err(e) => {
+                let failure = Failure::Handshake(e);
+                if out.len() > before {
+                    self.refuse(now, failure);
+                } else {
+                    // Not SOCKS5: nothing we could say would be understood.
+                    self.close(End::Rejected(failure));
+                }
+                0
+            }
+        }
+    }
+
+    fn request(&mut self, now: Instant, req: Request, rules: &Rules) {
+        if req.command != Command::Connect {
+            let failure = Failure::Unsupported {
+                command: req.command,
+                target: req.target,
+            };
+            return self.refuse(now, failure);
+        }
+        let denied = !rules.allows_port(req.target.port())
+            || matches!(req.target, Target::Addr(a) if !rules.allows_ip(a.ip()));
+        if denied {
+            return self.refuse(now, Failure::Denied(req.target));
+        }
+        log::debug!("session {}: CONNECT {}", self.peer, req.target);
+        self.start_connect(now, req.target);
+    }
+
+    fn start_connect(&mut self, now: Instant, target: Target) {
+        // One deadline for all of it: resolution, pool-full retries, every address.
+        let by = now + self.timeouts.connect;
+        match target {
+            Target::Addr(a) => {
+                self.phase = Phase::Connecting {
+                    target,
+                    addrs: vec![a],
+                    tried: 0,
+                    by,
+                    attempt_until: None,
+                    last_err: None,
+                };
+                self.try_next(now);
+            }
+            Target::Domain { host, port } => {
+                self.actions.push_back(Action::Resolve {
+                    host: host.clone(),
+                    port,
+                });
+                self.phase = Phase::Resolving {
+                    host,
+                    port,
+                    by,
+                    retry_at: None,
+                };
+            }
+        }
+    }
+
+    /// The worker pool's queue was full: resolution is asked again after
+    /// [`RESOLVE_RETRY`].
+    pub fn pool_full(&mut self, now: Instant) {
+        if let Phase::Resolving { retry_at, .. } = &mut self.phase {
+            *retry_at = Some(now + RESOLVE_RETRY);
+        }
+    }
+
+    /// The resolution's result. A SOCKS5 session keeps only the addresses `rules`
+    /// allow, so a name cannot smuggle a client into a denied range.
+    pub fn resolved(&mut self, now: Instant, result: io::Result<Vec<SocketAddr>>, rules: &Rules) {
+        let Phase::Resolving { host, port, by, .. } = &mut self.phase else {
+            return;
+        };
+        let target = Target::Domain {
+            host: std::mem::take(host),
+            port: *port,
+        };
+        let by = *by;
+        let mut addrs = match result {
+            Ok(a) if a.is_empty() => return self.unreachable(now, target, Unreachable::NoAddress),
+            Ok(a) => a,
+            Err(e) => return self.unreachable(now, target, Unreachable::Resolve(e)),
+        };
+        if self.socks {
+            addrs.retain(|a| rules.allows_ip(a.ip()));
+            if addrs.is_empty() {
+                return self.unreachable(now, target, Unreachable::AllDenied);
+            }
+        }
+        self.phase = Phase::Connecting {
+            target,
+            addrs,
+            tried: 0,
+            by,
+            attempt_until: None,
+            last_err: None,
+        };
+        self.try_next(now);
+    }
+
+    /// The connect to the current address failed (at once, or later).
+    pub fn connect_failed(&mut self, now: Instant, e: io::Error) {
+        let Phase::Connecting {
+            addrs,
+            tried,
+            last_err,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        let Some(&addr) = tried.checked_sub(1).and_then(|i| addrs.get(i)) else {
+            return;
+        };
+        log::debug!("session {}: connect to {addr}: {e}", self.peer);
+        *last_err = Some(Unreachable::Connect(addr, e));
+        self.try_next(now);
+    }
+
+    /// Starts the next address, or fails when none is left. The connect deadline
+    /// is not extended: an address gets an equal share of what is left of it (the
+    /// last one gets all the rest).
+    fn try_next(&mut self, now: Instant) {
+        let Phase::Connecting {
+            target,
+            addrs,
+            tried,
+            by,
+            attempt_until,
+            last_err,
+        } = &mut self.phase
+        else {
+            return;
+        };
+        *attempt_until = None;
+        if let Some(&addr) = addrs.get(*tried) {
+            *tried += 1;
+            let after = addrs.len() - *tried;
+            if after > 0 {
+                let left = by.saturating_duration_since(now);
+                let shares = u32::try_from(after + 1).unwrap_or(u32::MAX);
+                *attempt_until = Some(now + left / shares);
+            }
+            self.actions.push_back(Action::Connect(addr));
+            return;
+        }
+        let why = last_err.take().unwrap_or(Unreachable::NoAddress);
+        let target = target.clone();
+        self.unreachable(now, target, why);
+    }
+
+    /// The upstream connection is established.
+    pub fn connected(&mut self, now: Instant) {
+        let Phase::Connecting { addrs, tried, .. } = &self.phase else {
+            return;
+        };
+        let Some(&to) = tried.checked_sub(1).and_then(|i| addrs.get(i)) else {
+            return;
+        };
+        self.phase = Phase::Relaying {
+            last_activity: now,
+            idle_at: now + self.timeouts.idle,
+            linger_until: None,
+        };
+        let reply = self.socks.then_some(Reply::Succeeded);
+        self.actions.push_back(Action::Relay { to, reply });
+    }
+
+    /// The client's socket failed while the upstream was resolved or connected:
+    /// the session ends now, not when the connect does. (An end of file there is
+    /// a half-close and waits for the connect.)
+    pub fn client_failed(&mut self, e: io::Error) {
+        if matches!(
+            self.phase,
+            Phase::Resolving { .. } | Phase::Connecting { .. }
+        ) {
+            self.close(End::ClientLeft(e));
+        }
+    }
+
+    /// The pipe's progress after an event: `moved` bytes (read or written, for the
+    /// idle timeout) and where it is. The common case (bytes moved, still open) is
+    /// one store.
+    #[inline]
+    pub fn relayed(&mut self, now: Instant, moved: usize, status: PipeStatus) {
+        let Phase::Relaying {
+            last_activity,
+            linger_until,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if moved > 0 {
+            *last_activity = now;
+        }
+        match status {
+            PipeStatus::Open => {}
+            PipeStatus::Lingering => {
+                if linger_until.is_none() {
+                    // Everything deliverable is delivered; the healthy side's input
+                    // is being dropped until it closes. It may never: bound it.
+                    *linger_until = Some(now + self.timeouts.linger);
+                }
+            }
+            PipeStatus::Done => self.close(End::Finished),
+        }
+    }
+
+    /// A refused client has read its reply and closed.
+    pub fn client_done(&mut self) {
+        if matches!(self.phase, Phase::Refusing { .. }) {
+            self.close(End::RefusalDelivered);
+        }
+    }
+
+    /// The loop is shutting down: draining means finishing tunnels that carry data,
+    /// not opening new ones.
+    pub fn shutdown(&mut self) {
+        if !matches!(self.phase, Phase::Relaying { .. } | Phase::Closed) {
+            self.close(End::Shutdown);
+        }
+    }
+
+    /// Time has come to `now` (at or after [`poll_timeout`](Self::poll_timeout)):
+    /// deadlines that passed take effect.
+    pub fn on_timeout(&mut self, now: Instant) {
+        let t = self.timeouts;
+        match &mut self.phase {
+            Phase::Handshake { until, .. } if now >= *until => {
+                self.close(End::Rejected(Failure::HandshakeTimeout(t.handshake)));
+            }
+            Phase::Resolving {
+                host,
+                port,
+                by,
+                retry_at,
+            } => {
+                if now >= *by {
+                    let target = Target::Domain {
+                        host: std::mem::take(host),
+                        port: *port,
+                    };
+                    self.unreachable(now, target, Unreachable::ResolveTimeout(t.connect));
+                } else if retry_at.is_some_and(|r| now >= r) {
+                    *retry_at = None;
+                    let (host, port) = (host.clone(), *port);
+                    self.actions.push_back(Action::Resolve { host, port });
+                }
+            }
+            Phase::Connecting {
+                target,
+                addrs,
+                tried,
+                by,
+                attempt_until,
+                last_err,
+            } => {
+                let current = tried.checked_sub(1).and_then(|i| addrs.get(i)).copied();
+                if now >= *by {
+                    let why = Unreachable::Timeout {
+                        timeout: t.connect,
+                        tried: *tried,
+                        of: addrs.len(),
+                        last: current,
+                        before: last_err.take().map(Box::new),
+                    };
+                    let target = target.clone();
+                    self.unreachable(now, target, why);
+                } else if attempt_until.is_some_and(|a| now >= a) {
+                    // This address's share is used up; the next one gets its own.
+                    if let Some(addr) = current {
+                        log::debug!(
+                            "session {}: connect to {addr} did not answer in time; trying the \
+                             next address",
+                            self.peer
+                        );
+                        *last_err = Some(Unreachable::NoAnswer(addr));
+                    }
+                    self.try_next(now);
+                }
+            }
+            Phase::Relaying {
+                last_activity,
+                idle_at,
+                linger_until,
+            } => {
+                if linger_until.is_some_and(|l| now >= l) {
+                    self.close(End::LingerTimeout(t.linger));
+                } else if now >= *idle_at {
+                    let idle_for = now.saturating_duration_since(*last_activity);
+                    if idle_for >= t.idle {
+                        self.close(End::Idle(t.idle));
+                    } else {
+                        // There was activity: check again when the rest has passed.
+                        *idle_at = *last_activity + t.idle;
+                    }
+                }
+            }
+            Phase::Refusing { until } if now >= *until => self.close(End::RefusalTimeout),
+            _ => {}
+        }
+    }
+
+    /// The upstream of `target` cannot be reached: a SOCKS5 client is refused with
+    /// the matching reply, a forwarded client is closed at once.
+    fn unreachable(&mut self, now: Instant, target: Target, why: Unreachable) {
+        let failure = Failure::Unreachable { target, why };
+        if self.socks {
+            self.refuse(now, failure);
+        } else {
+            self.close(End::Rejected(failure));
+        }
+    }
+
+    fn refuse(&mut self, now: Instant, failure: Failure) {
+        self.phase = Phase::Refusing {
+            until: now + self.timeouts.handshake,
+        };
+        let reply = failure.reply();
+        self.actions.push_back(Action::Refuse { failure, reply });
+    }
+
+    fn close(&mut self, end: End) {
+        self.phase = Phase::Closed;
+        self.actions.push_back(Action::Close(end));
+    }
+}
+
+fn earliest(a: Instant, b: Option<Instant>) -> Instant {
+    b.map_or(a, |b| a.min(b))
+}
+
+#[cfg(test)]
+mod tests;
