@@ -33,9 +33,12 @@
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod cidr;
+pub mod proxy_protocol;
 pub mod rules;
 pub mod session;
 pub mod socks5;
+pub mod socks5_udp;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -53,7 +56,8 @@ use reactor::ConnConfig;
 use reactor::LogLimiter;
 use reactor::{ListenOptions, Listener};
 
-pub use rules::{Cidr, Rules};
+pub use cidr::{Cidr, ClientRules};
+pub use rules::Rules;
 pub use session::Session;
 pub use socks5::Target;
 

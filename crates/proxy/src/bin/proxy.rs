@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, value_name = "USER:PASS", requires = "socks5")]
     auth: Option<String>,
     /// SOCKS5: deny destinations in this range (repeatable), e.g. 10.0.0.0/8.
-    #[arg(long, value_name = "CIDR", requires = "socks5")]
+    #[arg(long, value_name = "CIDR", requires = "socks5", value_parser = Cidr::parse_masked)]
     deny: Vec<Cidr>,
     /// SOCKS5: deny this destination port (repeatable).
     #[arg(long, value_name = "PORT", requires = "socks5")]
