@@ -150,6 +150,13 @@ impl Session {
                     self.reject(&failure, reply);
                     self.refuse(cx, reply)?;
                 }
+                Action::CheckDelivered => {
+                    let yes = self
+                        .upstream
+                        .as_ref()
+                        .is_some_and(|up| self.pipe.is_delivered(&self.client, up));
+                    self.state.delivered(cx.now(), yes);
+                }
                 Action::Close(end) => self.end(cx, end),
             }
         }
@@ -350,6 +357,15 @@ impl Session {
                 ),
             },
             End::Idle(d) => log::debug!("session {peer}: idle for {d:?}; closing"),
+            End::Delivered => {
+                if let Some((side, e)) = self.pipe.failure() {
+                    log::debug!(
+                        "session {peer}: the {} failed ({e}); the other side has everything \
+                         and acknowledged it ({up} bytes up, {down} down); closing",
+                        side_name(side)
+                    );
+                }
+            }
             End::LingerTimeout(d) => {
                 if let Some((side, e)) = self.pipe.failure() {
                     log::debug!(

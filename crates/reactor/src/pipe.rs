@@ -98,6 +98,7 @@
 //! ```
 
 use std::io;
+use std::time::Duration;
 
 use crate::Event;
 use crate::Loop;
@@ -185,6 +186,43 @@ pub trait PipeIo {
     fn take_error(&mut self, side: usize) -> Option<io::Error>;
     /// True once `side`'s write side has been shut down.
     fn is_write_shut(&self, side: usize) -> bool;
+    /// Bytes sent to `side`'s peer that it has not acknowledged yet, end of file
+    /// included ([`Conn::unacked`]).
+    fn unacked(&self, side: usize) -> io::Result<usize>;
+}
+
+/// The first wait before asking again whether a lingering side has acknowledged
+/// everything ([`AckPoll`]).
+pub const ACK_POLL_FIRST: Duration = Duration::from_millis(5);
+/// The longest wait between two such questions.
+pub const ACK_POLL_MAX: Duration = Duration::from_millis(200);
+
+/// When to ask the kernel again whether a lingering side has acknowledged
+/// everything ([`Pipe::is_delivered`]): an acknowledgement makes no readiness
+/// event, so the handler asks on a timer, first after [`ACK_POLL_FIRST`], then
+/// twice as long each time up to [`ACK_POLL_MAX`]. A peer that takes its last bytes
+/// at once is let go within milliseconds; one that does not costs one system call
+/// per [`ACK_POLL_MAX`] until the linger timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckPoll {
+    next: Duration,
+}
+
+impl Default for AckPoll {
+    fn default() -> AckPoll {
+        AckPoll {
+            next: ACK_POLL_FIRST,
+        }
+    }
+}
+
+impl AckPoll {
+    /// The wait before the next question (and doubles the one after it).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(ACK_POLL_MAX);
+        d
+    }
 }
 
 /// Relay state of one session: per direction, whether its input has ended and that
@@ -353,6 +391,18 @@ impl Pipe {
             return PipeStatus::Lingering;
         }
         PipeStatus::Open
+    }
+
+    /// True when the pipe is [lingering](PipeStatus::Lingering) and every healthy
+    /// side's peer has acknowledged everything sent to it, end of file included: its
+    /// kernel holds all of it, so the session can close at once (even with unread
+    /// input, whose reset can no longer destroy anything). The prompt end of a
+    /// failed session; the linger timeout stays the upper bound. Ask again on a
+    /// timer ([`AckPoll`]): an acknowledgement makes no readiness event.
+    pub fn is_delivered_with(&self, io: &impl PipeIo) -> bool {
+        let shut = [io.is_write_shut(UP), io.is_write_shut(DOWN)];
+        self.status(shut) == PipeStatus::Lingering
+            && (0..2).all(|s| self.failed[s] || matches!(io.unacked(s), Ok(0)))
     }
 
     /// Direction `D`: reads side `D` (unless the receiver `TO` is congested),
@@ -527,6 +577,14 @@ impl Pipe {
         self.status([client.is_write_shut(), upstream.is_write_shut()]) == PipeStatus::Done
     }
 
+    /// [`Pipe::is_delivered_with`] over the two connections: lingering, and the
+    /// healthy side's peer has acknowledged everything ([`Conn::unacked`] is 0).
+    pub fn is_delivered(&self, client: &Conn, upstream: &Conn) -> bool {
+        let sides = [client, upstream];
+        self.status([client.is_write_shut(), upstream.is_write_shut()]) == PipeStatus::Lingering
+            && (0..2).all(|s| self.failed[s] || matches!(sides[s].unacked(), Ok(0)))
+    }
+
     /// True when a side failed and everything deliverable has been delivered (and
     /// followed by a write shutdown): all that is left is waiting for the healthy
     /// side to close, which it may never do. Bound that wait with a timer.
@@ -657,6 +715,10 @@ impl PipeIo for Conns<'_, '_> {
     fn is_write_shut(&self, side: usize) -> bool {
         self.side_ref(side).is_write_shut()
     }
+
+    fn unacked(&self, side: usize) -> io::Result<usize> {
+        self.side_ref(side).unacked()
+    }
 }
 
 /// The pipe driven without sockets: two sides held in memory, each with what its
@@ -715,6 +777,8 @@ mod tests {
         discarded: usize,
         /// The most the write queue ever held.
         peak_queue: usize,
+        /// The peer's kernel does not acknowledge (its window is full).
+        no_acks: bool,
     }
 
     impl Side {
@@ -833,6 +897,14 @@ mod tests {
         }
         fn is_write_shut(&self, side: usize) -> bool {
             self.sides[side].write_shut
+        }
+        fn unacked(&self, side: usize) -> io::Result<usize> {
+            let s = &self.sides[side];
+            Ok(if s.no_acks {
+                s.delivered.len() + usize::from(s.write_shut)
+            } else {
+                0
+            })
         }
     }
 
@@ -1163,6 +1235,34 @@ mod tests {
         r.ev(DOWN, RESET);
         assert!(r.pipe.has_failed(DOWN));
         assert_eq!(r.status(), PipeStatus::Lingering);
+    }
+
+    /// The prompt end: once the healthy side's peer has acknowledged everything
+    /// (and the end of file), the lingering session may close at once.
+    #[test]
+    fn a_lingering_pipe_is_delivered_once_everything_is_acknowledged() {
+        let mut r = Rig::new();
+        r.io.sides[UP].no_acks = true;
+        r.send(DOWN, b"everything");
+        assert!(!r.pipe.is_delivered_with(&r.io), "not lingering yet");
+        r.reset(DOWN);
+        assert_eq!(r.status(), PipeStatus::Lingering);
+        assert!(
+            !r.pipe.is_delivered_with(&r.io),
+            "the client's kernel has not acked"
+        );
+        r.io.sides[UP].no_acks = false;
+        assert!(r.pipe.is_delivered_with(&r.io));
+        // An open pipe is never "delivered", whatever was acknowledged.
+        let r = Rig::new();
+        assert!(!r.pipe.is_delivered_with(&r.io));
+    }
+
+    #[test]
+    fn ack_polls_back_off_to_their_cap() {
+        let mut p = AckPoll::default();
+        let waits: Vec<u64> = (0..8).map(|_| p.next_delay().as_millis() as u64).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 200, 200]);
     }
 
     #[test]

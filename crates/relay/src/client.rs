@@ -702,6 +702,14 @@ impl Handler for CircuitEnd {
     }
 
     fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
+        if let Some(b) = self.bridge.as_mut()
+            && let Some(pumped) = b.on_timer(cx, t)
+        {
+            // The bridge's question whether a lingering circuit's healthy side has
+            // acknowledged everything: `Done` once it has.
+            self.setup.pumped(cx.now(), pumped);
+            return self.run(cx);
+        }
         if !self.timer.is_some_and(|(id, _)| id == t) {
             return Ok(());
         }

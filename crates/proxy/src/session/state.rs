@@ -19,8 +19,10 @@
 //!   ones after it, and one that fails at once leaves its share to them;
 //! - a relaying session with no bytes moved for `idle` is closed (checked lazily: a
 //!   transfer only stores its time);
-//! - after one side failed and the other got everything, the session waits at most
-//!   `linger` for that other side to close;
+//! - after one side failed and the other got everything, the session waits for that
+//!   other side to close, but only until its peer has acknowledged every byte (the
+//!   prompt end: the pipe is asked on a short, backing-off timer, since an
+//!   acknowledgement makes no event), and `linger` at most;
 //! - a refused client has `handshake` to read its reply and close.
 //!
 //! It must not do I/O: the handler ([`Session`](super::Session)) owns the sockets,
@@ -37,7 +39,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use reactor::CloseReason;
-use reactor::pipe::PipeStatus;
+use reactor::pipe::{AckPoll, PipeStatus};
 
 use crate::Mode;
 use crate::rules::Rules;
@@ -121,8 +123,9 @@ pub enum Phase {
         last_activity: Instant,
         /// When the idle timeout is next checked.
         idle_at: Instant,
-        /// A side failed and the other has everything: close by then at the latest.
-        linger_until: Option<Instant>,
+        /// A side failed and the other has everything: the wait for its close (or
+        /// for its peer to acknowledge everything).
+        linger: Option<Linger>,
     },
     /// A failure reply was queued; the client is given time to read it and close.
     Refusing {
@@ -131,6 +134,19 @@ pub enum Phase {
     },
     /// Nothing more to do: the handler closes.
     Closed,
+}
+
+/// The wait of a relaying session after one side failed and the other got
+/// everything: it ends when that side closes, when its peer has acknowledged every
+/// byte (asked at `poll_at`, backing off), or at `until` at the latest.
+#[derive(Debug, Clone, Copy)]
+pub struct Linger {
+    /// The linger timeout's end.
+    pub until: Instant,
+    /// When to ask next whether everything was acknowledged.
+    pub poll_at: Instant,
+    /// The back-off of those questions.
+    pub poll: AckPoll,
 }
 
 /// What the handler is to do next; see [`SessionState::poll_action`].
@@ -171,6 +187,10 @@ pub enum Action {
         /// What to tell the client.
         reply: Option<Reply>,
     },
+    /// Ask the pipe whether the healthy side's peer has acknowledged everything
+    /// ([`Pipe::is_delivered`](reactor::pipe::Pipe::is_delivered)) and report with
+    /// [`delivered`](SessionState::delivered).
+    CheckDelivered,
     /// Close the session now.
     Close(End),
 }
@@ -183,6 +203,9 @@ pub enum End {
     Finished,
     /// No bytes moved for this long.
     Idle(Duration),
+    /// A side failed; the other got everything and its peer acknowledged all of it:
+    /// nothing can be lost by closing now (the prompt end).
+    Delivered,
     /// A side failed; the other got everything but did not close within this long.
     LingerTimeout(Duration),
     /// A refused client read its reply and closed.
@@ -422,10 +445,11 @@ impl SessionState {
                 by, attempt_until, ..
             } => Some(earliest(*by, *attempt_until)),
             Phase::Relaying {
-                idle_at,
-                linger_until,
-                ..
-            } => Some(earliest(*idle_at, *linger_until)),
+                idle_at, linger, ..
+            } => Some(match linger {
+                Some(l) => (*idle_at).min(l.until).min(l.poll_at),
+                None => *idle_at,
+            }),
             Phase::Accepted { .. } | Phase::Closed => None,
         }
     }
@@ -621,7 +645,7 @@ impl SessionState {
         self.phase = Phase::Relaying {
             last_activity: now,
             idle_at: now + self.timeouts.idle,
-            linger_until: None,
+            linger: None,
         };
         let reply = self.socks.then_some(Reply::Succeeded);
         self.actions.push_back(Action::Relay { to, reply });
@@ -646,7 +670,7 @@ impl SessionState {
     pub fn relayed(&mut self, now: Instant, moved: usize, status: PipeStatus) {
         let Phase::Relaying {
             last_activity,
-            linger_until,
+            linger,
             ..
         } = &mut self.phase
         else {
@@ -658,13 +682,36 @@ impl SessionState {
         match status {
             PipeStatus::Open => {}
             PipeStatus::Lingering => {
-                if linger_until.is_none() {
+                if linger.is_none() {
                     // Everything deliverable is delivered; the healthy side's input
-                    // is being dropped until it closes. It may never: bound it.
-                    *linger_until = Some(now + self.timeouts.linger);
+                    // is being dropped until it closes. It may never: bound it, and
+                    // end sooner once its peer has acknowledged everything.
+                    let mut poll = AckPoll::default();
+                    *linger = Some(Linger {
+                        until: now + self.timeouts.linger,
+                        poll_at: now + poll.next_delay(),
+                        poll,
+                    });
                 }
             }
             PipeStatus::Done => self.close(End::Finished),
+        }
+    }
+
+    /// The answer to [`Action::CheckDelivered`]: whether the healthy side's peer
+    /// has acknowledged everything. If so the session ends now; if not, it asks
+    /// again a little later (until the linger timeout).
+    pub fn delivered(&mut self, now: Instant, yes: bool) {
+        let Phase::Relaying {
+            linger: Some(l), ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if yes {
+            self.close(End::Delivered);
+        } else {
+            l.poll_at = now + l.poll.next_delay();
         }
     }
 
@@ -744,10 +791,14 @@ impl SessionState {
             Phase::Relaying {
                 last_activity,
                 idle_at,
-                linger_until,
+                linger,
             } => {
-                if linger_until.is_some_and(|l| now >= l) {
+                if linger.is_some_and(|l| now >= l.until) {
                     self.close(End::LingerTimeout(t.linger));
+                } else if let Some(l) = linger.as_mut().filter(|l| now >= l.poll_at) {
+                    // Asked once; the answer sets the next time.
+                    l.poll_at = l.until;
+                    self.actions.push_back(Action::CheckDelivered);
                 } else if now >= *idle_at {
                     let idle_for = now.saturating_duration_since(*last_activity);
                     if idle_for >= t.idle {

@@ -453,21 +453,75 @@ fn the_idle_timeout_counts_from_the_last_transfer() {
     }
 }
 
+/// Lingering after a failure: the pipe is asked on a backing-off timer whether the
+/// healthy side's peer has acknowledged everything; the linger timeout bounds it.
 #[test]
 fn the_linger_timeout_bounds_a_failed_session() {
     let t0 = Instant::now();
     let mut s = relaying(t0, addr("10.0.0.1:80"));
     let t1 = t0 + ms(700);
     s.relayed(t1, 100, PipeStatus::Lingering);
-    assert_eq!(s.poll_timeout(), Some(t1 + TIMEOUTS.linger));
-    // Dropped input of the healthy side does not push it back.
-    s.relayed(t1 + ms(1000), 50, PipeStatus::Lingering);
-    assert_eq!(s.poll_timeout(), Some(t1 + TIMEOUTS.linger));
-    s.on_timeout(t1 + TIMEOUTS.linger);
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t1 + ms(5)),
+        "first question after 5 ms"
+    );
+    // Dropped input of the healthy side does not push anything back.
+    s.relayed(t1 + ms(1), 50, PipeStatus::Lingering);
+    assert_eq!(s.poll_timeout(), Some(t1 + ms(5)));
+    // Never acknowledged: asked again and again, backing off, until the timeout.
+    let mut asked = Vec::new();
+    let closed_at = loop {
+        let now = s.poll_timeout().unwrap();
+        s.on_timeout(now);
+        match drain(&mut s)[..] {
+            [Action::CheckDelivered] => {
+                asked.push(now.duration_since(t1).as_millis() as u64);
+                s.delivered(now, false);
+            }
+            [Action::Close(End::LingerTimeout(d))] => {
+                assert_eq!(d, TIMEOUTS.linger);
+                break now;
+            }
+            ref other => panic!("{other:?}"),
+        }
+        assert!(asked.len() < 100);
+    };
+    assert_eq!(
+        closed_at,
+        t1 + TIMEOUTS.linger,
+        "closed at the timeout, not before"
+    );
+    assert_eq!(&asked[..6], [5, 15, 35, 75, 155, 315], "{asked:?}");
+    // From then on every 200 ms.
+    assert!(
+        asked.windows(2).skip(6).all(|w| w[1] - w[0] == 200),
+        "{asked:?}"
+    );
+}
+
+/// The prompt end: once the healthy side's peer has acknowledged everything, the
+/// session closes, long before the linger timeout.
+#[test]
+fn a_failed_session_ends_once_everything_is_acknowledged() {
+    let t0 = Instant::now();
+    let mut s = relaying(t0, addr("10.0.0.1:80"));
+    s.relayed(t0, 10, PipeStatus::Lingering);
+    s.on_timeout(t0 + ms(5));
+    assert!(matches!(drain(&mut s)[..], [Action::CheckDelivered]));
+    s.delivered(t0 + ms(5), false);
+    assert_eq!(s.poll_timeout(), Some(t0 + ms(15)));
+    s.on_timeout(t0 + ms(15));
+    assert!(matches!(drain(&mut s)[..], [Action::CheckDelivered]));
+    s.delivered(t0 + ms(15), true);
     match one(&mut s) {
-        Action::Close(End::LingerTimeout(d)) => assert_eq!(d, TIMEOUTS.linger),
+        Action::Close(end) => {
+            assert!(matches!(end, End::Delivered));
+            assert_eq!(end.close_reason(), CloseReason::Local);
+        }
         other => panic!("{other:?}"),
     }
+    assert_eq!(s.poll_timeout(), None);
 }
 
 #[test]
