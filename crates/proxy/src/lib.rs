@@ -125,8 +125,10 @@ impl fmt::Debug for Resolver {
     }
 }
 
-/// Settings of a proxy.
+/// Settings of a proxy. Made with [`ProxyOptions::new`]; its fields are set
+/// directly (more may come: the struct is `#[non_exhaustive]`).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ProxyOptions {
     /// Forwarder or SOCKS5.
     pub mode: Mode,
@@ -168,6 +170,21 @@ pub struct ProxyOptions {
     /// is an IPv4 address, or an IPv6 /64 network (one subscriber's usual
     /// allocation: counted per address, a single host could take 2^64 of them).
     pub max_sessions_per_ip: usize,
+    /// Which clients may use the proxy (`--allow-client`/`--deny-client`, first match
+    /// wins; see [`ClientRules`]), judged before any byte is read from them. With
+    /// [`proxy_protocol_in`](Self::proxy_protocol_in), the client is the address the
+    /// PROXY header announces, judged right after the header.
+    pub clients: ClientRules,
+    /// Every incoming connection starts with a PROXY protocol header (v1 or v2),
+    /// whose client address is then what limits, logs and rules see. Only accepted
+    /// from peers in `proxy_protocol_from`; any other peer is refused, and a missing
+    /// or bad header (within the handshake timeout) closes the connection.
+    pub proxy_protocol_in: bool,
+    /// The peers (load balancers) whose PROXY headers are believed.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// Send a PROXY protocol header of this version to every upstream (the
+    /// forwarder's, or the SOCKS5 CONNECT destination) before the client's bytes.
+    pub proxy_protocol_out: Option<proxy_protocol::Version>,
 }
 
 impl ProxyOptions {
@@ -186,6 +203,10 @@ impl ProxyOptions {
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 10_000,
             max_sessions_per_ip: 1_000,
+            clients: ClientRules::default(),
+            proxy_protocol_in: false,
+            proxy_protocol_from: Vec::new(),
+            proxy_protocol_out: None,
         }
     }
 }
@@ -229,6 +250,7 @@ pub struct ProxyCounters {
     active: AtomicU64,
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
+    refused_client: AtomicU64,
     handshake_failed: AtomicU64,
     connect_failed: AtomicU64,
     bytes_up: AtomicU64,
@@ -244,6 +266,7 @@ impl ProxyCounters {
             active: g(&self.active),
             refused_total: g(&self.refused_total),
             refused_per_ip: g(&self.refused_per_ip),
+            refused_client: g(&self.refused_client),
             handshake_failed: g(&self.handshake_failed),
             connect_failed: g(&self.connect_failed),
             bytes_up: g(&self.bytes_up),
@@ -267,6 +290,9 @@ pub struct ProxyStats {
     pub refused_total: u64,
     /// Connections refused because their IP had `max_sessions_per_ip` open.
     pub refused_per_ip: u64,
+    /// Connections refused by the client rules, or (with the PROXY protocol) from
+    /// a peer not in `proxy_protocol_from`.
+    pub refused_client: u64,
     /// SOCKS5 handshakes that failed (bad input, auth, timeout, unsupported command,
     /// denied by the rules).
     pub handshake_failed: u64,
@@ -282,12 +308,13 @@ impl fmt::Display for ProxyStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "sessions {} (open {}), refused {} (limit) + {} (per-IP limit), handshake failures {}, \
-             connect failures {}, bytes up {} down {}",
+            "sessions {} (open {}), refused {} (limit) + {} (per-IP limit) + {} (client rules), \
+             handshake failures {}, connect failures {}, bytes up {} down {}",
             self.accepted,
             self.active,
             self.refused_total,
             self.refused_per_ip,
+            self.refused_client,
             self.handshake_failed,
             self.connect_failed,
             self.bytes_up,
@@ -316,9 +343,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Admits a new session from `peer`, or says why not (and counts the refusal).
-    fn admit(&self, peer: SocketAddr) -> bool {
+    /// Admits a new session from the client `peer`, or says why not (and counts and
+    /// logs the refusal): the client rules, then the session limits.
+    pub(crate) fn admit(&self, peer: SocketAddr) -> bool {
         let mut l = self.limits.borrow_mut();
+        let decision = self.opts.clients.decide(peer.ip());
+        if !decision.is_allowed() {
+            ProxyCounters::add(&self.counters.refused_client, 1);
+            if let Some(held_back) = l.log.allow(Instant::now()) {
+                let why = match decision.rule.and_then(|i| self.opts.clients.rules().get(i)) {
+                    Some(rule) => format!("--{}-client {}", rule.action, rule.net),
+                    None => "no --allow-client rule matches".to_string(),
+                };
+                log::warn!(
+                    "refused connection from {peer}: client rules ({why}; {held_back} more \
+                     refusals not logged)"
+                );
+            }
+            return false;
+        }
         let ip = reactor::client_key(peer.ip());
         let per_ip = l.per_ip.get(&ip).copied().unwrap_or(0);
         let why = if l.open >= self.opts.max_sessions {
@@ -341,6 +384,28 @@ impl Shared {
                 l.open,
                 per_ip,
                 if ip.is_ipv6() { "/64" } else { "" },
+            );
+        }
+        false
+    }
+
+    /// True if `peer` may send PROXY protocol headers; otherwise the refusal is
+    /// counted and logged.
+    fn trusts(&self, peer: SocketAddr) -> bool {
+        if self
+            .opts
+            .proxy_protocol_from
+            .iter()
+            .any(|c| c.contains(peer.ip()))
+        {
+            return true;
+        }
+        ProxyCounters::add(&self.counters.refused_client, 1);
+        let mut l = self.limits.borrow_mut();
+        if let Some(held_back) = l.log.allow(Instant::now()) {
+            log::warn!(
+                "refused connection from {peer}: not a trusted source of PROXY protocol \
+                 headers (--proxy-protocol-from; {held_back} more refusals not logged)"
             );
         }
         false
@@ -407,10 +472,17 @@ pub fn proxy_listener(
         rejections: RefCell::default(),
     });
     let listener = Listener::bind(addr, listen, move |stream, peer| {
+        if shared.opts.proxy_protocol_in {
+            // The client is who the header says; it is admitted after the header.
+            if !shared.trusts(peer) {
+                return None;
+            }
+            return Some(Session::new(shared.clone(), stream, peer, false));
+        }
         if !shared.admit(peer) {
             return None;
         }
-        Some(Session::new(shared.clone(), stream, peer))
+        Some(Session::new(shared.clone(), stream, peer, true))
     })?;
     Ok((listener, counters))
 }

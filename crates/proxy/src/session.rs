@@ -48,6 +48,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::Shared;
+use super::proxy_protocol;
 use super::socks5::{Reply, encode_reply};
 use reactor::Context;
 use reactor::TimerId;
@@ -74,7 +75,12 @@ pub struct Session {
     client: Conn,
     /// The connection being attempted, then the upstream.
     upstream: Option<Conn>,
+    /// The client: the connection's peer, or the client its PROXY header announced.
     peer: SocketAddr,
+    /// The session counts against the limits (released on close).
+    admitted: bool,
+    /// The address the client connected to, as a PROXY header announced it.
+    announced_dst: Option<SocketAddr>,
     state: SessionState,
     /// The loop timer armed for `state.poll_timeout()`, and that instant.
     timer: Option<(TimerId, Instant)>,
@@ -84,13 +90,27 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(shared: Rc<Shared>, stream: TcpStream, peer: SocketAddr) -> Session {
+    /// A session for the connection `stream` from `peer`; `admitted`: it already
+    /// counts against the limits. One that is not starts with a PROXY protocol
+    /// header, and the client it announces is admitted then.
+    pub(crate) fn new(
+        shared: Rc<Shared>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: bool,
+    ) -> Session {
         let cfg = shared.opts.conn;
-        let state = SessionState::new(peer, shared.opts.mode.clone(), Timeouts::of(&shared.opts));
+        let mut state =
+            SessionState::new(peer, shared.opts.mode.clone(), Timeouts::of(&shared.opts));
+        if !admitted {
+            state.expect_proxy_header();
+        }
         Session {
             client: Conn::new(stream, CLIENT, cfg),
             upstream: None,
             peer,
+            admitted,
+            announced_dst: None,
             state,
             timer: None,
             job: None,
@@ -118,6 +138,18 @@ impl Session {
     fn run(&mut self, cx: &mut Context<'_, Self>) -> io::Result<()> {
         while let Some(action) = self.state.poll_action() {
             match action {
+                Action::Announced { src, dst } => {
+                    let client = src.unwrap_or(self.peer);
+                    log::debug!("session {}: PROXY header: client {client}", self.peer);
+                    if self.shared.admit(client) {
+                        self.admitted = true;
+                        self.peer = client;
+                        self.announced_dst = dst;
+                        self.state.admitted(cx.now(), client);
+                    } else {
+                        self.state.not_admitted();
+                    }
+                }
                 Action::Resolve { host, port } => {
                     self.client.pause_reading();
                     // Resolution may block (getaddrinfo does): worker pool.
@@ -211,9 +243,15 @@ impl Session {
             return self.relay_event(cx, ev);
         }
         match self.state.phase() {
+            Phase::ProxyHeader { .. } => {
+                if ev.source() == CLIENT {
+                    self.proxy_header_read(cx)?;
+                }
+            }
             Phase::Handshake { .. } => {
                 if ev.source() == CLIENT {
-                    self.handshake_read(cx)?;
+                    let st = self.client.fill(cx)?;
+                    self.handshake_feed(cx, st.eof)?;
                 }
             }
             Phase::Resolving { .. } | Phase::Connecting { .. } => {
@@ -270,13 +308,29 @@ impl Session {
         Ok(())
     }
 
-    fn handshake_read(&mut self, cx: &mut Context<'_, Self>) -> io::Result<()> {
+    /// Reads the PROXY protocol header; what follows it stays in the read buffer
+    /// for the SOCKS5 handshake or the upstream.
+    fn proxy_header_read(&mut self, cx: &mut Context<'_, Self>) -> io::Result<()> {
         let st = self.client.fill(cx)?;
+        let n = self.state.proxy_header(self.client.read_buf(), st.eof);
+        self.client.consume(n);
+        self.run(cx)?;
+        if let Phase::Handshake { .. } = self.state.phase()
+            && !self.client.read_buf().is_empty()
+        {
+            // The greeting came with the header.
+            self.handshake_feed(cx, st.eof)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds what the client sent to the SOCKS5 handshake.
+    fn handshake_feed(&mut self, cx: &mut Context<'_, Self>, eof: bool) -> io::Result<()> {
         let mut out = Vec::new();
         let n = self.state.handshake(
             cx.now(),
             self.client.read_buf(),
-            st.eof,
+            eof,
             &self.shared.opts.rules,
             &mut out,
         );
@@ -318,6 +372,29 @@ impl Session {
             self.client.queue(cx, &out);
             // Written by the pipe (which handles a failure of the client there).
             cx.requeue(Event::writable(CLIENT));
+        }
+        if let Some(version) = self.shared.opts.proxy_protocol_out {
+            // Before anything of the client's: the upstream learns who it is. The
+            // destination is what the client asked for: a SOCKS5 CONNECT's target,
+            // or (forwarder) the address it connected to, as HAProxy's send-proxy.
+            let dst = match reply {
+                Some(_) => Some(to),
+                None => self
+                    .announced_dst
+                    .or_else(|| self.client.stream().local_addr().ok()),
+            };
+            let mut hdr = Vec::with_capacity(64);
+            match (version, dst) {
+                (proxy_protocol::Version::V1, Some(dst)) => {
+                    proxy_protocol::encode_v1(self.peer, dst, &mut hdr)
+                }
+                (proxy_protocol::Version::V2, Some(dst)) => {
+                    proxy_protocol::encode_v2(self.peer, dst, &mut hdr)
+                }
+                (proxy_protocol::Version::V1, None) => proxy_protocol::encode_v1_unknown(&mut hdr),
+                (proxy_protocol::Version::V2, None) => proxy_protocol::encode_v2_local(&mut hdr),
+            }
+            up.queue(cx, &hdr);
         }
         // Read both sides now: the client's early bytes and the upstream's greeting
         // may have arrived with edges we already consumed, and bytes that came with
@@ -379,7 +456,7 @@ impl Session {
             End::ClientLeft(e) => log::debug!(
                 "session {peer}: the client left while the upstream connect ran: {e}; closing"
             ),
-            End::RefusalDelivered | End::RefusalTimeout | End::Shutdown => {}
+            End::RefusalDelivered | End::RefusalTimeout | End::Shutdown | End::NotAdmitted => {}
         }
         cx.close_with(end.close_reason());
     }
@@ -448,7 +525,9 @@ impl Handler for Session {
         if let Some(up) = self.upstream.as_mut() {
             up.release(cx);
         }
-        self.shared
-            .release(self.peer.ip(), self.pipe.bytes(UP), self.pipe.bytes(DOWN));
+        if self.admitted {
+            self.shared
+                .release(self.peer.ip(), self.pipe.bytes(UP), self.pipe.bytes(DOWN));
+        }
     }
 }

@@ -812,8 +812,9 @@ fn failed_session_lingers_then_closes() {
         reset(s);
         reset_tx.send(Instant::now()).unwrap();
     });
+    const LINGER: Duration = Duration::from_millis(1500);
     let mut opts = forward_opts(up_addr);
-    opts.linger_timeout = Duration::from_millis(500);
+    opts.linger_timeout = LINGER;
     let (proxy, counters, server) = start_proxy(opts);
     // The smallest receive buffer the kernel allows, and no reading yet.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -821,16 +822,25 @@ fn failed_session_lingers_then_closes() {
     sock.connect_timeout(&proxy.into(), T).unwrap();
     let c: TcpStream = sock.into();
     c.set_read_timeout(Some(T)).unwrap();
+    // The proxy's linger deadline is at least LINGER after the reset.
     let reset_at = reset_rx.recv_timeout(T).unwrap();
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(
+        (reset_at + Duration::from_millis(400)).saturating_duration_since(Instant::now()),
+    );
+    let open = counters.snapshot().active;
     assert_eq!(
-        counters.snapshot().active,
+        open,
         1,
-        "closed while the client's kernel had not acknowledged everything"
+        "closed {:?} after the reset, while the client's kernel had not acknowledged \
+         everything",
+        reset_at.elapsed()
     );
     wait_idle(&counters);
     let closed_after = reset_at.elapsed();
-    assert!(closed_after < Duration::from_secs(4), "{closed_after:?}");
+    assert!(
+        closed_after >= LINGER && closed_after < LINGER + Duration::from_secs(3),
+        "closed {closed_after:?} after the reset (linger timeout {LINGER:?})"
+    );
     // Nothing was lost by closing: every byte arrives, then end of file.
     assert_eq!(
         check_stream(c, 45),

@@ -42,6 +42,7 @@ use reactor::CloseReason;
 use reactor::pipe::{AckPoll, PipeStatus};
 
 use crate::Mode;
+use crate::proxy_protocol::{self, ProxyHeaderError};
 use crate::rules::Rules;
 use crate::socks5::{Command, Handshake, HandshakeError, Reply, Request, Step, Target};
 
@@ -82,6 +83,16 @@ pub enum Phase {
     Accepted {
         /// What the proxy does with the connection.
         mode: Mode,
+    },
+    /// Reading the PROXY protocol header a trusted balancer sends first.
+    ProxyHeader {
+        /// What the proxy does with the connection after the header.
+        mode: Mode,
+        /// The header must be complete by then.
+        until: Instant,
+        /// The header was read; waiting for the handler to admit the client it
+        /// announces ([`SessionState::admitted`]).
+        read: bool,
     },
     /// SOCKS5: reading the greeting, the credentials and the request.
     Handshake {
@@ -162,6 +173,16 @@ pub enum Action {
         /// The port the addresses get.
         port: u16,
     },
+    /// The PROXY protocol header was read: the client is `src` and it connected to
+    /// `dst` (`None`: the header announces no addresses, e.g. a health check's
+    /// `LOCAL`; keep the connection's own). Admit that client (limits, client
+    /// rules) and report with [`admitted`](SessionState::admitted), or close.
+    Announced {
+        /// The client's address.
+        src: Option<SocketAddr>,
+        /// The address the client connected to.
+        dst: Option<SocketAddr>,
+    },
     /// Drop the connection being attempted (if any) and start one to this address;
     /// report with [`connect_failed`](SessionState::connect_failed) (at once, if it
     /// cannot even start) or [`connected`](SessionState::connected). The client is
@@ -214,6 +235,9 @@ pub enum End {
     RefusalTimeout,
     /// Turned away without a reply (log and count the failure).
     Rejected(Failure),
+    /// The client a PROXY header announced was not admitted (the handler logged
+    /// and counted it).
+    NotAdmitted,
     /// The client reset while the upstream was resolved or connected: nobody waits
     /// for it any more.
     ClientLeft(io::Error),
@@ -235,6 +259,12 @@ impl End {
 /// Why a session was turned away.
 #[derive(Debug)]
 pub enum Failure {
+    /// A malformed PROXY protocol header.
+    ProxyHeader(ProxyHeaderError),
+    /// The connection ended before its PROXY protocol header was complete.
+    ProxyHeaderEof,
+    /// No complete PROXY protocol header within this long.
+    ProxyHeaderTimeout(Duration),
     /// The client closed during the SOCKS5 handshake.
     HandshakeEof,
     /// The SOCKS5 handshake was not finished within this long.
@@ -296,7 +326,12 @@ impl Failure {
     /// queued its own answer).
     pub fn reply(&self) -> Option<Reply> {
         match self {
-            Failure::HandshakeEof | Failure::HandshakeTimeout(_) | Failure::Handshake(_) => None,
+            Failure::ProxyHeader(_)
+            | Failure::ProxyHeaderEof
+            | Failure::ProxyHeaderTimeout(_)
+            | Failure::HandshakeEof
+            | Failure::HandshakeTimeout(_)
+            | Failure::Handshake(_) => None,
             Failure::Unsupported { .. } => Some(Reply::CommandNotSupported),
             Failure::Denied(_) => Some(Reply::NotAllowed),
             Failure::Unreachable { why, .. } => Some(match why {
@@ -321,6 +356,13 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Failure::ProxyHeader(e) => write!(f, "{e}; closing"),
+            Failure::ProxyHeaderEof => {
+                f.write_str("closed before its PROXY protocol header was complete")
+            }
+            Failure::ProxyHeaderTimeout(d) => {
+                write!(f, "no complete PROXY protocol header within {d:?}; closing")
+            }
             Failure::HandshakeEof => f.write_str("client closed during the SOCKS5 handshake"),
             Failure::HandshakeTimeout(d) => {
                 write!(f, "SOCKS5 handshake not finished within {d:?}; closing")
@@ -376,6 +418,8 @@ pub struct SessionState {
     peer: SocketAddr,
     timeouts: Timeouts,
     socks: bool,
+    /// Connections start with a PROXY protocol header.
+    proxy_header: bool,
     phase: Phase,
     actions: VecDeque<Action>,
 }
@@ -388,9 +432,17 @@ impl SessionState {
             peer,
             timeouts,
             socks: matches!(mode, Mode::Socks5 { .. }),
+            proxy_header: false,
             phase: Phase::Accepted { mode },
             actions: VecDeque::new(),
         }
+    }
+
+    /// The connection starts with a PROXY protocol header (from a trusted peer):
+    /// read it first ([`proxy_header`](Self::proxy_header)), within the handshake
+    /// timeout. Call before [`start`](Self::start).
+    pub fn expect_proxy_header(&mut self) {
+        self.proxy_header = true;
     }
 
     /// The session starts at `now`: a SOCKS5 session waits for the handshake; a
@@ -400,6 +452,68 @@ impl SessionState {
         let Phase::Accepted { mode } = std::mem::replace(&mut self.phase, Phase::Closed) else {
             return;
         };
+        if self.proxy_header {
+            self.phase = Phase::ProxyHeader {
+                mode,
+                until: now + self.timeouts.handshake,
+                read: false,
+            };
+            return;
+        }
+        self.start_mode(now, mode);
+    }
+
+    /// The PROXY protocol header's bytes: everything received so far and not
+    /// consumed, and whether the connection half-closed. Returns how many bytes
+    /// were the header: what follows is the client's (SOCKS5 or payload).
+    pub fn proxy_header(&mut self, input: &[u8], eof: bool) -> usize {
+        let Phase::ProxyHeader {
+            read: read @ false, ..
+        } = &mut self.phase
+        else {
+            return 0;
+        };
+        match proxy_protocol::parse(input) {
+            Ok(Some((header, n))) => {
+                *read = true;
+                let (src, dst) = header.socket_addrs().unzip();
+                self.actions.push_back(Action::Announced { src, dst });
+                n
+            }
+            Ok(None) if eof => {
+                self.close(End::Rejected(Failure::ProxyHeaderEof));
+                0
+            }
+            Ok(None) => 0,
+            Err(e) => {
+                self.close(End::Rejected(Failure::ProxyHeader(e)));
+                0
+            }
+        }
+    }
+
+    /// The client the PROXY header announced was admitted (now the client, for
+    /// this session): the session goes on as it would have without a header.
+    pub fn admitted(&mut self, now: Instant, client: SocketAddr) {
+        let Phase::ProxyHeader { read: true, .. } = &self.phase else {
+            return;
+        };
+        let Phase::ProxyHeader { mode, .. } = std::mem::replace(&mut self.phase, Phase::Closed)
+        else {
+            return;
+        };
+        self.peer = client;
+        self.start_mode(now, mode);
+    }
+
+    /// The announced client was not admitted (limits, client rules).
+    pub fn not_admitted(&mut self) {
+        if matches!(self.phase, Phase::ProxyHeader { .. }) {
+            self.close(End::NotAdmitted);
+        }
+    }
+
+    fn start_mode(&mut self, now: Instant, mode: Mode) {
         match mode {
             Mode::Socks5 { auth } => {
                 self.phase = Phase::Handshake {
@@ -420,6 +534,7 @@ impl SessionState {
     pub fn phase_name(&self) -> &'static str {
         match self.phase {
             Phase::Accepted { .. } => "accepted",
+            Phase::ProxyHeader { .. } => "PROXY header",
             Phase::Handshake { .. } => "handshake",
             Phase::Resolving { .. } => "resolving",
             Phase::Connecting { .. } => "connecting",
@@ -439,7 +554,9 @@ impl SessionState {
     #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Handshake { until, .. } | Phase::Refusing { until } => Some(*until),
+            Phase::Handshake { until, .. }
+            | Phase::Refusing { until }
+            | Phase::ProxyHeader { until, .. } => Some(*until),
             Phase::Resolving { by, retry_at, .. } => Some(earliest(*by, *retry_at)),
             Phase::Connecting {
                 by, attempt_until, ..
@@ -737,6 +854,9 @@ impl SessionState {
         match &mut self.phase {
             Phase::Handshake { until, .. } if now >= *until => {
                 self.close(End::Rejected(Failure::HandshakeTimeout(t.handshake)));
+            }
+            Phase::ProxyHeader { until, .. } if now >= *until => {
+                self.close(End::Rejected(Failure::ProxyHeaderTimeout(t.handshake)));
             }
             Phase::Resolving {
                 host,
