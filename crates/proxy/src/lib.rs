@@ -39,6 +39,7 @@ pub mod rules;
 pub mod session;
 pub mod socks5;
 pub mod socks5_udp;
+pub mod udp;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
