@@ -186,6 +186,8 @@ pub struct ProxyOptions {
     /// Send a PROXY protocol header of this version to every upstream (the
     /// forwarder's, or the SOCKS5 CONNECT destination) before the client's bytes.
     pub proxy_protocol_out: Option<proxy_protocol::Version>,
+    /// SOCKS5 UDP ASSOCIATE: limits of the UDP relay.
+    pub udp: udp::UdpRelayOptions,
 }
 
 impl ProxyOptions {
@@ -208,6 +210,7 @@ impl ProxyOptions {
             proxy_protocol_in: false,
             proxy_protocol_from: Vec::new(),
             proxy_protocol_out: None,
+            udp: udp::UdpRelayOptions::default(),
         }
     }
 }
@@ -256,6 +259,9 @@ pub struct ProxyCounters {
     connect_failed: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    udp_associations: AtomicU64,
+    udp_datagrams: AtomicU64,
+    udp_dropped: AtomicU64,
 }
 
 impl ProxyCounters {
@@ -272,6 +278,9 @@ impl ProxyCounters {
             connect_failed: g(&self.connect_failed),
             bytes_up: g(&self.bytes_up),
             bytes_down: g(&self.bytes_down),
+            udp_associations: g(&self.udp_associations),
+            udp_datagrams: g(&self.udp_datagrams),
+            udp_dropped: g(&self.udp_dropped),
         }
     }
 
@@ -303,6 +312,13 @@ pub struct ProxyStats {
     pub bytes_up: u64,
     /// Bytes relayed upstream -> client (closed sessions only).
     pub bytes_down: u64,
+    /// UDP associations made.
+    pub udp_associations: u64,
+    /// Datagrams relayed, both directions.
+    pub udp_datagrams: u64,
+    /// Datagrams dropped (not from the client, malformed, fragments, denied, over
+    /// a rate, unsolicited, or the send queue full).
+    pub udp_dropped: u64,
 }
 
 impl fmt::Display for ProxyStats {
@@ -310,7 +326,8 @@ impl fmt::Display for ProxyStats {
         write!(
             f,
             "sessions {} (open {}), refused {} (limit) + {} (per-IP limit) + {} (client rules), \
-             handshake failures {}, connect failures {}, bytes up {} down {}",
+             handshake failures {}, connect failures {}, bytes up {} down {}, \
+             udp associations {} datagrams {} dropped {}",
             self.accepted,
             self.active,
             self.refused_total,
@@ -319,7 +336,10 @@ impl fmt::Display for ProxyStats {
             self.handshake_failed,
             self.connect_failed,
             self.bytes_up,
-            self.bytes_down
+            self.bytes_down,
+            self.udp_associations,
+            self.udp_datagrams,
+            self.udp_dropped
         )
     }
 }
@@ -341,6 +361,16 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<ProxyCounters>,
     limits: RefCell<Limits>,
     rejections: RefCell<LogLimiter>,
+    /// UDP associations open, and the rate of all of them together.
+    pub(crate) udp: RefCell<UdpShared>,
+}
+
+/// What the UDP associations of one proxy share.
+#[derive(Debug, Default)]
+pub(crate) struct UdpShared {
+    pub(crate) open: usize,
+    pub(crate) window: udp::RateWindow,
+    pub(crate) log: LogLimiter,
 }
 
 impl Shared {
@@ -451,6 +481,14 @@ impl Shared {
     pub(crate) fn count_connect_failure(&self) {
         ProxyCounters::add(&self.counters.connect_failed, 1);
     }
+
+    /// Counts UDP datagrams relayed and dropped, and a new association.
+    pub(crate) fn count_udp(&self, associations: u64, relayed: u64, dropped: u64) {
+        let c = &self.counters;
+        ProxyCounters::add(&c.udp_associations, associations);
+        ProxyCounters::add(&c.udp_datagrams, relayed);
+        ProxyCounters::add(&c.udp_dropped, dropped);
+    }
 }
 
 /// Binds a proxy listener on `addr`: every admitted connection becomes a
@@ -471,6 +509,7 @@ pub fn proxy_listener(
         counters: counters.clone(),
         limits: RefCell::new(Limits::default()),
         rejections: RefCell::default(),
+        udp: RefCell::default(),
     });
     let listener = Listener::bind(addr, listen, move |stream, peer| {
         if shared.opts.proxy_protocol_in {
@@ -517,6 +556,7 @@ mod tests {
             counters: Arc::default(),
             limits: RefCell::default(),
             rejections: RefCell::default(),
+            udp: RefCell::default(),
         }
     }
 

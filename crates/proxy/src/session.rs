@@ -50,12 +50,14 @@ use mio::net::TcpStream;
 use super::Shared;
 use super::proxy_protocol;
 use super::socks5::{Reply, encode_reply};
+use super::udp::{Association, FromClient};
 use reactor::Context;
 use reactor::TimerId;
 use reactor::pipe::{DOWN, Pipe, PipeStatus, UP};
 use reactor::{Conn, Loop};
 use reactor::{Event, Handler, HandlerResult, SourceId};
 use reactor::{JobId, JobResult};
+use reactor::{UdpConfig, UdpConn, UdpOptions};
 
 pub use state::{Action, End, Failure, Phase, RESOLVE_RETRY, SessionState, Timeouts, Unreachable};
 
@@ -63,6 +65,30 @@ pub use state::{Action, End, Failure, Phase, RESOLVE_RETRY, SessionState, Timeou
 pub const CLIENT: SourceId = 0;
 /// Source number of the outgoing (upstream) connection.
 pub const UPSTREAM: SourceId = 1;
+/// Source number of a UDP association's client-side socket.
+pub const UDP_CLIENT: SourceId = 2;
+/// Source numbers of a UDP association's outside sockets (IPv4, IPv6).
+pub const UDP_REMOTE: [SourceId; 2] = [3, 4];
+
+/// The sockets and buffers of a UDP association (SOCKS5 UDP ASSOCIATE); its
+/// decisions are [`Association`]'s.
+struct UdpSide {
+    assoc: Association,
+    /// Bound on the address the reply names; only the client's datagrams count.
+    client_side: UdpConn,
+    /// Where datagrams to destinations go out (and their answers come in), IPv4
+    /// and IPv6, bound when first needed.
+    remote: [Option<UdpConn>; 2],
+    /// Datagrams to send after a receive, laid end to end, and where each goes
+    /// (reused: no allocation per datagram).
+    batch: Vec<u8>,
+    sends: Vec<(SocketAddr, usize, usize)>,
+    /// Datagrams waiting for their destination's name: the resolution, the name,
+    /// the port, the payload.
+    pending: Vec<(JobId, String, u16, Vec<u8>)>,
+    relayed: u64,
+    dropped: u64,
+}
 
 /// "client" or "upstream", for a side numbered as [`Pipe`] does.
 fn side_name(side: usize) -> &'static str {
@@ -87,6 +113,8 @@ pub struct Session {
     /// The resolution running on the pool.
     job: Option<JobId>,
     pipe: Pipe,
+    /// A UDP association, once made.
+    udp: Option<Box<UdpSide>>,
 }
 
 impl Session {
@@ -115,6 +143,7 @@ impl Session {
             timer: None,
             job: None,
             pipe: Pipe::new(cfg.low_watermark),
+            udp: None,
             shared,
         }
     }
@@ -178,6 +207,7 @@ impl Session {
                     }
                 }
                 Action::Relay { to, reply } => self.relay(cx, to, reply),
+                Action::Associate { port } => self.associate(cx, port)?,
                 Action::Refuse { failure, reply } => {
                     self.reject(&failure, reply);
                     self.refuse(cx, reply)?;
@@ -283,7 +313,11 @@ impl Session {
                     }
                 }
             }
-            Phase::Accepted { .. } | Phase::Relaying { .. } | Phase::Closed => {}
+            Phase::Associated { .. } => self.udp_event(cx, ev)?,
+            Phase::Accepted { .. }
+            | Phase::Relaying { .. }
+            | Phase::Associating
+            | Phase::Closed => {}
         }
         Ok(())
     }
@@ -421,6 +455,235 @@ impl Session {
         Ok(())
     }
 
+    /// UDP ASSOCIATE: binds the client-side socket on the address the TCP
+    /// connection came in on, replies with it, and relays from now on.
+    fn associate(&mut self, cx: &mut Context<'_, Self>, port: u16) -> io::Result<()> {
+        let opts = self.shared.opts.udp;
+        {
+            let mut s = self.shared.udp.borrow_mut();
+            if s.open >= opts.max_associations {
+                drop(s);
+                let why = format!("{} associations are open", opts.max_associations);
+                self.state.associate_failed(cx.now(), why);
+                return Ok(());
+            }
+            s.open += 1;
+        }
+        let here = self.client.stream().local_addr()?;
+        let cfg = UdpConfig::default().max_datagram(opts.max_datagram);
+        let bound = UdpConn::bind(
+            SocketAddr::new(here.ip(), 0),
+            &UdpOptions::default(),
+            UDP_CLIENT,
+            cfg,
+        )
+        .and_then(|mut c| c.register(cx).map(|()| c));
+        let client_side = match bound {
+            Ok(c) => c,
+            Err(e) => {
+                self.shared.udp.borrow_mut().open -= 1;
+                self.state
+                    .associate_failed(cx.now(), format!("cannot bind: {e}"));
+                return Ok(());
+            }
+        };
+        let at = client_side.local_addr()?;
+        self.udp = Some(Box::new(UdpSide {
+            assoc: Association::new(self.peer.ip(), port),
+            client_side,
+            remote: [None, None],
+            batch: Vec::new(),
+            sends: Vec::new(),
+            pending: Vec::new(),
+            relayed: 0,
+            dropped: 0,
+        }));
+        self.shared.count_udp(1, 0, 0);
+        log::debug!("session {}: UDP association on {at}", self.peer);
+        let mut out = Vec::with_capacity(32);
+        encode_reply(Reply::Succeeded, Some(at), &mut out);
+        self.client.queue(cx, &out);
+        self.client.flush(cx)?;
+        self.state.associated(cx.now(), opts.idle_timeout);
+        Ok(())
+    }
+
+    /// An event of an association: its TCP connection (input dropped; its end ends
+    /// the association), its client-side socket or an outside socket.
+    fn udp_event(&mut self, cx: &mut Context<'_, Self>, ev: Event) -> io::Result<()> {
+        let src = ev.source();
+        if src == CLIENT {
+            // Nothing more is expected on the TCP connection: what comes is dropped,
+            // and its end (or failure) ends the association.
+            let ended = match self.client.discard_input(cx) {
+                Ok(st) => st.eof || self.client.flush(cx).is_err(),
+                Err(_) => true,
+            };
+            if ended {
+                self.state.control_closed();
+                self.run(cx)?;
+            }
+            return Ok(());
+        }
+        let Some(u) = self.udp.as_mut() else {
+            return Ok(());
+        };
+        if ev.is_writable() {
+            if src == UDP_CLIENT {
+                u.client_side.flush(cx);
+            } else if let Some(r) = u.remote.iter_mut().flatten().find(|r| r.source() == src) {
+                r.flush(cx);
+            }
+        }
+        if !(ev.is_readable() || ev.is_error()) {
+            return Ok(());
+        }
+        let now = cx.now();
+        let shared = self.shared.clone();
+        let opts = &shared.opts;
+        let mut global = shared.udp.borrow_mut();
+        let UdpSide {
+            assoc,
+            client_side,
+            remote,
+            batch,
+            sends,
+            pending,
+            dropped,
+            ..
+        } = &mut **u;
+        batch.clear();
+        sends.clear();
+        let mut resolve: Vec<(String, u16, Vec<u8>)> = Vec::new();
+        let mut why = None;
+        let r = if src == UDP_CLIENT {
+            client_side.recv(cx, |d, from, truncated| {
+                if truncated {
+                    *dropped += 1;
+                    return;
+                }
+                match assoc.from_client(now, from, d, &opts.rules, &opts.udp, &mut global.window) {
+                    FromClient::Send { to, payload } => {
+                        let s = batch.len();
+                        batch.extend_from_slice(payload);
+                        sends.push((to, s, batch.len()));
+                    }
+                    FromClient::Resolve {
+                        host,
+                        port,
+                        payload,
+                    } => {
+                        if pending.len() + resolve.len() < opts.udp.max_pending {
+                            resolve.push((host.to_string(), port, payload.to_vec()));
+                        } else {
+                            *dropped += 1;
+                        }
+                    }
+                    FromClient::Dropped(d) => {
+                        *dropped += 1;
+                        why.get_or_insert(d);
+                    }
+                }
+            })
+        } else {
+            let Some(r) = remote.iter_mut().flatten().find(|r| r.source() == src) else {
+                return Ok(());
+            };
+            r.recv(cx, |d, from, truncated| {
+                if truncated {
+                    *dropped += 1;
+                    return;
+                }
+                let s = batch.len();
+                match assoc.from_remote(now, from, d, &opts.udp, &mut global.window, batch) {
+                    Ok(client) => sends.push((client, s, batch.len())),
+                    Err(d) => {
+                        *dropped += 1;
+                        why.get_or_insert(d);
+                    }
+                }
+            })
+        };
+        if let Some(d) = why
+            && global.log.allow(now).is_some()
+        {
+            log::debug!("session {}: UDP: dropped {d}", self.peer);
+        }
+        drop(global);
+        if let Err(e) = r {
+            log::debug!("session {}: UDP receive failed: {e}", self.peer);
+        }
+        for (host, port, payload) in resolve {
+            let resolver = self.shared.opts.resolver.clone();
+            let h = host.clone();
+            match cx.offload(move || resolver.resolve(&h, port)) {
+                Ok(job) => u.pending.push((job, host, port, payload)),
+                Err(_) => u.dropped += 1,
+            }
+        }
+        self.send_batch(cx, src == UDP_CLIENT);
+        Ok(())
+    }
+
+    /// Sends the datagrams of the association's batch: out to their destinations
+    /// (`outward`), or back to the client.
+    fn send_batch(&mut self, cx: &mut Context<'_, Self>, outward: bool) {
+        let Some(u) = self.udp.as_mut() else {
+            return;
+        };
+        let UdpSide {
+            client_side,
+            remote,
+            batch,
+            sends,
+            relayed,
+            dropped,
+            ..
+        } = &mut **u;
+        let cfg = UdpConfig::default().max_datagram(self.shared.opts.udp.max_datagram);
+        let mut sent = 0;
+        for &(to, s, e) in sends.iter() {
+            let data = &batch[s..e];
+            let conn = if outward {
+                let i = usize::from(to.is_ipv6());
+                if remote[i].is_none() {
+                    // The outside socket of this family, bound on first use.
+                    let any: SocketAddr = if i == 1 {
+                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    } else {
+                        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                    };
+                    match UdpConn::bind(any, &UdpOptions::default(), UDP_REMOTE[i], cfg)
+                        .and_then(|mut c| c.register(cx).map(|()| c))
+                    {
+                        Ok(c) => remote[i] = Some(c),
+                        Err(e) => {
+                            log::debug!("session {}: UDP: cannot bind {any}: {e}", self.peer);
+                            *dropped += 1;
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = remote[i].as_mut() else {
+                    continue;
+                };
+                c
+            } else {
+                &mut *client_side
+            };
+            match conn.send_to(cx, data, to) {
+                Ok(reactor::SendOutcome::Dropped) | Err(_) => *dropped += 1,
+                Ok(_) => {
+                    *relayed += 1;
+                    sent += 1;
+                }
+            }
+        }
+        if sent > 0 {
+            self.state.udp_activity(cx.now());
+        }
+    }
+
     /// The session ends: logs why, and closes.
     fn end(&mut self, cx: &mut Loop<'_>, end: End) {
         let (peer, up, down) = (self.peer, self.pipe.bytes(UP), self.pipe.bytes(DOWN));
@@ -456,6 +719,16 @@ impl Session {
             End::ClientLeft(e) => log::debug!(
                 "session {peer}: the client left while the upstream connect ran: {e}; closing"
             ),
+            End::AssociationEnded => {
+                if let Some(u) = &self.udp {
+                    log::debug!(
+                        "session {peer}: UDP association ended with its TCP connection ({} \
+                         datagrams relayed, {} dropped)",
+                        u.relayed,
+                        u.dropped
+                    );
+                }
+            }
             End::RefusalDelivered | End::RefusalTimeout | End::Shutdown | End::NotAdmitted => {}
         }
         cx.close_with(end.close_reason());
@@ -500,6 +773,36 @@ impl Handler for Session {
         job: JobId,
         result: JobResult<Self::Job>,
     ) -> HandlerResult {
+        if let Some(u) = self.udp.as_mut()
+            && let Some(i) = u.pending.iter().position(|p| p.0 == job)
+        {
+            let (_, host, port, payload) = u.pending.swap_remove(i);
+            let addrs = match result {
+                Ok(Ok(a)) => a,
+                _ => Vec::new(),
+            };
+            match u
+                .assoc
+                .resolved(cx.now(), &host, port, &addrs, &self.shared.opts.rules)
+            {
+                Some(to) => {
+                    u.sends.clear();
+                    u.batch.clear();
+                    u.batch.extend_from_slice(&payload);
+                    u.sends.push((to, 0, payload.len()));
+                    self.send_batch(cx, false);
+                }
+                None => {
+                    u.dropped += 1;
+                    log::debug!(
+                        "session {}: UDP datagram to {host}:{port} dropped: no address the \
+                         rules allow",
+                        self.peer
+                    );
+                }
+            }
+            return Ok(());
+        }
         if self.job == Some(job) {
             self.job = None;
             let result = result
@@ -528,6 +831,16 @@ impl Handler for Session {
         if self.admitted {
             self.shared
                 .release(self.peer.ip(), self.pipe.bytes(UP), self.pipe.bytes(DOWN));
+        }
+        if let Some(mut u) = self.udp.take() {
+            self.shared.count_udp(0, u.relayed, u.dropped);
+            let mut s = self.shared.udp.borrow_mut();
+            s.open = s.open.saturating_sub(1);
+            drop(s);
+            let _ = u.client_side.deregister(cx);
+            for r in u.remote.iter_mut().flatten() {
+                let _ = r.deregister(cx);
+            }
         }
     }
 }

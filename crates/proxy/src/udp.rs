@@ -336,8 +336,8 @@ impl Association {
     }
 
     /// A datagram from `from` to the outside side of the relay: an answer for the
-    /// client if `from` is a destination it sent to. Writes the datagram to send
-    /// (header and payload) into `out` and returns the client's address.
+    /// client if `from` is a destination it sent to. Appends the datagram to send
+    /// (header and payload) to `out` and returns the client's address.
     pub fn from_remote(
         &mut self,
         now: Instant,
@@ -360,7 +360,6 @@ impl Association {
         if !self.admit(now, payload.len(), limits, global) {
             return Err(Dropped::OverLimit);
         }
-        out.clear();
         // An address target never fails to encode.
         let _ = encode_udp_header(&UdpTarget::Addr(from), out);
         out.extend_from_slice(payload);

@@ -649,3 +649,172 @@ fn example_client_rules_and_proxy_protocol_flags() {
         assert!(!err.trim().is_empty() && !err.contains("panicked"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------- UDP ASSOCIATE
+
+/// A PySocks client: UDP ASSOCIATE through the proxy, DNS-shaped queries to UDP
+/// echo servers on 127.0.0.1, [::1] and `localhost` (a name the proxy resolves),
+/// each answer checked byte for byte; prints the relay's address, waits for a line
+/// on stdin, then closes its TCP connection (the association's end).
+const PYSOCKS_CLIENT: &str = r#"
+import socket, struct, sys, random
+import socks
+
+proxy_port, port4, port6 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+s.set_proxy(socks.SOCKS5, "127.0.0.1", proxy_port, rdns=True)
+s.settimeout(5)
+s.bind(("127.0.0.1", 0))
+print("relay", s.getpeername()[1], "client", s.getsockname()[1], flush=True)
+
+def query(qid, name):
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\x00" + struct.pack(">HH", 1, 1)
+
+ok = 0
+for dest in [("127.0.0.1", port4), ("::1", port6), ("localhost", port4)]:
+    for i in range(5):
+        q = query(random.randrange(65536), "host%d.example.org" % i) + bytes(random.randrange(256) for _ in range(i * 100))
+        s.sendto(q, dest)
+        data, frm = s.recvfrom(65535)
+        if data != q:
+            print("MISMATCH", dest, len(data), len(q), flush=True)
+            sys.exit(1)
+        ok += 1
+print("ok", ok, flush=True)
+sys.stdin.readline()
+s.close()
+print("closed", flush=True)
+"#;
+
+fn pysocks() -> Option<PathBuf> {
+    let py = tool("python3")?;
+    let has = Command::new(&py)
+        .args(["-c", "import socks"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has {
+        return Some(py);
+    }
+    if require_interop() {
+        panic!(
+            "PySocks is required (REACTOR_REQUIRE_INTEROP=1); pip install -r .ci/requirements.txt"
+        );
+    }
+    println!(
+        "SKIPPED: PySocks not installed (set REACTOR_REQUIRE_INTEROP=1 to make this a failure)"
+    );
+    None
+}
+
+/// A UDP echo server on `at`; counts the datagrams it answered.
+fn udp_echo(at: &str) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let s = std::net::UdpSocket::bind(at).unwrap();
+    let addr = s.local_addr().unwrap();
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = n.clone();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((len, from)) = s.recv_from(&mut buf) {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = s.send_to(&buf[..len], from);
+        }
+    });
+    (addr, n)
+}
+
+#[test]
+fn pysocks_udp_associate_ipv4_ipv6_and_names_byte_exact() {
+    use std::io::BufRead;
+    use std::sync::atomic::Ordering;
+    let Some(py) = pysocks() else { return };
+    let (echo4, seen4) = udp_echo("127.0.0.1:0");
+    let (echo6, _seen6) = udp_echo("[::1]:0");
+    let (proxy, counters, _p) = start_proxy(ProxyOptions::new(Mode::Socks5 { auth: None }));
+    let dir = tempdir::Dir::new("pysocks");
+    let script = dir.0.join("udp_client.py");
+    std::fs::write(&script, PYSOCKS_CLIENT).unwrap();
+    let mut child = Command::new(&py)
+        .arg(&script)
+        .args([proxy.port(), echo4.port(), echo6.port()].map(|p| p.to_string()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"relay"), "{line}");
+    let relay: u16 = words[1].parse().unwrap();
+    let client_port: u16 = words[3].parse().unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ok 15", "the client's checks");
+    let c = counters.snapshot();
+    assert_eq!(c.udp_associations, 1);
+
+    // A third address sends a well-formed datagram to the relay: dropped.
+    let before = seen4.load(Ordering::Relaxed);
+    let intruder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_ne!(intruder.local_addr().unwrap().port(), client_port);
+    let mut d = Vec::new();
+    reactor_proxy::socks5_udp::encode_udp_header(
+        &reactor_proxy::socks5_udp::UdpTarget::Addr(echo4),
+        &mut d,
+    )
+    .unwrap();
+    d.extend_from_slice(b"not from the client");
+    for _ in 0..3 {
+        intruder.send_to(&d, local(relay)).unwrap();
+    }
+    // And a spoofed answer from an address the client never sent to: dropped too.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(b"unsolicited", local(relay)).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        seen4.load(Ordering::Relaxed),
+        before,
+        "a third address got through"
+    );
+
+    // The TCP connection closes: the association is gone with it.
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "closed");
+    assert!(child.wait().unwrap().success());
+    let t0 = Instant::now();
+    while counters.snapshot().active > 0 {
+        assert!(
+            t0.elapsed() < T,
+            "the association outlived its TCP connection"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let c = counters.snapshot();
+    assert!(c.udp_dropped >= 3, "{c}");
+    assert_eq!(c.udp_datagrams, 30, "15 there and 15 back: {c}");
+    // Nobody listens on the relay's port any more: the kernel answers with port
+    // unreachable (a relay still open would drop the datagram silently).
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.connect(local(relay)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    probe.send(&d).unwrap();
+    let mut b = [0u8; 64];
+    let e = probe
+        .recv(&mut b)
+        .expect_err("an answer from a closed relay");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::ConnectionRefused,
+        "the relay's socket is still open: {e}"
+    );
+}

@@ -138,6 +138,17 @@ pub enum Phase {
         /// for its peer to acknowledge everything).
         linger: Option<Linger>,
     },
+    /// UDP ASSOCIATE: the handler is binding the association's UDP socket.
+    Associating,
+    /// UDP ASSOCIATE: datagrams are relayed while the TCP connection stays open.
+    Associated {
+        /// The last time a datagram was relayed.
+        last_activity: Instant,
+        /// When the idle timeout is next checked.
+        idle_at: Instant,
+        /// The association's idle timeout.
+        idle: Duration,
+    },
     /// A failure reply was queued; the client is given time to read it and close.
     Refusing {
         /// Close by then at the latest.
@@ -188,6 +199,15 @@ pub enum Action {
     /// cannot even start) or [`connected`](SessionState::connected). The client is
     /// not read meanwhile.
     Connect(SocketAddr),
+    /// UDP ASSOCIATE: bind the association's UDP socket on the address the TCP
+    /// connection came in on (the reply names it), for datagrams from the client's
+    /// address and `port` (0: whatever its first datagram comes from); report with
+    /// [`associated`](SessionState::associated) (then queue the success reply) or
+    /// [`associate_failed`](SessionState::associate_failed).
+    Associate {
+        /// The port the client said it sends from (0: not known).
+        port: u16,
+    },
     /// The upstream is connected: queue `reply` to the client (SOCKS5's success,
     /// with the upstream connection's local address), start the pipe, read both
     /// sides. Report the pipe's progress with [`relayed`](SessionState::relayed).
@@ -243,6 +263,8 @@ pub enum End {
     ClientLeft(io::Error),
     /// The loop is shutting down and the session was not relaying yet.
     Shutdown,
+    /// A UDP association's TCP connection closed (or failed): the association ends.
+    AssociationEnded,
 }
 
 impl End {
@@ -281,6 +303,9 @@ pub enum Failure {
     },
     /// The destination (its address or its port) is denied by the rules.
     Denied(Target),
+    /// No UDP association could be made: the limit of associations is reached, or
+    /// its socket could not be bound.
+    Associate(String),
     /// The destination could not be reached.
     Unreachable {
         /// Where the client wanted to go.
@@ -334,6 +359,7 @@ impl Failure {
             | Failure::Handshake(_) => None,
             Failure::Unsupported { .. } => Some(Reply::CommandNotSupported),
             Failure::Denied(_) => Some(Reply::NotAllowed),
+            Failure::Associate(_) => Some(Reply::GeneralFailure),
             Failure::Unreachable { why, .. } => Some(match why {
                 Unreachable::Resolve(_) | Unreachable::NoAddress => Reply::HostUnreachable,
                 Unreachable::AllDenied => Reply::NotAllowed,
@@ -372,6 +398,7 @@ impl fmt::Display for Failure {
                 write!(f, "SOCKS5 command {command:?} to {target} is not supported")
             }
             Failure::Denied(t) => write!(f, "CONNECT {t} denied by the rules"),
+            Failure::Associate(e) => write!(f, "UDP ASSOCIATE refused: {e}"),
             Failure::Unreachable { target, why } => write!(f, "cannot reach {target}: {why}"),
         }
     }
@@ -540,6 +567,8 @@ impl SessionState {
             Phase::Connecting { .. } => "connecting",
             Phase::Relaying { .. } => "relaying",
             Phase::Refusing { .. } => "refusing",
+            Phase::Associating => "associating",
+            Phase::Associated { .. } => "associated",
             Phase::Closed => "closed",
         }
     }
@@ -567,7 +596,8 @@ impl SessionState {
                 Some(l) => (*idle_at).min(l.until).min(l.poll_at),
                 None => *idle_at,
             }),
-            Phase::Accepted { .. } | Phase::Closed => None,
+            Phase::Associated { idle_at, .. } => Some(*idle_at),
+            Phase::Accepted { .. } | Phase::Associating | Phase::Closed => None,
         }
     }
 
@@ -613,6 +643,15 @@ impl SessionState {
     }
 
     fn request(&mut self, now: Instant, req: Request, rules: &Rules) {
+        if req.command == Command::UdpAssociate {
+            // The request names where the client will send from, not a destination.
+            log::debug!("session {}: UDP ASSOCIATE from {}", self.peer, req.target);
+            self.phase = Phase::Associating;
+            self.actions.push_back(Action::Associate {
+                port: req.target.port(),
+            });
+            return;
+        }
         if req.command != Command::Connect {
             let failure = Failure::Unsupported {
                 command: req.command,
@@ -832,6 +871,41 @@ impl SessionState {
         }
     }
 
+    /// The association's UDP socket is bound (the handler queues the success reply
+    /// naming it): datagrams are relayed until the TCP connection closes or `idle`
+    /// passes without one.
+    pub fn associated(&mut self, now: Instant, idle: Duration) {
+        if matches!(self.phase, Phase::Associating) {
+            self.phase = Phase::Associated {
+                last_activity: now,
+                idle_at: now + idle,
+                idle,
+            };
+        }
+    }
+
+    /// No association could be made (why: for the log): refused with 0x01.
+    pub fn associate_failed(&mut self, now: Instant, why: String) {
+        if matches!(self.phase, Phase::Associating) {
+            self.refuse(now, Failure::Associate(why));
+        }
+    }
+
+    /// A datagram was relayed (for the idle timeout): one store.
+    #[inline]
+    pub fn udp_activity(&mut self, now: Instant) {
+        if let Phase::Associated { last_activity, .. } = &mut self.phase {
+            *last_activity = now;
+        }
+    }
+
+    /// The association's TCP connection closed or failed: the association ends.
+    pub fn control_closed(&mut self) {
+        if matches!(self.phase, Phase::Associated { .. }) {
+            self.close(End::AssociationEnded);
+        }
+    }
+
     /// A refused client has read its reply and closed.
     pub fn client_done(&mut self) {
         if matches!(self.phase, Phase::Refusing { .. }) {
@@ -927,6 +1001,18 @@ impl SessionState {
                         // There was activity: check again when the rest has passed.
                         *idle_at = *last_activity + t.idle;
                     }
+                }
+            }
+            Phase::Associated {
+                last_activity,
+                idle_at,
+                idle,
+            } if now >= *idle_at => {
+                if now.saturating_duration_since(*last_activity) >= *idle {
+                    let idle = *idle;
+                    self.close(End::Idle(idle));
+                } else {
+                    *idle_at = *last_activity + *idle;
                 }
             }
             Phase::Refusing { until } if now >= *until => self.close(End::RefusalTimeout),

@@ -329,9 +329,51 @@ fn rules_are_checked_on_the_request_and_on_every_resolved_address() {
 }
 
 #[test]
-fn commands_other_than_connect_are_not_supported() {
+fn udp_associate_binds_then_relays_until_the_tcp_connection_closes_or_idles() {
     let t0 = Instant::now();
-    for cmd in [socks5::Command::Bind, socks5::Command::UdpAssociate] {
+    let mut s = socks(t0);
+    let req = greeting_and_request(
+        socks5::Command::UdpAssociate,
+        &Target::Addr(addr("0.0.0.0:0")),
+    );
+    s.handshake(t0, &req, false, &Rules::default(), &mut Vec::new());
+    assert!(matches!(one(&mut s), Action::Associate { port: 0 }));
+    assert_eq!(s.poll_timeout(), None, "binding is immediate");
+    let idle = Duration::from_secs(30);
+    s.associated(t0, idle);
+    assert_eq!(s.poll_timeout(), Some(t0 + idle));
+    s.udp_activity(t0 + ms(10_000));
+    s.on_timeout(t0 + idle);
+    assert!(drain(&mut s).is_empty(), "there was a datagram");
+    assert_eq!(s.poll_timeout(), Some(t0 + ms(10_000) + idle));
+    s.on_timeout(t0 + ms(10_000) + idle);
+    assert!(matches!(one(&mut s), Action::Close(End::Idle(d)) if d == idle));
+    // The TCP connection closing ends it; a bind failure is a general failure.
+    let mut s = socks(t0);
+    let req = greeting_and_request(
+        socks5::Command::UdpAssociate,
+        &Target::Addr(addr("127.0.0.1:5353")),
+    );
+    s.handshake(t0, &req, false, &Rules::default(), &mut Vec::new());
+    assert!(matches!(one(&mut s), Action::Associate { port: 5353 }));
+    s.associated(t0, idle);
+    s.control_closed();
+    assert!(matches!(one(&mut s), Action::Close(End::AssociationEnded)));
+    let mut s = socks(t0);
+    s.handshake(t0, &req, false, &Rules::default(), &mut Vec::new());
+    one(&mut s);
+    s.associate_failed(t0, "too many associations".into());
+    match one(&mut s) {
+        Action::Refuse { reply, .. } => assert_eq!(reply, Some(Reply::GeneralFailure)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bind_is_not_supported() {
+    let t0 = Instant::now();
+    {
+        let cmd = socks5::Command::Bind;
         let mut s = socks(t0);
         let req = greeting_and_request(cmd, &Target::Addr(addr("127.0.0.1:53")));
         s.handshake(t0, &req, false, &Rules::default(), &mut Vec::new());
