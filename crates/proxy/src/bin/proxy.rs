@@ -9,6 +9,8 @@
 //!       [--max-sessions N] [--max-sessions-per-ip N] [--stats-interval SECS]
 //!       [--allow-client CIDR]... [--deny-client CIDR]...  who may connect (in order)
 //!       [--proxy-protocol-in --proxy-protocol-from CIDR...] [--proxy-protocol-out v1|v2]
+//!       [--udp-max-associations N] [--udp-idle-timeout SECS] [--udp-rate N]
+//!       [--udp-byte-rate N] [--udp-global-rate N] [--udp-global-byte-rate N]
 //! ```
 //! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM stop accepting, let open
 //! tunnels finish (up to the drain timeout), log the proxy's counters and exit 0.
@@ -22,6 +24,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use reactor::{Config, Reactor, StatsLogger};
 use reactor_proxy::{
     Cidr, ClientRules, Mode, ProxyOptions, parse_host_port, proxy_listener, proxy_protocol,
+    udp::UdpLimits,
 };
 
 #[derive(Parser, Debug)]
@@ -93,6 +96,25 @@ struct Args {
     /// Send a PROXY protocol header (v1 text or v2 binary) to every upstream.
     #[arg(long, value_name = "VERSION", value_parser = ["v1", "v2"])]
     proxy_protocol_out: Option<String>,
+    /// SOCKS5 UDP ASSOCIATE: associations open at once at most (more get 0x01).
+    #[arg(long, default_value_t = 1000)]
+    udp_max_associations: usize,
+    /// SOCKS5 UDP ASSOCIATE: end an association with no datagram for SECS seconds.
+    #[arg(long, default_value_t = 120.0)]
+    udp_idle_timeout: f64,
+    /// SOCKS5 UDP ASSOCIATE: datagrams per second per association, both ways (0: no
+    /// limit); more are dropped and counted.
+    #[arg(long, default_value_t = 2000)]
+    udp_rate: u32,
+    /// SOCKS5 UDP ASSOCIATE: payload bytes per second per association (0: no limit).
+    #[arg(long, default_value_t = 4 << 20)]
+    udp_byte_rate: u64,
+    /// SOCKS5 UDP ASSOCIATE: datagrams per second of all associations (0: no limit).
+    #[arg(long, default_value_t = 100_000)]
+    udp_global_rate: u32,
+    /// SOCKS5 UDP ASSOCIATE: payload bytes per second of all associations (0: none).
+    #[arg(long, default_value_t = 256 << 20)]
+    udp_global_byte_rate: u64,
 }
 
 use reactor_cli::secs;
@@ -179,6 +201,10 @@ fn run(args: Args, clients: ClientRules) -> Result<(), String> {
     opts.clients = clients;
     opts.proxy_protocol_in = args.proxy_protocol_in;
     opts.proxy_protocol_from = args.proxy_protocol_from.clone();
+    opts.udp.max_associations = args.udp_max_associations;
+    opts.udp.idle_timeout = positive("udp-idle-timeout", args.udp_idle_timeout)?;
+    opts.udp.per_association = UdpLimits::new(args.udp_rate, args.udp_byte_rate);
+    opts.udp.global = UdpLimits::new(args.udp_global_rate, args.udp_global_byte_rate);
     opts.proxy_protocol_out = match args.proxy_protocol_out.as_deref() {
         None => None,
         Some("v1") => Some(proxy_protocol::Version::V1),
