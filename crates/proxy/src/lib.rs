@@ -158,9 +158,11 @@ pub struct ProxyOptions {
     pub idle_timeout: Duration,
     /// When one side of a relaying session fails (a reset, a broken pipe), the other
     /// side still gets every byte the proxy holds for it, then end of file; its
-    /// further input is read and dropped until it closes, for at most this long
-    /// after that end of file (closing while it still sends would make the kernel
-    /// reset the connection, which can destroy bytes it has not read yet).
+    /// further input is read and dropped until it closes, or until its peer has
+    /// acknowledged everything (then no reset can destroy anything: the prompt end),
+    /// for at most this long after that end of file (closing while bytes are
+    /// unacknowledged and it still sends would make the kernel reset the
+    /// connection, which can destroy bytes it has not received yet).
     pub linger_timeout: Duration,
     /// The SOCKS5 handshake must complete within this long, or the client is closed.
     /// Also bounds how long a refused client is given to read its error reply.

@@ -57,7 +57,8 @@ struct Args {
     #[arg(long, default_value_t = 300.0)]
     idle_timeout: f64,
     /// After one side of a tunnel failed and the other got everything, wait at
-    /// most SECS seconds for that other side to close.
+    /// most SECS seconds for that other side to close (less once its peer has
+    /// acknowledged everything).
     #[arg(long, default_value_t = 5.0)]
     linger_timeout: f64,
     /// SOCKS5 clients must finish the handshake within SECS seconds.
