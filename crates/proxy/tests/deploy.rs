@@ -634,6 +634,38 @@ fn example_client_rules_and_proxy_protocol_flags() {
     );
     srv.signal(libc::SIGTERM);
     assert_eq!(srv.wait_exit(T), Some(0));
+
+    // With --proxy-protocol-in, the log names the client the header announced, not
+    // the balancer's (here our own) address.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxy"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up.to_string(),
+        "--proxy-protocol-in",
+        "--proxy-protocol-from",
+        "127.0.0.1",
+        "--deny-client",
+        "203.0.113.0/24",
+    ]);
+    let mut srv = common::Server::start(cmd);
+    let mut s = connect_from("127.0.0.1".parse().unwrap(), srv.addr);
+    s.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n")
+        .unwrap();
+    assert!(read_to_close(&mut s).is_empty());
+    assert!(
+        srv.wait_stderr("refused connection from 203.0.113.7:5555: client rules", T),
+        "{}",
+        srv.stderr_text()
+    );
+    srv.signal(libc::SIGTERM);
+    assert_eq!(srv.wait_exit(T), Some(0));
+    assert!(
+        srv.wait_stderr("+ 1 (client rules)", T),
+        "{}",
+        srv.stderr_text()
+    );
     for args in [
         &["--upstream", "127.0.0.1:1", "--proxy-protocol-in"][..],
         &["--upstream", "127.0.0.1:1", "--proxy-protocol-out", "v3"],
