@@ -4,11 +4,13 @@
 //! handshake state machine over byte slices, tested without sockets. [`rules`] says
 //! which destinations SOCKS5 clients may not reach. The core's
 //! [`Pipe`](reactor::pipe::Pipe) moves bytes between the two connections of a
-//! session (backpressure, half-close), and
-//! [`session::Session`] is the handler that owns those two connections: SOCKS5
-//! handshake, name resolution on the worker pool, non-blocking connect with a
-//! timeout, then the pipe. [`proxy_listener`] puts it behind a [`Listener`] with
-//! session limits.
+//! session (backpressure, half-close). [`session::SessionState`] is the sans-io
+//! session: phases, deadlines (handshake, the connect split across addresses,
+//! idle, linger) and typed failures, fed events and `now`, answering with actions;
+//! [`session::Session`] is the thin handler around it that owns the two
+//! connections: SOCKS5 handshake, name resolution on the worker pool,
+//! non-blocking connect, then the pipe. [`proxy_listener`] puts it behind a
+//! [`Listener`] with session limits.
 //!
 //! Parsing stays in the codec; the handlers only move bytes and drive the codec.
 //! Nothing here blocks the loop: host names are resolved with
@@ -31,9 +33,13 @@
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod cidr;
+pub mod proxy_protocol;
 pub mod rules;
 pub mod session;
 pub mod socks5;
+pub mod socks5_udp;
+pub mod udp;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -51,7 +57,8 @@ use reactor::ConnConfig;
 use reactor::LogLimiter;
 use reactor::{ListenOptions, Listener};
 
-pub use rules::{Cidr, Rules};
+pub use cidr::{Cidr, ClientRules};
+pub use rules::Rules;
 pub use session::Session;
 pub use socks5::Target;
 
@@ -119,8 +126,10 @@ impl fmt::Debug for Resolver {
     }
 }
 
-/// Settings of a proxy.
+/// Settings of a proxy. Made with [`ProxyOptions::new`]; its fields are set
+/// directly (more may come: the struct is `#[non_exhaustive]`).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ProxyOptions {
     /// Forwarder or SOCKS5.
     pub mode: Mode,
@@ -132,7 +141,7 @@ pub struct ProxyOptions {
     /// Buffer limits of each of the two connections (watermarks for backpressure).
     /// Its `pause_on_own_queue` holds during the SOCKS5 handshake only: once
     /// relaying, a proxy pauses a side only while the *other* side's queue is
-    /// congested, never for its own (see [`forward::Pipe::start`]).
+    /// congested, never for its own (see [`Pipe::start`](reactor::pipe::Pipe::start)).
     pub conn: ConnConfig,
     /// Listener settings. Its `max_connections` is a hard accept pause; the session
     /// limits below refuse (close) connections instead, and count them.
@@ -149,9 +158,11 @@ pub struct ProxyOptions {
     pub idle_timeout: Duration,
     /// When one side of a relaying session fails (a reset, a broken pipe), the other
     /// side still gets every byte the proxy holds for it, then end of file; its
-    /// further input is read and dropped until it closes, for at most this long
-    /// after that end of file (closing while it still sends would make the kernel
-    /// reset the connection, which can destroy bytes it has not read yet).
+    /// further input is read and dropped until it closes, or until its peer has
+    /// acknowledged everything (then no reset can destroy anything: the prompt end),
+    /// for at most this long after that end of file (closing while bytes are
+    /// unacknowledged and it still sends would make the kernel reset the
+    /// connection, which can destroy bytes it has not received yet).
     pub linger_timeout: Duration,
     /// The SOCKS5 handshake must complete within this long, or the client is closed.
     /// Also bounds how long a refused client is given to read its error reply.
@@ -162,6 +173,23 @@ pub struct ProxyOptions {
     /// is an IPv4 address, or an IPv6 /64 network (one subscriber's usual
     /// allocation: counted per address, a single host could take 2^64 of them).
     pub max_sessions_per_ip: usize,
+    /// Which clients may use the proxy (`--allow-client`/`--deny-client`, first match
+    /// wins; see [`ClientRules`]), judged before any byte is read from them. With
+    /// [`proxy_protocol_in`](Self::proxy_protocol_in), the client is the address the
+    /// PROXY header announces, judged right after the header.
+    pub clients: ClientRules,
+    /// Every incoming connection starts with a PROXY protocol header (v1 or v2),
+    /// whose client address is then what limits, logs and rules see. Only accepted
+    /// from peers in `proxy_protocol_from`; any other peer is refused, and a missing
+    /// or bad header (within the handshake timeout) closes the connection.
+    pub proxy_protocol_in: bool,
+    /// The peers (load balancers) whose PROXY headers are believed.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// Send a PROXY protocol header of this version to every upstream (the
+    /// forwarder's, or the SOCKS5 CONNECT destination) before the client's bytes.
+    pub proxy_protocol_out: Option<proxy_protocol::Version>,
+    /// SOCKS5 UDP ASSOCIATE: limits of the UDP relay.
+    pub udp: udp::UdpRelayOptions,
 }
 
 impl ProxyOptions {
@@ -180,6 +208,11 @@ impl ProxyOptions {
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 10_000,
             max_sessions_per_ip: 1_000,
+            clients: ClientRules::default(),
+            proxy_protocol_in: false,
+            proxy_protocol_from: Vec::new(),
+            proxy_protocol_out: None,
+            udp: udp::UdpRelayOptions::default(),
         }
     }
 }
@@ -223,10 +256,14 @@ pub struct ProxyCounters {
     active: AtomicU64,
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
+    refused_client: AtomicU64,
     handshake_failed: AtomicU64,
     connect_failed: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    udp_associations: AtomicU64,
+    udp_datagrams: AtomicU64,
+    udp_dropped: AtomicU64,
 }
 
 impl ProxyCounters {
@@ -238,10 +275,14 @@ impl ProxyCounters {
             active: g(&self.active),
             refused_total: g(&self.refused_total),
             refused_per_ip: g(&self.refused_per_ip),
+            refused_client: g(&self.refused_client),
             handshake_failed: g(&self.handshake_failed),
             connect_failed: g(&self.connect_failed),
             bytes_up: g(&self.bytes_up),
             bytes_down: g(&self.bytes_down),
+            udp_associations: g(&self.udp_associations),
+            udp_datagrams: g(&self.udp_datagrams),
+            udp_dropped: g(&self.udp_dropped),
         }
     }
 
@@ -261,6 +302,9 @@ pub struct ProxyStats {
     pub refused_total: u64,
     /// Connections refused because their IP had `max_sessions_per_ip` open.
     pub refused_per_ip: u64,
+    /// Connections refused by the client rules, or (with the PROXY protocol) from
+    /// a peer not in `proxy_protocol_from`.
+    pub refused_client: u64,
     /// SOCKS5 handshakes that failed (bad input, auth, timeout, unsupported command,
     /// denied by the rules).
     pub handshake_failed: u64,
@@ -270,22 +314,34 @@ pub struct ProxyStats {
     pub bytes_up: u64,
     /// Bytes relayed upstream -> client (closed sessions only).
     pub bytes_down: u64,
+    /// UDP associations made.
+    pub udp_associations: u64,
+    /// Datagrams relayed, both directions.
+    pub udp_datagrams: u64,
+    /// Datagrams dropped (not from the client, malformed, fragments, denied, over
+    /// a rate, unsolicited, or the send queue full).
+    pub udp_dropped: u64,
 }
 
 impl fmt::Display for ProxyStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "sessions {} (open {}), refused {} (limit) + {} (per-IP limit), handshake failures {}, \
-             connect failures {}, bytes up {} down {}",
+            "sessions {} (open {}), refused {} (limit) + {} (per-IP limit) + {} (client rules), \
+             handshake failures {}, connect failures {}, bytes up {} down {}, \
+             udp associations {} datagrams {} dropped {}",
             self.accepted,
             self.active,
             self.refused_total,
             self.refused_per_ip,
+            self.refused_client,
             self.handshake_failed,
             self.connect_failed,
             self.bytes_up,
-            self.bytes_down
+            self.bytes_down,
+            self.udp_associations,
+            self.udp_datagrams,
+            self.udp_dropped
         )
     }
 }
@@ -307,12 +363,38 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<ProxyCounters>,
     limits: RefCell<Limits>,
     rejections: RefCell<LogLimiter>,
+    /// UDP associations open, and the rate of all of them together.
+    pub(crate) udp: RefCell<UdpShared>,
+}
+
+/// What the UDP associations of one proxy share.
+#[derive(Debug, Default)]
+pub(crate) struct UdpShared {
+    pub(crate) open: usize,
+    pub(crate) window: udp::RateWindow,
+    pub(crate) log: LogLimiter,
 }
 
 impl Shared {
-    /// Admits a new session from `peer`, or says why not (and counts the refusal).
-    fn admit(&self, peer: SocketAddr) -> bool {
+    /// Admits a new session from the client `peer`, or says why not (and counts and
+    /// logs the refusal): the client rules, then the session limits.
+    pub(crate) fn admit(&self, peer: SocketAddr) -> bool {
         let mut l = self.limits.borrow_mut();
+        let decision = self.opts.clients.decide(peer.ip());
+        if !decision.is_allowed() {
+            ProxyCounters::add(&self.counters.refused_client, 1);
+            if let Some(held_back) = l.log.allow(Instant::now()) {
+                let why = match decision.rule.and_then(|i| self.opts.clients.rules().get(i)) {
+                    Some(rule) => format!("--{}-client {}", rule.action, rule.net),
+                    None => "no --allow-client rule matches".to_string(),
+                };
+                log::warn!(
+                    "refused connection from {peer}: client rules ({why}; {held_back} more \
+                     refusals not logged)"
+                );
+            }
+            return false;
+        }
         let ip = reactor::client_key(peer.ip());
         let per_ip = l.per_ip.get(&ip).copied().unwrap_or(0);
         let why = if l.open >= self.opts.max_sessions {
@@ -335,6 +417,28 @@ impl Shared {
                 l.open,
                 per_ip,
                 if ip.is_ipv6() { "/64" } else { "" },
+            );
+        }
+        false
+    }
+
+    /// True if `peer` may send PROXY protocol headers; otherwise the refusal is
+    /// counted and logged.
+    fn trusts(&self, peer: SocketAddr) -> bool {
+        if self
+            .opts
+            .proxy_protocol_from
+            .iter()
+            .any(|c| c.contains(peer.ip()))
+        {
+            return true;
+        }
+        ProxyCounters::add(&self.counters.refused_client, 1);
+        let mut l = self.limits.borrow_mut();
+        if let Some(held_back) = l.log.allow(Instant::now()) {
+            log::warn!(
+                "refused connection from {peer}: not a trusted source of PROXY protocol \
+                 headers (--proxy-protocol-from; {held_back} more refusals not logged)"
             );
         }
         false
@@ -379,6 +483,14 @@ impl Shared {
     pub(crate) fn count_connect_failure(&self) {
         ProxyCounters::add(&self.counters.connect_failed, 1);
     }
+
+    /// Counts UDP datagrams relayed and dropped, and a new association.
+    pub(crate) fn count_udp(&self, associations: u64, relayed: u64, dropped: u64) {
+        let c = &self.counters;
+        ProxyCounters::add(&c.udp_associations, associations);
+        ProxyCounters::add(&c.udp_datagrams, relayed);
+        ProxyCounters::add(&c.udp_dropped, dropped);
+    }
 }
 
 /// Binds a proxy listener on `addr`: every admitted connection becomes a
@@ -399,12 +511,20 @@ pub fn proxy_listener(
         counters: counters.clone(),
         limits: RefCell::new(Limits::default()),
         rejections: RefCell::default(),
+        udp: RefCell::default(),
     });
     let listener = Listener::bind(addr, listen, move |stream, peer| {
+        if shared.opts.proxy_protocol_in {
+            // The client is who the header says; it is admitted after the header.
+            if !shared.trusts(peer) {
+                return None;
+            }
+            return Some(Session::new(shared.clone(), stream, peer, false));
+        }
         if !shared.admit(peer) {
             return None;
         }
-        Some(Session::new(shared.clone(), stream, peer))
+        Some(Session::new(shared.clone(), stream, peer, true))
     })?;
     Ok((listener, counters))
 }
@@ -438,6 +558,7 @@ mod tests {
             counters: Arc::default(),
             limits: RefCell::default(),
             rejections: RefCell::default(),
+            udp: RefCell::default(),
         }
     }
 

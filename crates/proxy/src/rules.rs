@@ -1,7 +1,8 @@
 //! The SOCKS5 ruleset: which destinations a client may not reach.
 //!
 //! A deliberately small rule language: deny address ranges (CIDR, e.g.
-//! `10.0.0.0/8`, `::1/128`) and deny destination ports. A request that matches is
+//! `10.0.0.0/8`, `::1/128`; the range type is [`crate::cidr::Cidr`], shared with the
+//! client rules) and deny destination ports. A request that matches is
 //! answered with reply 0x02 "connection not allowed by ruleset". Rules are checked
 //! before anything is resolved (the port) and again on every resolved address, so a
 //! host name cannot smuggle a client into a denied range. Addresses are judged by
@@ -10,87 +11,9 @@
 //!
 //! Plain values and functions: no sockets, no resolution, no clock.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 
-/// An address range: a network address and a prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// The range of `net` with `prefix` leading bits fixed; `None` if the prefix is
-    /// longer than the address.
-    pub fn new(net: IpAddr, prefix: u8) -> Option<Cidr> {
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Cidr { net, prefix })
-    }
-
-    /// True if `ip` is in the range. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
-    /// matches IPv4 ranges, so a dual-stack socket cannot bypass an IPv4 rule.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                prefix_eq(&n.octets(), &a.octets(), self.prefix as usize)
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                prefix_eq(&n.octets(), &a.octets(), self.prefix as usize)
-            }
-            _ => false,
-        }
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], bits: usize) -> bool {
-    let whole = bits / 8;
-    if a[..whole] != b[..whole] {
-        return false;
-    }
-    let rest = bits % 8;
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rest);
-    a[whole] & mask == b[whole] & mask
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    /// `ADDR/PREFIX`, or a bare address (a single host).
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let net: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address range (want e.g. 10.0.0.0/8)"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
-        };
-        Ok(Cidr { net, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.net, self.prefix)
-    }
-}
+pub use crate::cidr::Cidr;
 
 /// What SOCKS5 clients may not reach. Empty (the default) allows everything.
 #[derive(Clone, Debug, Default)]
@@ -153,11 +76,14 @@ mod tests {
         assert!(host.contains(ip("::1")) && !host.contains(ip("::2")));
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(ip("1.2.3.4")) && !all.contains(ip("fe80::1")));
-        assert!(Cidr::new(ip("1.2.3.4"), 33).is_none());
+        assert!(Cidr::new(ip("1.2.3.4"), 33).is_err());
     }
 
     #[test]
-    fn parse_errors_are_clear() {
+    fn destination_ranges_may_have_host_bits() {
+        // `--deny 10.1.2.3/8` always meant 10.0.0.0/8 and still does.
+        let c = Cidr::parse_masked("10.1.2.3/8").unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
         for bad in [
             "",
             "10.0.0.0/33",
@@ -166,8 +92,7 @@ mod tests {
             "10.0.0.0/",
             "10.0.0.0/-1",
         ] {
-            let e = bad.parse::<Cidr>().unwrap_err();
-            assert!(e.contains(bad), "{e}");
+            assert!(Cidr::parse_masked(bad).is_err(), "{bad}");
         }
     }
 

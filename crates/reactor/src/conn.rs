@@ -881,6 +881,35 @@ impl Conn {
         self.write_shut
     }
 
+    /// Bytes written to the socket that the peer has not acknowledged yet, our end
+    /// of file (a write shutdown) counting as one: the kernel's `SIOCOUTQ`. Zero
+    /// means the peer's kernel holds everything we sent, so closing now, even with
+    /// unread input (which makes the kernel send a reset), cannot destroy any of it.
+    /// An acknowledgement makes no readiness event: a handler waiting for this to
+    /// reach zero asks again on a timer. (Bytes still in the write queue are not
+    /// counted: see [`write_pending`](Conn::write_pending).) Linux only; elsewhere
+    /// an `Unsupported` error.
+    pub fn unacked(&self) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut n: libc::c_int = 0;
+            // SAFETY: SIOCOUTQ (TIOCOUTQ) on a socket writes one int through the
+            // pointer, which points at a live, aligned c_int; the fd is this socket's.
+            // (Reviewed: neither rustix nor socket2 wraps this ioctl.)
+            #[allow(unsafe_code)]
+            let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(usize::try_from(n).unwrap_or(0))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
     /// True when both directions are finished: the peer sent end of file and our
     /// queue is flushed and shut down. The handler can close.
     pub fn is_done(&self) -> bool {

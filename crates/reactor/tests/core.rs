@@ -1378,3 +1378,49 @@ fn a_busy_peer_is_read_at_most_two_budgets_per_loop_iteration() {
         "read {most} bytes in one loop iteration with a {BUDGET}-byte budget"
     );
 }
+
+/// `Conn::unacked` is the kernel's count of bytes the peer has not acknowledged: it
+/// stays above zero while the peer's receive window is full, and falls to zero,
+/// end of file included, once the peer has taken everything.
+#[test]
+fn unacked_counts_what_the_peer_has_not_acknowledged() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer =
+        common::small_buffer_connect(listener.local_addr().unwrap(), Duration::from_secs(10));
+    let (ours, _) = listener.accept().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut conn = reactor::Conn::new(
+        reactor::TcpStream::from_std(ours),
+        0,
+        reactor::ConnConfig::default(),
+    );
+    assert_eq!(conn.unacked().unwrap(), 0);
+    // More than the peer's buffers hold, written straight to the socket.
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0;
+    for _ in 0..200 {
+        match conn.stream_mut().write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        conn.unacked().unwrap() > 0,
+        "{written} written, all acknowledged?"
+    );
+    // The peer reads everything and our end of file: nothing is left unacknowledged.
+    conn.stream_mut()
+        .shutdown(std::net::Shutdown::Write)
+        .unwrap();
+    let mut peer = peer;
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), written);
+    let t0 = Instant::now();
+    while conn.unacked().unwrap() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never acknowledged");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -18,6 +18,10 @@
 //! - each direction is capped at [`CircuitLimits::max_bytes_per_direction`]
 //!   exactly ([`Pumped::OverBudget`]).
 //!
+//! - after a failure, once the healthy side's peer has acknowledged everything, the
+//!   bridge says [`Pumped::Done`] ([`Bridge::on_timer`]): the circuit ends at once,
+//!   not at the linger timeout.
+//!
 //! It must not parse anything or decide when to close: it reports, the handler
 //! acts (closing on [`Pumped::Done`], bounding [`Pumped::Lingering`] with a timer,
 //! stopping the circuit on [`Pumped::OverBudget`]).
@@ -27,7 +31,8 @@ use std::time::Duration;
 
 use reactor::Event;
 use reactor::Loop;
-use reactor::pipe::{DOWN, Pipe, UP};
+use reactor::TimerId;
+use reactor::pipe::{AckPoll, DOWN, Pipe, PipeStatus, UP};
 use reactor::{Conn, ConnConfig};
 
 use super::table::{BudgetExceeded, CircuitLimits, Direction};
@@ -66,6 +71,9 @@ pub struct Bridge {
     pipe: Pipe,
     /// The budget was reported exceeded (once).
     over_reported: bool,
+    /// Lingering: the timer that asks whether the healthy side's peer has
+    /// acknowledged everything, and its back-off.
+    ack_poll: Option<(TimerId, AckPoll)>,
 }
 
 impl Bridge {
@@ -80,6 +88,7 @@ impl Bridge {
             a,
             b,
             over_reported: false,
+            ack_poll: None,
         }
     }
 
@@ -114,7 +123,10 @@ impl Bridge {
     /// end one side (see the module docs).
     pub fn on_event(&mut self, cx: &mut Loop<'_>, ev: Event) -> Pumped {
         self.pipe.on_event(cx, ev, &mut self.a, &mut self.b);
-        if self.pipe.is_done(&self.a, &self.b) {
+        let status = self
+            .pipe
+            .status([self.a.is_write_shut(), self.b.is_write_shut()]);
+        if status == PipeStatus::Done {
             return Pumped::Done;
         }
         if !self.over_reported
@@ -130,10 +142,33 @@ impl Bridge {
                 limit: self.pipe.limit(),
             });
         }
-        if self.pipe.is_lingering(&self.a, &self.b) {
+        if status == PipeStatus::Lingering {
+            if self.ack_poll.is_none() {
+                let mut poll = AckPoll::default();
+                self.ack_poll = Some((cx.timer_once(poll.next_delay()), poll));
+            }
             return Pumped::Lingering;
         }
         Pumped::Open
+    }
+
+    /// Passes a timer of the owning handler: `None` if it is not the bridge's.
+    /// While [`Pumped::Lingering`], the bridge asks on a timer of its own whether
+    /// the healthy side's peer has acknowledged everything sent to it
+    /// ([`Pipe::is_delivered`]); once it has, the answer is [`Pumped::Done`]:
+    /// nothing can be lost by closing (the prompt end; [`LINGER`] stays the upper
+    /// bound). Otherwise it is [`Pumped::Lingering`] and the bridge asks again later.
+    pub fn on_timer(&mut self, cx: &mut Loop<'_>, t: TimerId) -> Option<Pumped> {
+        let (id, mut poll) = self.ack_poll?;
+        if id != t {
+            return None;
+        }
+        if self.pipe.is_delivered(&self.a, &self.b) {
+            self.ack_poll = None;
+            return Some(Pumped::Done);
+        }
+        self.ack_poll = Some((cx.timer_once(poll.next_delay()), poll));
+        Some(Pumped::Lingering)
     }
 
     /// Stops forwarding and half-closes both sides once their queues drain.

@@ -16,7 +16,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
@@ -29,8 +29,9 @@ use reactor::{Event, Handler, HandlerId, HandlerResult, SourceId};
 use reactor::{JobId, JobResult};
 use reactor::{ListenOptions, Listener};
 
-use super::bridge::{Bridge, LINGER, Pumped};
+use super::bridge::{Bridge, Pumped};
 use super::proto::{self, Message, Reason};
+use super::setup::{CircuitSetup, Ending, SetupAction, SetupError, SetupPhase};
 use super::table::CircuitLimits;
 
 const RELAY: SourceId = 0;
@@ -419,18 +420,19 @@ pub enum Target {
 /// rather than holding it until the setup timeout. A local connection that sent
 /// bytes and then half-closed is waiting for an answer: its bytes and its end of
 /// file are delivered once the circuit is up.
+///
+/// The decisions (when to bridge, what ends the set-up, the setup and linger
+/// deadlines) are the sans-IO [`CircuitSetup`]'s; this handler performs them.
 pub struct CircuitEnd {
     relay_addr: SocketAddr,
     hello: Vec<u8>,
-    forward: Option<String>,
     relay: Option<Conn>,
     local: Option<Conn>,
-    connected: bool,
     bridge: Option<Bridge>,
     cfg: ConnConfig,
-    setup_timeout: Duration,
-    timer: Option<TimerId>,
-    linger: Option<TimerId>,
+    setup: CircuitSetup,
+    /// The loop timer armed for `setup.poll_timeout()`, and that instant.
+    timer: Option<(TimerId, Instant)>,
 }
 
 impl CircuitEnd {
@@ -451,94 +453,164 @@ impl CircuitEnd {
         CircuitEnd {
             relay_addr: relay,
             hello,
-            forward,
             relay: None,
             local,
-            connected: false,
             bridge: None,
             cfg,
-            setup_timeout,
+            setup: CircuitSetup::new(forward, setup_timeout),
             timer: None,
-            linger: None,
         }
     }
 
-    /// Reads the relay's answer; bridges once it and the local side are ready.
-    fn setup(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
-        let Some(relay) = self.relay.as_mut() else {
-            return Ok(());
-        };
-        if !self.connected {
-            let st = relay.fill(cx)?;
-            match proto::decode(relay.read_buf()) {
-                Ok(Some((Message::Connected { .. }, used))) => {
-                    // Bytes after the frame are the circuit's first data.
-                    relay.consume(used);
-                    self.connected = true;
+    /// Performs what the set-up asks, then sets the loop timer to its next
+    /// deadline. A fault comes back as the handler's error.
+    fn run(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        while let Some(action) = self.setup.poll_action() {
+            match action {
+                SetupAction::Resolve(target) => {
+                    let job = cx.offload(move || -> io::Result<Option<SocketAddr>> {
+                        Ok(target.to_socket_addrs()?.next())
+                    });
+                    if let Err(e) = job {
+                        return Err(format!("cannot resolve the forward target: {e}").into());
+                    }
                 }
-                Ok(Some((Message::Refused { reason, detail }, _))) => {
-                    log::warn!(
-                        "relay refused the circuit: {reason}{}{}",
-                        if detail.is_some() { ": " } else { "" },
-                        detail.unwrap_or("")
-                    );
-                    cx.close();
-                    return Ok(());
+                SetupAction::Connect(addr) => {
+                    let attempt = Conn::connect(addr, LOCAL, self.cfg)
+                        .and_then(|mut c| c.register(cx).map(|()| c));
+                    match attempt {
+                        Ok(c) => {
+                            self.local = Some(c);
+                            self.setup.connect_started();
+                        }
+                        Err(e) => self.setup.connect_failed(e),
+                    }
                 }
-                Ok(Some((other, _))) => {
-                    return Err(
-                        format!("unexpected {} from the relay", other.message_type()).into(),
-                    );
-                }
-                Ok(None) if st.eof => return Err("the relay closed the circuit".into()),
-                Ok(None) => {}
-                Err(e) => return Err(format!("bad frame from the relay: {e}").into()),
+                SetupAction::Bridge => self.bridge(cx),
+                SetupAction::Close(ending) => return self.end(cx, ending),
             }
+        }
+        self.sync_timer(cx);
+        Ok(())
+    }
+
+    /// Keeps the one loop timer at the set-up's next deadline.
+    fn sync_timer(&mut self, cx: &mut Loop<'_>) {
+        let want = self.setup.poll_timeout();
+        if self.timer.map(|(_, at)| at) == want {
+            return;
+        }
+        if let Some((t, _)) = self.timer.take() {
+            cx.cancel_timer(t);
+        }
+        if let Some(at) = want {
+            self.timer = Some((cx.timer_once(at.saturating_duration_since(cx.now())), at));
+        }
+    }
+
+    /// Joins the two connections.
+    fn bridge(&mut self, cx: &mut Loop<'_>) {
+        let (Some(relay), Some(local)) = (self.relay.take(), self.local.take()) else {
+            return;
+        };
+        let connecting = local.is_connecting();
+        let unlimited = CircuitLimits {
+            max_bytes_per_direction: 0,
+            ..CircuitLimits::default()
+        };
+        let mut bridge = Bridge::new(relay, local, &self.cfg, &unlimited);
+        bridge.start(cx);
+        self.bridge = Some(bridge);
+        if !connecting {
+            self.setup.forward_connected();
+        }
+    }
+
+    /// The circuit end is over: logs why, and closes (a fault is the handler's
+    /// error, counted as such).
+    fn end(&mut self, cx: &mut Loop<'_>, ending: Ending) -> HandlerResult {
+        match ending {
+            Ending::Finished | Ending::OverBudget => {}
+            Ending::LingerTimeout(d) => {
+                log::debug!("circuit end: the other side did not close within {d:?}");
+            }
+            Ending::Refused { reason, detail } => log::warn!(
+                "relay refused the circuit: {reason}{}{}",
+                if detail.is_some() { ": " } else { "" },
+                detail.as_deref().unwrap_or("")
+            ),
+            Ending::LocalLeft(why) => {
+                log::debug!("the local connection left before its circuit was up ({why}); closing")
+            }
+            // An expected outcome (the relay or the service is slow or gone), not a
+            // handler failure: logged and closed, not counted as an error.
+            Ending::SetupTimeout { bridged, after } => {
+                match self.bridge.as_ref().and_then(Bridge::failure) {
+                    Some((side, e)) if bridged => log::warn!(
+                        "circuit end: the {} failed ({e}) and the circuit had not finished \
+                         within {after:?}; closing it",
+                        if side == 'a' {
+                            "relay connection"
+                        } else {
+                            "forward connection"
+                        },
+                    ),
+                    _ if bridged => log::warn!(
+                        "circuit end: the forward target did not accept the connection within \
+                         {after:?}; closing the circuit"
+                    ),
+                    _ => log::warn!("circuit end: not set up within {after:?}; closing it"),
+                }
+            }
+            // A connect that failed is the socket's own error, as the loop
+            // classifies it.
+            Ending::Failed(SetupError::Forward(e)) => return Err(e.into()),
+            Ending::Failed(e) => return Err(e.to_string().into()),
+        }
+        cx.close();
+        Ok(())
+    }
+
+    /// Reads the relay's answer (and surfaces a failed connect to the forward
+    /// target first, so that a dead target is not bridged).
+    fn setup(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        if let Some(local) = self.local.as_mut()
+            && let Err(e) = local.flush(cx)
+        {
+            self.setup.local_failed(e);
+        }
+        if let Some(relay) = self.relay.as_mut()
+            && matches!(
+                self.setup.phase(),
+                SetupPhase::Waiting {
+                    answered: false,
+                    ..
+                }
+            )
+        {
+            let st = relay.fill(cx)?;
+            let used = self.setup.relay_bytes(relay.read_buf(), st.eof);
+            // Bytes after the frame are the circuit's first data.
+            relay.consume(used);
             relay.flush(cx)?;
         }
-        if let Some(local) = self.local.as_mut() {
-            // Surfaces a failed connect to the forward target.
-            local.flush(cx)?;
-        }
-        if self.connected && self.local.is_some() {
-            let (Some(relay), Some(local)) = (self.relay.take(), self.local.take()) else {
-                return Ok(());
-            };
-            // The setup timeout also bounds a forward connect still in progress
-            // (a target that never answers would otherwise hold the circuit for
-            // the kernel's SYN retries, about two minutes).
-            if !local.is_connecting()
-                && let Some(t) = self.timer.take()
-            {
-                cx.cancel_timer(t);
-            }
-            let unlimited = CircuitLimits {
-                max_bytes_per_direction: 0,
-                ..CircuitLimits::default()
-            };
-            // A forward target still connecting is fine: the bridge sends what it
-            // holds for it once connected, and a failed connect ends that side.
-            let mut bridge = Bridge::new(relay, local, &self.cfg, &unlimited);
-            bridge.start(cx);
-            self.bridge = Some(bridge);
-        }
-        Ok(())
+        self.run(cx)
     }
 
     /// An event of the local connection while the circuit is being set up: is it
     /// still worth setting up? If not, the handler closes (and with it its relay
-    /// connection, which the relay sees as the circuit's end leaving). A local
-    /// application that leaves is normal, so it is logged at debug level; a
-    /// failed connect to the forward target is a handler error.
-    fn watch_local(&mut self, cx: &mut Loop<'_>, ev: Event) -> HandlerResult {
+    /// connection, which the relay sees as the circuit's end leaving).
+    fn watch_local(&mut self, cx: &mut Context<'_, Self>, ev: Event) -> HandlerResult {
         let Some(local) = self.local.as_mut() else {
             return Ok(());
         };
         if local.is_connecting() {
             // A connect that failed reports it here (an error event, which may
             // come after the relay's answer and nothing else would look at).
-            local.flush(cx)?;
-            return Ok(());
+            if let Err(e) = local.flush(cx) {
+                self.setup.local_failed(e);
+            }
+            return self.run(cx);
         }
         if !ev.is_polled() || !(ev.is_error() || ev.is_read_closed()) {
             // Bytes: they wait in the kernel until bridged.
@@ -558,8 +630,8 @@ impl CircuitEnd {
             },
         };
         if let Some(why) = gone {
-            log::debug!("the local connection left before its circuit was up ({why}); closing");
-            cx.close();
+            self.setup.local_left(why);
+            return self.run(cx);
         }
         Ok(())
     }
@@ -584,16 +656,8 @@ impl Handler for CircuitEnd {
             // `watch_local` sees it too.
             local.register(cx)?;
         }
-        if let Some(target) = self.forward.clone() {
-            let job = cx.offload(move || -> io::Result<Option<SocketAddr>> {
-                Ok(target.to_socket_addrs()?.next())
-            });
-            if let Err(e) = job {
-                return Err(format!("cannot resolve the forward target: {e}").into());
-            }
-        }
-        self.timer = Some(cx.timer_once(self.setup_timeout));
-        Ok(())
+        self.setup.start(cx.now());
+        self.run(cx)
     }
 
     fn on_job(
@@ -602,29 +666,21 @@ impl Handler for CircuitEnd {
         _job: JobId,
         result: JobResult<Self::Job>,
     ) -> HandlerResult {
-        let target = self.forward.take().unwrap_or_default();
-        let addr = match result? {
-            Ok(Some(a)) => a,
-            Ok(None) => return Err(format!("{target}: no address").into()),
-            Err(e) => return Err(format!("cannot resolve {target}: {e}").into()),
-        };
-        let mut local = Conn::connect(addr, LOCAL, self.cfg)
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        local.register(cx)?;
-        self.local = Some(local);
+        self.setup.resolved(result?);
+        // The connect just started, and the relay may have answered already.
         self.setup(cx)
     }
 
     fn on_event(&mut self, cx: &mut Context<'_, Self>, ev: Event) -> HandlerResult {
         if let Some(b) = self.bridge.as_mut() {
-            match b.on_event(cx, ev) {
-                Pumped::Open => {}
-                Pumped::Lingering => {
-                    if self.linger.is_none() {
-                        self.linger = Some(cx.timer_once(LINGER));
-                    }
-                }
-                Pumped::Done | Pumped::OverBudget(_) => cx.close(),
+            let pumped = b.on_event(cx, ev);
+            let connected = self.setup.awaits_connect() && !b.b.is_connecting();
+            if connected {
+                self.setup.forward_connected();
+            }
+            if connected || pumped != Pumped::Open {
+                self.setup.pumped(cx.now(), pumped);
+                return self.run(cx);
             }
             return Ok(());
         }
@@ -646,45 +702,25 @@ impl Handler for CircuitEnd {
     }
 
     fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
-        if Some(t) == self.timer {
-            self.timer = None;
-            // An expected outcome (the relay or the service is slow or gone), not
-            // a handler failure: logged and closed, not counted as an error.
-            match self.bridge.as_ref() {
-                // Bridged, and the forward connect is done: nothing to time out.
-                Some(b) if !b.b.is_connecting() => return Ok(()),
-                // A side failed (a failed connect leaves the flag set); the bridge
-                // was delivering what it could to the other side.
-                Some(b) => match b.failure() {
-                    Some((side, e)) => log::warn!(
-                        "circuit end: the {} failed ({e}) and the circuit had not \
-                         finished within {:?}; closing it",
-                        if side == 'a' {
-                            "relay connection"
-                        } else {
-                            "forward connection"
-                        },
-                        self.setup_timeout
-                    ),
-                    None => log::warn!(
-                        "circuit end: the forward target did not accept the connection \
-                         within {:?}; closing the circuit",
-                        self.setup_timeout
-                    ),
-                },
-                None => log::warn!(
-                    "circuit end: not set up within {:?}; closing it",
-                    self.setup_timeout
-                ),
-            }
-            cx.close();
+        if let Some(b) = self.bridge.as_mut()
+            && let Some(pumped) = b.on_timer(cx, t)
+        {
+            // The bridge's question whether a lingering circuit's healthy side has
+            // acknowledged everything: `Done` once it has.
+            self.setup.pumped(cx.now(), pumped);
+            return self.run(cx);
+        }
+        if !self.timer.is_some_and(|(id, _)| id == t) {
             return Ok(());
         }
-        if Some(t) == self.linger {
-            log::debug!("circuit end: the other side did not close within {LINGER:?}");
-            cx.close();
+        self.timer = None; // one-shot: it has fired
+        if self.setup.awaits_connect() && self.bridge.as_ref().is_some_and(|b| !b.b.is_connecting())
+        {
+            // Connected, and no event said so yet: nothing to time out.
+            self.setup.forward_connected();
         }
-        Ok(())
+        self.setup.on_timeout(cx.now());
+        self.run(cx)
     }
 
     fn on_close(&mut self, cx: &mut Context<'_, Self>, _reason: CloseReason) {

@@ -514,10 +514,19 @@ impl RelayConn {
     /// Passes an event of either end to the circuit's bridge and acts on what it
     /// says.
     fn pump(&mut self, cx: &mut Loop<'_>, ev: reactor::Event) -> HandlerResult {
+        let State::Bridged(bridge, _) = &mut self.state else {
+            return Ok(());
+        };
+        let pumped = bridge.on_event(cx, ev);
+        self.pumped(cx, pumped)
+    }
+
+    /// Acts on what the circuit's bridge said (after an event, or on its timer).
+    fn pumped(&mut self, cx: &mut Loop<'_>, pumped: Pumped) -> HandlerResult {
         let State::Bridged(bridge, c) = &mut self.state else {
             return Ok(());
         };
-        match bridge.on_event(cx, ev) {
+        match pumped {
             Pumped::Open => Ok(()),
             Pumped::Lingering => {
                 if self.linger.is_none() {
@@ -880,6 +889,13 @@ impl Handler for RelayConn {
     }
 
     fn on_timer(&mut self, cx: &mut Context<'_, Self>, t: TimerId) -> HandlerResult {
+        if let State::Bridged(bridge, _) = &mut self.state
+            && let Some(pumped) = bridge.on_timer(cx, t)
+        {
+            // The bridge's question whether a lingering circuit's healthy end has
+            // acknowledged everything.
+            return self.pumped(cx, pumped);
+        }
         if self.idle.expired(cx, t) {
             if let State::Control(_) = self.state {
                 log::info!(

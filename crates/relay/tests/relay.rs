@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, check_stream, pseudo_random_bytes, push_until_stuck, reset, run_loop, send_stream,
-    small_buffer_connect, unacked,
+    Server, Stream, check_stream, pseudo_random_bytes, push_until_stuck, reset, run_loop,
+    send_stream, small_buffer_connect, unacked,
 };
 use reactor::Config;
 use reactor::echo::{EchoOptions, echo_listener};
@@ -1040,6 +1040,57 @@ fn reserver_reset_after_its_last_bytes_keeps_them() {
         check_stream(a.s, 52),
         acked,
         "the connector's download was cut short"
+    );
+}
+
+/// The prompt end through a circuit: the reserver resets in the middle of a
+/// transfer (with the connector's upload unread); the connector gets every byte the
+/// relay had received, then end of file, and its own writes fail within a second
+/// of reading that end, not at the relay's linger timeout (`LINGER`, 2 s): the
+/// circuit closes once the connector's kernel has acknowledged everything.
+#[test]
+fn a_reserver_reset_mid_transfer_ends_the_connector_promptly() {
+    const D: usize = 1 << 20;
+    let (addr, _relay) = unlimited_relay();
+    let mut owner = Peer::connect(addr);
+    assert_eq!(owner.reserve("o", "svc"), reserved("svc"));
+    let (a, b) = open_circuit_from(Peer::connect(addr), addr, &mut owner, "svc");
+    assert!(a.buf.is_empty() && b.buf.is_empty());
+    let mut w = a.s.try_clone().unwrap();
+    w.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let writer = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        loop {
+            if w.write_all(&[1u8; 16 * 1024]).is_err() {
+                return Some(Instant::now());
+            }
+            if t0.elapsed() > secs(20.0) {
+                return None;
+            }
+        }
+    });
+    let mut s = b.s;
+    let mut buf = vec![0u8; D];
+    Stream(54).fill(&mut buf);
+    s.write_all(&buf).unwrap();
+    while unacked(&s) > 0 {
+        std::thread::sleep(secs(0.002));
+    }
+    reset(s);
+    assert_eq!(
+        check_stream(a.s, 54),
+        D,
+        "the connector's download was cut short"
+    );
+    let eof_at = Instant::now();
+    let failed_at = writer
+        .join()
+        .unwrap()
+        .expect("the connector's writes never failed");
+    let after = failed_at.saturating_duration_since(eof_at);
+    assert!(
+        after < secs(1.0),
+        "the connector's writes failed only {after:?} after it read everything"
     );
 }
 

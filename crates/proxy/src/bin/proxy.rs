@@ -7,6 +7,10 @@
 //!       [--connect-timeout SECS] [--idle-timeout SECS] [--handshake-timeout SECS]
 //!       [--linger-timeout SECS]
 //!       [--max-sessions N] [--max-sessions-per-ip N] [--stats-interval SECS]
+//!       [--allow-client CIDR]... [--deny-client CIDR]...  who may connect (in order)
+//!       [--proxy-protocol-in --proxy-protocol-from CIDR...] [--proxy-protocol-out v1|v2]
+//!       [--udp-max-associations N] [--udp-idle-timeout SECS] [--udp-rate N]
+//!       [--udp-byte-rate N] [--udp-global-rate N] [--udp-global-byte-rate N]
 //! ```
 //! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM stop accepting, let open
 //! tunnels finish (up to the drain timeout), log the proxy's counters and exit 0.
@@ -16,9 +20,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use reactor::{Config, Reactor, StatsLogger};
-use reactor_proxy::{Cidr, Mode, ProxyOptions, parse_host_port, proxy_listener};
+use reactor_proxy::{
+    Cidr, ClientRules, Mode, ProxyOptions, parse_host_port, proxy_listener, proxy_protocol,
+    udp::UdpLimits,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "TCP forwarder and SOCKS5 proxy on the reactor")]
@@ -37,7 +44,7 @@ struct Args {
     #[arg(long, value_name = "USER:PASS", requires = "socks5")]
     auth: Option<String>,
     /// SOCKS5: deny destinations in this range (repeatable), e.g. 10.0.0.0/8.
-    #[arg(long, value_name = "CIDR", requires = "socks5")]
+    #[arg(long, value_name = "CIDR", requires = "socks5", value_parser = Cidr::parse_masked)]
     deny: Vec<Cidr>,
     /// SOCKS5: deny this destination port (repeatable).
     #[arg(long, value_name = "PORT", requires = "socks5")]
@@ -50,7 +57,8 @@ struct Args {
     #[arg(long, default_value_t = 300.0)]
     idle_timeout: f64,
     /// After one side of a tunnel failed and the other got everything, wait at
-    /// most SECS seconds for that other side to close.
+    /// most SECS seconds for that other side to close (less once its peer has
+    /// acknowledged everything).
     #[arg(long, default_value_t = 5.0)]
     linger_timeout: f64,
     /// SOCKS5 clients must finish the handshake within SECS seconds.
@@ -69,6 +77,45 @@ struct Args {
     /// Log a loop stats line every SECS seconds (0: never).
     #[arg(long, default_value_t = 0.0)]
     stats_interval: f64,
+    /// Let clients in this range use the proxy (repeatable). Rules are checked in
+    /// command-line order with --deny-client, the first match wins; with any
+    /// --allow-client, a client no rule matches is refused.
+    #[arg(long, value_name = "CIDR")]
+    allow_client: Vec<Cidr>,
+    /// Refuse clients in this range (repeatable; see --allow-client for the order).
+    #[arg(long, value_name = "CIDR")]
+    deny_client: Vec<Cidr>,
+    /// Every incoming connection starts with a PROXY protocol header (v1 or v2)
+    /// from a trusted balancer; the client it announces is what limits, logs and
+    /// rules see.
+    #[arg(long, requires = "proxy_protocol_from")]
+    proxy_protocol_in: bool,
+    /// A peer allowed to send PROXY protocol headers (repeatable); connections from
+    /// anyone else are refused.
+    #[arg(long, value_name = "CIDR", requires = "proxy_protocol_in")]
+    proxy_protocol_from: Vec<Cidr>,
+    /// Send a PROXY protocol header (v1 text or v2 binary) to every upstream.
+    #[arg(long, value_name = "VERSION", value_parser = ["v1", "v2"])]
+    proxy_protocol_out: Option<String>,
+    /// SOCKS5 UDP ASSOCIATE: associations open at once at most (more get 0x01).
+    #[arg(long, default_value_t = 1000)]
+    udp_max_associations: usize,
+    /// SOCKS5 UDP ASSOCIATE: end an association with no datagram for SECS seconds.
+    #[arg(long, default_value_t = 120.0)]
+    udp_idle_timeout: f64,
+    /// SOCKS5 UDP ASSOCIATE: datagrams per second per association, both ways (0: no
+    /// limit); more are dropped and counted.
+    #[arg(long, default_value_t = 2000)]
+    udp_rate: u32,
+    /// SOCKS5 UDP ASSOCIATE: payload bytes per second per association (0: no limit).
+    #[arg(long, default_value_t = 4 << 20)]
+    udp_byte_rate: u64,
+    /// SOCKS5 UDP ASSOCIATE: datagrams per second of all associations (0: no limit).
+    #[arg(long, default_value_t = 100_000)]
+    udp_global_rate: u32,
+    /// SOCKS5 UDP ASSOCIATE: payload bytes per second of all associations (0: none).
+    #[arg(long, default_value_t = 256 << 20)]
+    udp_global_byte_rate: u64,
 }
 
 use reactor_cli::secs;
@@ -83,11 +130,44 @@ fn positive(name: &str, v: f64) -> Result<Duration, String> {
 
 pub fn main() -> ExitCode {
     reactor_cli::init_logger();
-    let args = Args::parse();
-    reactor_cli::exit("proxy", run(args))
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    let clients = client_rules(&matches, &args);
+    reactor_cli::exit("proxy", run(args, clients))
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// `--allow-client` and `--deny-client` in the order they were given.
+fn client_rules(m: &clap::ArgMatches, args: &Args) -> ClientRules {
+    let at = |id: &str| -> Vec<usize> { m.indices_of(id).map(|i| i.collect()).unwrap_or_default() };
+    let mut all: Vec<(usize, bool, Cidr)> = Vec::new();
+    all.extend(
+        at("allow_client")
+            .into_iter()
+            .zip(&args.allow_client)
+            .map(|(i, c)| (i, true, *c)),
+    );
+    all.extend(
+        at("deny_client")
+            .into_iter()
+            .zip(&args.deny_client)
+            .map(|(i, c)| (i, false, *c)),
+    );
+    all.sort_by_key(|(i, _, _)| *i);
+    let mut rules = ClientRules::new();
+    for (_, allow, net) in all {
+        if allow {
+            rules.allow(net);
+        } else {
+            rules.deny(net);
+        }
+    }
+    rules
+}
+
+fn run(args: Args, clients: ClientRules) -> Result<(), String> {
     let mode = match (&args.upstream, args.socks5) {
         (Some(u), false) => {
             Mode::Forward(parse_host_port(u).map_err(|e| format!("--upstream {e}"))?)
@@ -119,6 +199,18 @@ fn run(args: Args) -> Result<(), String> {
     opts.linger_timeout = positive("linger-timeout", args.linger_timeout)?;
     opts.max_sessions = args.max_sessions;
     opts.max_sessions_per_ip = args.max_sessions_per_ip;
+    opts.clients = clients;
+    opts.proxy_protocol_in = args.proxy_protocol_in;
+    opts.proxy_protocol_from = args.proxy_protocol_from.clone();
+    opts.udp.max_associations = args.udp_max_associations;
+    opts.udp.idle_timeout = positive("udp-idle-timeout", args.udp_idle_timeout)?;
+    opts.udp.per_association = UdpLimits::new(args.udp_rate, args.udp_byte_rate);
+    opts.udp.global = UdpLimits::new(args.udp_global_rate, args.udp_global_byte_rate);
+    opts.proxy_protocol_out = match args.proxy_protocol_out.as_deref() {
+        None => None,
+        Some("v1") => Some(proxy_protocol::Version::V1),
+        Some(_) => Some(proxy_protocol::Version::V2),
+    };
     let stats = secs("stats-interval", args.stats_interval)?;
     let config = Config::default().drain_timeout(secs("drain-timeout", args.drain_timeout)?);
 
