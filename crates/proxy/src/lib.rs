@@ -48,13 +48,14 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
 use reactor::ConnConfig;
 use reactor::LogLimiter;
+use reactor::{Counter, Gauge, Reactor};
 use reactor::{ListenOptions, Listener};
 
 pub use cidr::{Cidr, ClientRules};
@@ -248,46 +249,70 @@ pub fn parse_host_port(s: &str) -> Result<Target, String> {
     })
 }
 
-/// Counters of one proxy, shared by its sessions and readable from any thread
-/// (relaxed atomics: sessions add their byte counts once, when they close).
+/// Counters of one proxy, shared by its sessions: the loop's own kind of
+/// counter (updated by its thread alone, with a plain load and store), readable
+/// from any thread, and shown in the loop's stats line and metrics once
+/// [`register`](ProxyCounters::register)ed. Sessions add their byte counts once,
+/// when they close.
 #[derive(Debug, Default)]
 pub struct ProxyCounters {
-    accepted: AtomicU64,
-    active: AtomicU64,
-    refused_total: AtomicU64,
-    refused_per_ip: AtomicU64,
-    refused_client: AtomicU64,
-    handshake_failed: AtomicU64,
-    connect_failed: AtomicU64,
-    bytes_up: AtomicU64,
-    bytes_down: AtomicU64,
-    udp_associations: AtomicU64,
-    udp_datagrams: AtomicU64,
-    udp_dropped: AtomicU64,
+    accepted: Counter,
+    active: Gauge,
+    refused_total: Counter,
+    refused_per_ip: Counter,
+    refused_client: Counter,
+    handshake_failed: Counter,
+    connect_failed: Counter,
+    bytes_up: Counter,
+    bytes_down: Counter,
+    udp_associations: Counter,
+    udp_datagrams: Counter,
+    udp_dropped: Counter,
 }
 
 impl ProxyCounters {
     /// The current values.
     pub fn snapshot(&self) -> ProxyStats {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ProxyStats {
-            accepted: g(&self.accepted),
-            active: g(&self.active),
-            refused_total: g(&self.refused_total),
-            refused_per_ip: g(&self.refused_per_ip),
-            refused_client: g(&self.refused_client),
-            handshake_failed: g(&self.handshake_failed),
-            connect_failed: g(&self.connect_failed),
-            bytes_up: g(&self.bytes_up),
-            bytes_down: g(&self.bytes_down),
-            udp_associations: g(&self.udp_associations),
-            udp_datagrams: g(&self.udp_datagrams),
-            udp_dropped: g(&self.udp_dropped),
+            accepted: self.accepted.get(),
+            active: self.active.get().max(0) as u64,
+            refused_total: self.refused_total.get(),
+            refused_per_ip: self.refused_per_ip.get(),
+            refused_client: self.refused_client.get(),
+            handshake_failed: self.handshake_failed.get(),
+            connect_failed: self.connect_failed.get(),
+            bytes_up: self.bytes_up.get(),
+            bytes_down: self.bytes_down.get(),
+            udp_associations: self.udp_associations.get(),
+            udp_datagrams: self.udp_datagrams.get(),
+            udp_dropped: self.udp_dropped.get(),
         }
     }
 
-    fn add(a: &AtomicU64, n: u64) {
-        a.fetch_add(n, Ordering::Relaxed);
+    /// Shows these counters in `reactor`'s stats line and metrics (the loop the
+    /// proxy's listener runs on), as `proxy_sessions` (a counter), `proxy_sessions_open`
+    /// (a gauge), `proxy_refused_limit`, `proxy_refused_per_ip`,
+    /// `proxy_refused_client`, `proxy_handshake_failures`, `proxy_connect_failures`,
+    /// `proxy_bytes_up`, `proxy_bytes_down`, `proxy_udp_associations`,
+    /// `proxy_udp_datagrams`, `proxy_udp_dropped`.
+    pub fn register(&self, reactor: &mut Reactor) {
+        let counters = [
+            ("proxy_sessions", &self.accepted),
+            ("proxy_refused_limit", &self.refused_total),
+            ("proxy_refused_per_ip", &self.refused_per_ip),
+            ("proxy_refused_client", &self.refused_client),
+            ("proxy_handshake_failures", &self.handshake_failed),
+            ("proxy_connect_failures", &self.connect_failed),
+            ("proxy_bytes_up", &self.bytes_up),
+            ("proxy_bytes_down", &self.bytes_down),
+            ("proxy_udp_associations", &self.udp_associations),
+            ("proxy_udp_datagrams", &self.udp_datagrams),
+            ("proxy_udp_dropped", &self.udp_dropped),
+        ];
+        for (name, c) in counters {
+            reactor.register_counter(name, c);
+        }
+        reactor.register_gauge("proxy_sessions_open", &self.active);
     }
 }
 
@@ -382,7 +407,7 @@ impl Shared {
         let mut l = self.limits.borrow_mut();
         let decision = self.opts.clients.decide(peer.ip());
         if !decision.is_allowed() {
-            ProxyCounters::add(&self.counters.refused_client, 1);
+            self.counters.refused_client.inc();
             if let Some(held_back) = l.log.allow(Instant::now()) {
                 let why = match decision.rule.and_then(|i| self.opts.clients.rules().get(i)) {
                     Some(rule) => format!("--{}-client {}", rule.action, rule.net),
@@ -398,16 +423,16 @@ impl Shared {
         let ip = reactor::client_key(peer.ip());
         let per_ip = l.per_ip.get(&ip).copied().unwrap_or(0);
         let why = if l.open >= self.opts.max_sessions {
-            ProxyCounters::add(&self.counters.refused_total, 1);
+            self.counters.refused_total.inc();
             "the proxy's session limit"
         } else if per_ip as usize >= self.opts.max_sessions_per_ip {
-            ProxyCounters::add(&self.counters.refused_per_ip, 1);
+            self.counters.refused_per_ip.inc();
             "the per-client session limit"
         } else {
             l.open += 1;
             *l.per_ip.entry(ip).or_insert(0) += 1;
-            ProxyCounters::add(&self.counters.accepted, 1);
-            ProxyCounters::add(&self.counters.active, 1);
+            self.counters.accepted.inc();
+            self.counters.active.inc();
             return true;
         };
         if let Some(held_back) = l.log.allow(Instant::now()) {
@@ -433,7 +458,7 @@ impl Shared {
         {
             return true;
         }
-        ProxyCounters::add(&self.counters.refused_client, 1);
+        self.counters.refused_client.inc();
         let mut l = self.limits.borrow_mut();
         if let Some(held_back) = l.log.allow(Instant::now()) {
             log::warn!(
@@ -471,25 +496,25 @@ impl Shared {
             }
         }
         let c = &self.counters;
-        c.active.fetch_sub(1, Ordering::Relaxed);
-        ProxyCounters::add(&c.bytes_up, up);
-        ProxyCounters::add(&c.bytes_down, down);
+        c.active.dec();
+        c.bytes_up.add(up);
+        c.bytes_down.add(down);
     }
 
     pub(crate) fn count_handshake_failure(&self) {
-        ProxyCounters::add(&self.counters.handshake_failed, 1);
+        self.counters.handshake_failed.inc();
     }
 
     pub(crate) fn count_connect_failure(&self) {
-        ProxyCounters::add(&self.counters.connect_failed, 1);
+        self.counters.connect_failed.inc();
     }
 
     /// Counts UDP datagrams relayed and dropped, and a new association.
     pub(crate) fn count_udp(&self, associations: u64, relayed: u64, dropped: u64) {
         let c = &self.counters;
-        ProxyCounters::add(&c.udp_associations, associations);
-        ProxyCounters::add(&c.udp_datagrams, relayed);
-        ProxyCounters::add(&c.udp_dropped, dropped);
+        c.udp_associations.add(associations);
+        c.udp_datagrams.add(relayed);
+        c.udp_dropped.add(dropped);
     }
 }
 

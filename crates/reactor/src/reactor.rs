@@ -1038,6 +1038,22 @@ impl Reactor {
         self.core.snapshot()
     }
 
+    /// Shows `counter`, made by a library before it had a loop, in this loop's
+    /// stats line and metrics under `name` (false if the name is taken). Only this
+    /// loop's thread may update it from then on.
+    pub fn register_counter(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        counter: &Counter,
+    ) -> bool {
+        self.core.stats.app.register_counter(name, counter)
+    }
+
+    /// Shows `gauge` under `name` (see [`Reactor::register_counter`]).
+    pub fn register_gauge(&mut self, name: impl Into<Cow<'static, str>>, gauge: &Gauge) -> bool {
+        self.core.stats.app.register_gauge(name, gauge)
+    }
+
     /// The program counter `name` of this loop (see [`Loop::counter`]), for a
     /// program that sets up its counters before the loop runs.
     pub fn counter(&mut self, name: impl Into<Cow<'static, str>>) -> Counter {

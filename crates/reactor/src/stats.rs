@@ -252,6 +252,32 @@ impl AppMetrics {
         g
     }
 
+    /// Shows `counter`, made elsewhere, under `name` (a library's counters, made
+    /// before it had a loop). Returns false, and changes nothing, if `name` is
+    /// already taken.
+    pub fn register_counter(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        counter: &Counter,
+    ) -> bool {
+        let name = name.into();
+        if self.counters.iter().any(|(n, _)| *n == name) {
+            return false;
+        }
+        self.counters.push((name, counter.clone()));
+        true
+    }
+
+    /// Shows `gauge`, made elsewhere, under `name`; false if `name` is taken.
+    pub fn register_gauge(&mut self, name: impl Into<Cow<'static, str>>, gauge: &Gauge) -> bool {
+        let name = name.into();
+        if self.gauges.iter().any(|(n, _)| *n == name) {
+            return false;
+        }
+        self.gauges.push((name, gauge.clone()));
+        true
+    }
+
     /// Every counter with its name, in the order they were registered.
     pub fn counters(&self) -> impl Iterator<Item = (&str, u64)> {
         self.counters.iter().map(|(n, c)| (n.as_ref(), c.get()))
@@ -604,8 +630,14 @@ mod tests {
         assert_eq!(s.counter("lines"), Some(3));
         assert_eq!(s.gauge("online"), Some(5));
         assert_eq!(s.counter("nope"), None);
+        let made_elsewhere = Counter::default();
+        made_elsewhere.add(4);
+        assert!(s.app.register_counter("elsewhere", &made_elsewhere));
+        assert!(!s.app.register_counter("lines", &made_elsewhere), "taken");
+        assert_eq!(s.counter("elsewhere"), Some(4));
+        assert_eq!(s.counter("lines"), Some(3));
         let line = s.to_string();
-        assert!(line.ends_with(" lines=3 online=5"), "{line}");
+        assert!(line.ends_with(" lines=3 elsewhere=4 online=5"), "{line}");
         s.count_close(CloseReason::Panic);
         s.count_close(CloseReason::PeerReset);
         assert_eq!(s.handlers_failed, 1);

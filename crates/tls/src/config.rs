@@ -236,6 +236,7 @@ pub struct ClientTls {
     roots: RootCertStore,
     alpn: Vec<Vec<u8>>,
     identity: Option<Identity>,
+    resumption: bool,
 }
 
 impl ClientTls {
@@ -255,6 +256,7 @@ impl ClientTls {
             roots,
             alpn: Vec::new(),
             identity: None,
+            resumption: true,
         })
     }
 
@@ -264,6 +266,7 @@ impl ClientTls {
             roots: roots_from_pem(ca_pem)?,
             alpn: Vec::new(),
             identity: None,
+            resumption: true,
         })
     }
 
@@ -286,6 +289,15 @@ impl ClientTls {
         self
     }
 
+    /// Resume sessions with servers seen before (TLS 1.3 tickets, 1.2 session ids):
+    /// a resumed handshake skips the certificate and its signature. Default on;
+    /// off makes every handshake a full one (a benchmark of handshakes, a test of
+    /// the full path).
+    pub fn resumption(mut self, on: bool) -> ClientTls {
+        self.resumption = on;
+        self
+    }
+
     /// Builds the connector.
     pub fn build(self) -> io::Result<TlsConnector> {
         let builder = ClientConfig::builder_with_provider(provider())
@@ -299,6 +311,9 @@ impl ClientTls {
                 .map_err(|e| invalid(format!("client certificate: {e}")))?,
         };
         cfg.alpn_protocols = self.alpn;
+        if !self.resumption {
+            cfg.resumption = rustls::client::Resumption::disabled();
+        }
         Ok(TlsConnector { cfg: Arc::new(cfg) })
     }
 }

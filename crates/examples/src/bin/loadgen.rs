@@ -113,8 +113,9 @@ struct Args {
     /// server, for CPU per message).
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Speak TLS to the server (every scenario; in churn every connection makes a
-    /// full handshake). Trusts the system's CAs unless --ca is given.
+    /// Speak TLS to the server (every scenario; no session is resumed, so in churn
+    /// every connection makes a full handshake). Trusts the system's CAs unless
+    /// --ca is given.
     #[arg(long)]
     tls: bool,
     /// Trust only the CA certificates in this PEM file (with --tls).
@@ -191,10 +192,13 @@ fn validate(a: Args) -> Result<Settings, String> {
         return Err(format!("--warmup must be 0..={MAX_DURATION} seconds"));
     }
     let tls = if a.tls {
+        // No session resumption: every connection makes a full handshake (churn
+        // measures the certificate's signature, not a ticket).
         let client = match &a.ca {
             Some(ca) => reactor_tls::ClientTls::with_ca_file(ca),
             None => reactor_tls::ClientTls::system_roots(),
         }
+        .map(|c| c.resumption(false))
         .and_then(|c| c.build())
         .map_err(|e| format!("--tls: {e}"))?;
         Some((client, a.server_name.clone()))
