@@ -667,27 +667,25 @@ impl Peer {
                 }
             }
             Message::Bitfield(bytes) => {
-                if self.got_bitfield {
-                    return Err("bitfield after other piece announcements".into());
-                }
+                // Malformed is hostile; late or repeated is not (aria2 sends its
+                // bitfield after `have`s): it replaces what the peer announced.
                 let bf = Bitfield::from_bytes(bytes, n)
                     .map_err(|e| Close::from(format!("bad bitfield: {e}")))?;
-                self.got_bitfield = true;
-                self.sh.borrow_mut().picker.peer_bitfield(&bf);
-                self.peer_has = bf;
+                if self.got_bitfield {
+                    log::debug!("peer {}: late bitfield replaces its pieces", self.addr);
+                }
+                self.replace_has(bf);
             }
             Message::HaveAll | Message::HaveNone => {
                 if !self.fast {
                     return Err("fast-extension message without negotiating BEP 6".into());
                 }
-                if self.got_bitfield {
-                    return Err("have_all/have_none after other piece announcements".into());
-                }
-                self.got_bitfield = true;
-                if msg == Message::HaveAll {
-                    self.peer_has = Bitfield::full(n);
-                    self.sh.borrow_mut().picker.peer_have_all();
-                }
+                let bf = if msg == Message::HaveAll {
+                    Bitfield::full(n)
+                } else {
+                    Bitfield::new(n)
+                };
+                self.replace_has(bf);
             }
             Message::Request {
                 index,
@@ -762,6 +760,18 @@ impl Peer {
             | Message::Unknown { .. } => {}
         }
         Ok(())
+    }
+
+    /// The peer's announcements become `bf` (its first, or a late one replacing
+    /// the earlier ones, as libtorrent does): availability is counted down for what
+    /// it had and up for what it has now.
+    fn replace_has(&mut self, bf: Bitfield) {
+        let mut sh = self.sh.borrow_mut();
+        sh.picker.peer_lost(&self.peer_has);
+        sh.picker.peer_bitfield(&bf);
+        drop(sh);
+        self.peer_has = bf;
+        self.got_bitfield = true;
     }
 
     fn reject(&mut self, r: BlockRef) {
@@ -1280,22 +1290,43 @@ mod tests {
             assert!(p.on_message(cx, Message::Bitfield(&[0xff, 0xc0])).is_ok());
             assert!(p.peer_has.all());
             assert_eq!(p.sh.borrow().picker.availability(9), 1);
-            assert!(
-                p.on_message(cx, Message::Bitfield(&[0xff, 0xc0])).is_err(),
-                "second bitfield"
-            );
+            // A repeated bitfield replaces the first (libtorrent's tolerance);
+            // availability is recounted, not added twice.
+            assert!(p.on_message(cx, Message::Bitfield(&[0x80, 0x40])).is_ok());
+            assert_eq!(p.sh.borrow().picker.availability(0), 1);
+            assert_eq!(p.sh.borrow().picker.availability(1), 0);
+            assert_eq!(p.sh.borrow().picker.availability(9), 1);
+            assert_eq!(p.peer_has.count(), 2);
+            // A have for a piece already announced changes nothing.
+            assert!(p.on_message(cx, Message::Have { piece: 0 }).is_ok());
+            assert_eq!(p.sh.borrow().picker.availability(0), 1);
+            assert!(p.on_message(cx, Message::Have { piece: 3 }).is_ok());
+            assert_eq!(p.sh.borrow().picker.availability(3), 1);
             assert!(p.on_message(cx, Message::Have { piece: 10 }).is_err());
+            // Still hostile when late: the wrong length.
+            assert!(p.on_message(cx, Message::Bitfield(&[0xff])).is_err());
             assert!(
                 p.on_message(cx, Message::HaveAll).is_err(),
                 "BEP 6 not negotiated"
             );
+            // aria2's order: have messages first, then the bitfield.
+            let mut a = open_peer(false, false);
+            assert!(a.on_message(cx, Message::Have { piece: 2 }).is_ok());
+            assert!(a.on_message(cx, Message::Bitfield(&[0x00, 0x40])).is_ok());
+            assert_eq!(a.sh.borrow().picker.availability(2), 0);
+            assert_eq!(a.sh.borrow().picker.availability(9), 1);
             let mut f = open_peer(false, true);
             assert!(f.on_message(cx, Message::HaveAll).is_ok());
             assert_eq!(f.sh.borrow().picker.availability(3), 1);
-            assert!(
-                f.on_message(cx, Message::HaveNone).is_err(),
-                "after have_all"
+            assert!(f.on_message(cx, Message::HaveAll).is_ok());
+            assert_eq!(f.sh.borrow().picker.availability(3), 1, "have_all twice");
+            assert!(f.on_message(cx, Message::HaveNone).is_ok());
+            assert_eq!(
+                f.sh.borrow().picker.availability(3),
+                0,
+                "have_none after have_all"
             );
+            assert!(f.peer_has.none());
         });
     }
 

@@ -5,6 +5,10 @@
 
 use reactor_test_support as common;
 
+mod support;
+
+use support::FakeTracker;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -702,107 +706,6 @@ fn peer_that_handshakes_and_drops_is_not_redialled_in_a_loop() {
     assert!(err.contains("cannot finish"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&d);
-}
-
-/// A minimal HTTP tracker: records `(port, event)` of every announce and answers
-/// with every other announcer as a compact peer on 127.0.0.1.
-struct FakeTracker {
-    url: String,
-    seen: Arc<std::sync::Mutex<Vec<(u16, String)>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FakeTracker {
-    fn start() -> FakeTracker {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/announce", l.local_addr().unwrap());
-        let seen = Arc::new(std::sync::Mutex::new(Vec::<(u16, String)>::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let end = Instant::now() + Duration::from_secs(60);
-            while !stop2.load(Ordering::SeqCst) && Instant::now() < end {
-                let Ok((mut s, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                let mut req = Vec::new();
-                let mut buf = [0u8; 2048];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&req).to_string();
-                let query = text.split_whitespace().nth(1).unwrap_or("").to_string();
-                let param = |k: &str| {
-                    query
-                        .split(['?', '&'])
-                        .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let port: u16 = param("port").parse().unwrap_or(0);
-                let event = param("event");
-                let mut compact = Vec::new();
-                {
-                    let mut seen = seen2.lock().unwrap();
-                    seen.push((port, event));
-                    let mut ports: Vec<u16> = seen.iter().map(|p| p.0).collect();
-                    ports.sort();
-                    ports.dedup();
-                    for p in ports.into_iter().filter(|&p| p != port) {
-                        compact.extend_from_slice(&[127, 0, 0, 1]);
-                        compact.extend_from_slice(&p.to_be_bytes());
-                    }
-                }
-                let mut body = b"d8:intervali2e5:peers".to_vec();
-                body.extend_from_slice(format!("{}:", compact.len()).as_bytes());
-                body.extend_from_slice(&compact);
-                body.push(b'e');
-                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&body);
-            }
-        });
-        FakeTracker {
-            url,
-            seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn wait_for(&self, port: u16, event: &str, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self
-                .seen
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|(p, e)| *p == port && e == event)
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for FakeTracker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[test]
