@@ -5,8 +5,9 @@
 //! [`tracker`] announce (BEP 3, BEP 23), the peer-wire codec [`wire`] (with BEP 6 and
 //! BEP 10 framing), the rarest-first [`picker`] with end-game, [`blame`] (whom to
 //! ban for a piece that fails its hash check), the [`peers`] manager with its
-//! reconnect backoff and bans, and [`discover`] (what a peer announces by
-//! LAN discovery, and which announcements are peers of our torrent).
+//! reconnect backoff and bans, [`discover`] (what a peer announces by
+//! LAN discovery, and which announcements are peers of our torrent), and
+//! [`mse`] (Message Stream Encryption: the obfuscated handshake and RC4).
 //!
 //! On the reactor (thin handlers over those): [`torrent`] (the shared torrent state
 //! and the engine that owns disk work), [`session`] (one handler per peer
@@ -23,6 +24,7 @@ pub mod blame;
 pub mod create;
 pub mod discover;
 pub mod metainfo;
+pub mod mse;
 pub mod peers;
 pub mod picker;
 pub mod session;

@@ -20,6 +20,10 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::mse::{
+    self, Cipher, Encryption, Incoming, Initiator, InitiatorConfig, KeyPair, Progress, Responder,
+    ResponderConfig, SharedSecret,
+};
 use super::peers::ConnStats;
 use super::picker::{BlockRef, PeerKey, Received};
 use super::torrent::{Assembly, SessionSlot, Shared, key_of};
@@ -27,7 +31,7 @@ use super::wire::{self, Bitfield, ExtHandshake, Message};
 use reactor::CloseReason;
 use reactor::TimerId;
 use reactor::{Conn, ConnConfig};
-use reactor::{Context, Loop};
+use reactor::{Context, JobId, JobResult, Loop};
 use reactor::{Event, Handler, HandlerResult, SourceId};
 
 /// Largest block a peer may request from us; larger requests are rejected.
@@ -121,9 +125,52 @@ struct Peer {
 /// How long an ending session waits for the peer to take our last bytes and close.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The Diffie-Hellman steps of an encrypted handshake, computed on the worker
+/// pool (each is a 768-bit exponentiation, over the loop's 100 µs budget; see
+/// [`super::mse`]).
+pub enum MseJob {
+    /// Our key pair for this connection.
+    Key(KeyPair),
+    /// The shared secret.
+    Secret(SharedSecret),
+}
+
+enum Machine {
+    Init(Initiator),
+    Resp(Responder),
+}
+
+/// The layer under the BitTorrent protocol: plaintext, or MSE and then RC4.
+enum Crypto {
+    /// Plaintext BitTorrent (decided, or never encrypted).
+    Plain,
+    /// Incoming and undecided: the first bytes tell plaintext from MSE.
+    Detect,
+    /// MSE handshake in progress; the machine exists once our key pair is
+    /// computed. `job`: a Diffie-Hellman step is on the pool.
+    Mse {
+        machine: Option<Box<Machine>>,
+        job: bool,
+    },
+    /// RC4 after the handshake; the first `clear` bytes of the read buffer are
+    /// already decrypted.
+    Rc4 { cipher: Box<Cipher>, clear: usize },
+}
+
+/// Queues `data`, encrypting it in the write queue (no copy of its own) when the
+/// stream is RC4.
+fn queue(conn: &mut Conn, crypto: &mut Crypto, cx: &mut Loop<'_>, data: &[u8]) {
+    conn.queue(cx, data);
+    if let Crypto::Rc4 { cipher, .. } = crypto {
+        cipher.encrypt(conn.queued_tail_mut(data.len()));
+    }
+}
+
 /// One peer connection. See the module docs.
 pub struct Session {
     conn: Conn,
+    crypto: Crypto,
+    encryption: Encryption,
     p: Peer,
     tick: Option<TimerId>,
     /// Ending gracefully ([`Conn::close_when_done`]) since then, for this reason;
@@ -139,8 +186,11 @@ impl Session {
     /// A session for an accepted connection.
     pub fn incoming(sh: Rc<RefCell<Shared>>, stream: TcpStream, addr: SocketAddr) -> Session {
         let max = sh.borrow().max_msg_len;
+        let encryption = sh.borrow().cfg.encryption;
         Session {
             conn: Conn::new(stream, 0, conn_config(max)),
+            crypto: Crypto::Detect,
+            encryption,
             p: Peer::new(sh, addr, false),
             tick: None,
             ending: None,
@@ -150,9 +200,20 @@ impl Session {
     /// A session dialling `addr` (the connect runs in the background).
     pub fn outgoing(sh: Rc<RefCell<Shared>>, addr: SocketAddr) -> std::io::Result<Session> {
         let max = sh.borrow().max_msg_len;
+        let encryption = sh.borrow().cfg.encryption;
+        let crypto = match encryption {
+            Encryption::Disabled => Crypto::Plain,
+            Encryption::Enabled if sh.borrow().peers.plaintext_only(&addr) => Crypto::Plain,
+            _ => Crypto::Mse {
+                machine: None,
+                job: false,
+            },
+        };
         let conn = Conn::connect(addr, 0, conn_config(max))?;
         Ok(Session {
             conn,
+            crypto,
+            encryption,
             p: Peer::new(sh, addr, true),
             tick: None,
             ending: None,
@@ -200,7 +261,7 @@ impl Session {
     }
 
     /// Reads, handles every complete message, then writes.
-    fn pump(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
+    fn pump(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         if let Some((reason, _)) = self.ending {
             self.finish_ending(cx, reason);
             return Ok(());
@@ -234,7 +295,7 @@ impl Session {
             }
         };
         if let Err(why) = self.handle_input(cx) {
-            self.close(cx, &why, true);
+            self.input_failed(cx, &why);
             return Ok(());
         }
         if st.eof {
@@ -245,7 +306,255 @@ impl Session {
         self.after_input(cx)
     }
 
-    fn handle_input(&mut self, cx: &mut Loop<'_>) -> Result<(), Close> {
+    /// Bad input closes at once; during our own encrypted dial under
+    /// `--encryption enabled` that is not hostile but a reason to redial in
+    /// plaintext (done in `on_close`).
+    fn input_failed(&mut self, cx: &mut Loop<'_>, why: &str) {
+        if self.retries_in_plaintext() {
+            log::info!(
+                "peer {}: {why}; closing, will retry in plaintext",
+                self.p.addr
+            );
+            self.conn.clear_write_queue(cx);
+            cx.close_with(CloseReason::ProtocolError);
+        } else {
+            self.close(cx, why, true);
+        }
+    }
+
+    /// An outgoing MSE handshake under `enabled` that ends now is redialled in
+    /// plaintext (libtorrent's fallback for peers without MSE).
+    fn retries_in_plaintext(&self) -> bool {
+        self.p.outgoing
+            && self.encryption == Encryption::Enabled
+            && matches!(self.crypto, Crypto::Mse { .. })
+    }
+
+    /// Moves read bytes through the encryption layer: decides plaintext or MSE
+    /// for an incoming connection, drives the MSE handshake, decrypts RC4 in
+    /// place. True when the read buffer holds BitTorrent plaintext to parse.
+    fn crypto_input(&mut self, cx: &mut Context<'_, Self>) -> Result<bool, Close> {
+        match &mut self.crypto {
+            Crypto::Plain => Ok(true),
+            Crypto::Rc4 { cipher, clear } => {
+                let buf = self.conn.read_buf_mut();
+                if *clear < buf.len() {
+                    cipher.decrypt(&mut buf[*clear..]);
+                    *clear = buf.len();
+                }
+                Ok(true)
+            }
+            Crypto::Detect => match mse::classify_incoming(self.conn.read_buf()) {
+                Incoming::Undecided => Ok(false),
+                Incoming::Plaintext if self.encryption.accepts_plaintext() => {
+                    self.crypto = Crypto::Plain;
+                    Ok(true)
+                }
+                Incoming::Plaintext => {
+                    Err("plaintext handshake refused (--encryption forced)".into())
+                }
+                Incoming::Encrypted if self.encryption.accepts_mse() => {
+                    self.crypto = Crypto::Mse {
+                        machine: None,
+                        job: false,
+                    };
+                    self.want_key(cx)?;
+                    Ok(false)
+                }
+                Incoming::Encrypted => Err(
+                    "bad handshake: not '\\x13BitTorrent protocol', and encrypted (MSE) handshakes are refused (--encryption disabled)"
+                        .into(),
+                ),
+            },
+            Crypto::Mse { .. } => self.drive_mse(cx),
+        }
+    }
+
+    /// Asks the pool for our key pair.
+    fn want_key(&mut self, cx: &mut Context<'_, Self>) -> Result<(), Close> {
+        if let Crypto::Mse { job, .. } = &mut self.crypto {
+            cx.offload(|| MseJob::Key(KeyPair::generate()))
+                .map_err(|_| {
+                    Close::from("worker pool full: no key pair for the encrypted handshake")
+                })?;
+            *job = true;
+        }
+        Ok(())
+    }
+
+    /// Feeds the MSE machine what has arrived and sends what it produces. True
+    /// once the handshake is done and what is left in the read buffer is the
+    /// BitTorrent stream.
+    fn drive_mse(&mut self, cx: &mut Context<'_, Self>) -> Result<bool, Close> {
+        let Crypto::Mse {
+            machine: Some(m),
+            job: false,
+        } = &mut self.crypto
+        else {
+            return Ok(false);
+        };
+        let info_hash = self.p.sh.borrow().meta.info_hash;
+        let lookup = |req2: &[u8; 20]| (mse::req2_hash(&info_hash) == *req2).then_some(info_hash);
+        let buf = self.conn.read_buf();
+        let used = match &mut **m {
+            Machine::Init(i) => i.receive(buf),
+            Machine::Resp(r) => r.receive(buf, &lookup),
+        }
+        .map_err(|e| Close::from(format!("encrypted handshake failed: {e}")))?;
+        self.conn.consume(used);
+        let mut out = std::mem::take(&mut self.p.out);
+        match &mut **m {
+            Machine::Init(i) => i.take_output(&mut out),
+            Machine::Resp(r) => r.take_output(&mut out),
+        }
+        if !out.is_empty() {
+            // Handshake bytes, already obfuscated by the machine.
+            self.conn.queue(cx, &out);
+            out.clear();
+        }
+        self.p.out = out;
+        let progress = match &**m {
+            Machine::Init(i) => i.poll(),
+            Machine::Resp(r) => r.poll(),
+        };
+        match progress {
+            Progress::NeedInput => Ok(false),
+            Progress::Failed(e) => Err(format!("encrypted handshake failed: {e}").into()),
+            Progress::NeedSecret => {
+                let secret = match &mut **m {
+                    Machine::Init(i) => i.take_secret_job(),
+                    Machine::Resp(r) => r.take_secret_job(),
+                };
+                if let Some(j) = secret {
+                    cx.offload(move || MseJob::Secret(j.compute()))
+                        .map_err(|_| {
+                            Close::from(
+                                "worker pool full: no shared secret for the encrypted handshake",
+                            )
+                        })?;
+                    if let Crypto::Mse { job, .. } = &mut self.crypto {
+                        *job = true;
+                    }
+                }
+                Ok(false)
+            }
+            Progress::Done => {
+                let Crypto::Mse {
+                    machine: Some(m), ..
+                } = std::mem::replace(&mut self.crypto, Crypto::Plain)
+                else {
+                    return Ok(false);
+                };
+                let est = match *m {
+                    Machine::Init(i) => i.finish(),
+                    Machine::Resp(r) => r.finish(),
+                }
+                .ok_or_else(|| Close::from("encrypted handshake did not finish"))?;
+                if !est.unsent.is_empty() {
+                    self.conn.queue(cx, &est.unsent);
+                }
+                let rc4 = est.cipher.is_some();
+                if let Some(cipher) = est.cipher {
+                    self.crypto = Crypto::Rc4 {
+                        cipher: Box::new(cipher),
+                        clear: 0,
+                    };
+                }
+                log::info!(
+                    "peer {}: encrypted handshake done ({})",
+                    self.p.addr,
+                    if rc4 { "RC4" } else { "plaintext payload" }
+                );
+                if !est.initial_payload.is_empty() {
+                    self.on_initial_payload(cx, &est.initial_payload)?;
+                }
+                // Decrypt what followed the handshake in the same reads.
+                self.crypto_input(cx)
+            }
+        }
+    }
+
+    /// The initiator's first BitTorrent bytes, carried inside its MSE handshake
+    /// (IA): its BitTorrent handshake, and possibly whole messages after it.
+    fn on_initial_payload(&mut self, cx: &mut Loop<'_>, ia: &[u8]) -> Result<(), Close> {
+        if self.p.outgoing || self.p.phase != Phase::Handshake {
+            return Err("unexpected initial payload in the encrypted handshake".into());
+        }
+        let hs = wire::parse_handshake(ia)
+            .map_err(|e| Close::from(format!("bad handshake in the encrypted handshake: {e}")))?
+            .ok_or_else(|| {
+                Close::from(format!(
+                    "encrypted handshake carried {} bytes, not a whole BitTorrent handshake",
+                    ia.len()
+                ))
+            })?;
+        self.p.on_handshake(cx, hs.reserved, hs.info_hash, None)?;
+        self.p.on_peer_id(cx, hs.peer_id)?;
+        let mut rest = &ia[wire::HANDSHAKE_LEN..];
+        while !rest.is_empty() {
+            let (msg, used) = wire::decode(rest, self.p.max_msg)
+                .map_err(|e| Close::from(format!("protocol error: {e}")))?
+                .ok_or_else(|| Close::from("encrypted handshake ends inside a message"))?;
+            self.p.on_message(cx, msg)?;
+            rest = &rest[used..];
+        }
+        Ok(())
+    }
+
+    /// Consumes `n` parsed bytes of the read buffer.
+    fn consume(&mut self, n: usize) {
+        self.conn.consume(n);
+        if let Crypto::Rc4 { clear, .. } = &mut self.crypto {
+            *clear = clear.saturating_sub(n);
+        }
+    }
+
+    /// A Diffie-Hellman step came back from the pool.
+    fn on_mse_job(&mut self, done: MseJob) -> Result<(), Close> {
+        let Crypto::Mse { machine, job } = &mut self.crypto else {
+            return Ok(());
+        };
+        *job = false;
+        match done {
+            MseJob::Key(kp) => {
+                let m = if self.p.outgoing {
+                    let sh = self.p.sh.borrow();
+                    let hs = wire::encode_handshake(
+                        &sh.meta.info_hash,
+                        &sh.peer_id,
+                        wire::RESERVED_FAST_AND_EXTENSIONS,
+                    );
+                    let cfg = InitiatorConfig {
+                        policy: self.encryption.initiator_policy(),
+                        ..InitiatorConfig::default()
+                    };
+                    Initiator::new(kp, sh.meta.info_hash, &hs, cfg).map(Machine::Init)
+                } else {
+                    let cfg = ResponderConfig {
+                        policy: self.encryption.responder_policy(),
+                        ..ResponderConfig::default()
+                    };
+                    Responder::new(kp, cfg).map(Machine::Resp)
+                }
+                .map_err(|e| Close::from(format!("cannot start the encrypted handshake: {e}")))?;
+                *machine = Some(Box::new(m));
+            }
+            MseJob::Secret(secret) => {
+                let r = match machine.as_deref_mut() {
+                    Some(Machine::Init(i)) => i.set_secret(secret),
+                    Some(Machine::Resp(r)) => r.set_secret(secret),
+                    None => return Err("shared secret before a key pair".into()),
+                };
+                r.map_err(|e| Close::from(format!("encrypted handshake failed: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_input(&mut self, cx: &mut Context<'_, Self>) -> Result<(), Close> {
+        if !self.crypto_input(cx)? {
+            return Ok(());
+        }
         loop {
             match self.p.phase {
                 Phase::Connecting => return Ok(()),
@@ -267,7 +576,7 @@ impl Session {
                     } else {
                         None
                     };
-                    self.conn.consume(need);
+                    self.consume(need);
                     self.p.on_handshake(cx, reserved, info_hash, peer_id)?;
                 }
                 Phase::PeerId => {
@@ -277,7 +586,7 @@ impl Session {
                     }
                     let mut id = [0u8; 20];
                     id.copy_from_slice(&buf[..20]);
-                    self.conn.consume(20);
+                    self.consume(20);
                     self.p.on_peer_id(cx, id)?;
                 }
                 Phase::Open => {
@@ -287,14 +596,14 @@ impl Session {
                         return Ok(());
                     };
                     self.p.on_message(cx, msg)?;
-                    self.conn.consume(used);
+                    self.consume(used);
                 }
             }
         }
     }
 
     /// Sends what the messages produced, requests more, serves uploads, flushes.
-    fn after_input(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
+    fn after_input(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         if self.p.phase == Phase::Open
             && self.p.peer_has.all()
             && self.p.sh.borrow().picker.is_finished()
@@ -316,7 +625,7 @@ impl Session {
 
     fn write_out(&mut self, cx: &mut Loop<'_>) {
         if !self.p.out.is_empty() {
-            self.conn.queue(cx, &self.p.out);
+            queue(&mut self.conn, &mut self.crypto, cx, &self.p.out);
             self.p.out.clear();
             self.p.last_send = cx.now();
         }
@@ -373,14 +682,19 @@ impl Session {
             let Ok(header) = wire::encode_piece_header(r.piece, r.begin, r.len) else {
                 continue;
             };
-            self.conn.queue(cx, &header);
+            queue(&mut self.conn, &mut self.crypto, cx, &header);
             let off = (r.begin - k0 * cs) as usize;
             match b {
-                None => self.conn.queue(cx, &a[off..off + r.len as usize]),
+                None => queue(
+                    &mut self.conn,
+                    &mut self.crypto,
+                    cx,
+                    &a[off..off + r.len as usize],
+                ),
                 Some(b) => {
-                    self.conn.queue(cx, &a[off..]);
+                    queue(&mut self.conn, &mut self.crypto, cx, &a[off..]);
                     let rest = r.len as usize - (a.len() - off);
-                    self.conn.queue(cx, &b[..rest]);
+                    queue(&mut self.conn, &mut self.crypto, cx, &b[..rest]);
                 }
             }
             sent += u64::from(r.len);
@@ -1026,7 +1340,7 @@ impl Peer {
 
 impl Handler for Session {
     type Message = ();
-    type Job = ();
+    type Job = MseJob;
 
     fn name(&self) -> &str {
         "PeerSession"
@@ -1050,8 +1364,15 @@ impl Handler for Session {
         self.p.last_send = now;
         self.conn.register(cx)?;
         if self.p.outgoing {
-            self.p.our_handshake();
-            self.write_out(cx);
+            if matches!(self.crypto, Crypto::Mse { .. }) {
+                // Our BitTorrent handshake travels inside the MSE handshake.
+                if let Err(why) = self.want_key(cx) {
+                    self.close(cx, &why, false);
+                }
+            } else {
+                self.p.our_handshake();
+                self.write_out(cx);
+            }
         }
         self.tick = Some(cx.timer_repeat(std::time::Duration::from_millis(500)));
         Ok(())
@@ -1076,6 +1397,28 @@ impl Handler for Session {
             if let Some(s) = self.p.sh.borrow_mut().sessions.get_mut(&self.p.key) {
                 s.woken = false;
             }
+            return Ok(());
+        }
+        self.after_input(cx)
+    }
+
+    fn on_job(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        _job: JobId,
+        result: JobResult<MseJob>,
+    ) -> HandlerResult {
+        if self.ending.is_some() {
+            return Ok(());
+        }
+        let done = result?;
+        if let Err(why) = self.on_mse_job(done) {
+            self.input_failed(cx, &why);
+            return Ok(());
+        }
+        // Bytes may have arrived meanwhile: carry on with them.
+        if let Err(why) = self.handle_input(cx) {
+            self.input_failed(cx, &why);
             return Ok(());
         }
         self.after_input(cx)
@@ -1111,7 +1454,13 @@ impl Handler for Session {
         if !self.p.am_choking {
             sh.release_slot(cx);
         }
-        if self.p.registered {
+        if self.p.registered && self.retries_in_plaintext() {
+            log::info!(
+                "peer {}: encrypted handshake did not complete; retrying in plaintext",
+                self.p.addr
+            );
+            sh.peers.retry_plaintext(self.p.addr, now);
+        } else if self.p.registered {
             let mut stats = self.p.stats;
             if penalised {
                 // Bad data counts as no data: the peer backs off like a useless one.

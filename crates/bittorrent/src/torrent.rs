@@ -34,6 +34,7 @@ use bytes::{Bytes, BytesMut};
 use super::blame::{Blame, Digest};
 use super::discover::{Candidates, Change, DiscoverySettings};
 use super::metainfo::{Metainfo, sha1};
+use super::mse::Encryption;
 use super::peers::PeerManager;
 use super::picker::{BlockRef, PeerKey, Picker};
 use super::session::Session;
@@ -68,7 +69,11 @@ pub struct TorrentConfig {
     /// cannot be found). A seeder announces and ignores what it hears: it only
     /// needs to be found. See `docs/discovery.md`.
     pub discovery: Option<DiscoverySettings>,
-    /// A peer must complete its handshake within this time.
+    /// Message Stream Encryption (`--encryption`): refuse, accept and offer, or
+    /// require it. See [`Encryption`].
+    pub encryption: Encryption,
+    /// A peer must complete its handshake (the MSE handshake included) within
+    /// this time.
     pub handshake_timeout: Duration,
     /// A connection with no complete message for this long is closed.
     pub idle_timeout: Duration,
@@ -133,6 +138,7 @@ impl Default for TorrentConfig {
             peers: Vec::new(),
             tracker: None,
             discovery: None,
+            encryption: Encryption::default(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(180),
             request_timeout: Duration::from_secs(30),

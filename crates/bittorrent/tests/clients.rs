@@ -177,3 +177,11 @@ fn aria2_seeds_to_our_leecher() {
     assert!(std::fs::read(&out).unwrap() == data, "file differs");
     let _ = std::fs::remove_dir_all(&d);
 }
+#[test]
+fn aria2_requiring_encryption_leeches_from_our_seeder() {
+    // Obfuscated handshake only, and RC4 for the whole stream.
+    aria2_leeches_from_our_seeder(
+        "aria2-crypto",
+        &["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"],
+    );
+}

@@ -68,6 +68,11 @@ fn leech(torrent: &Path, out: &Path, peers: &[SocketAddr], extra: &[&str]) -> Co
     cmd
 }
 
+/// For a leecher dialling this file's fake peers, which speak plaintext
+/// BitTorrent only: an encrypted first dial would be refused and retried in
+/// plaintext (that retry is tested in `an_encrypted_dial_is_retried_in_plaintext`).
+const PLAINTEXT_TIMEOUT_20: [&str; 4] = ["--timeout", "20", "--encryption", "disabled"];
+
 /// Piece bytes a seeder reported uploading in its "disconnected" log lines.
 fn uploaded(log: &str) -> u64 {
     log.lines()
@@ -234,10 +239,20 @@ fn hostile_peers_are_closed_while_a_good_transfer_carries_on() {
     let torrent = d.join("t.torrent");
     let meta = make_torrent(&src, 32 * 1024, &torrent);
     let ih = meta.info_hash;
+    // The plaintext rules: with encryption enabled, bytes that are not a
+    // plaintext handshake start an MSE handshake instead
+    // (`hostile_encrypted_handshakes_are_closed` covers that side).
     let mut seed = seeder(
         &torrent,
         &src,
-        &["--handshake-timeout", "1", "--idle-timeout", "3"],
+        &[
+            "--handshake-timeout",
+            "1",
+            "--idle-timeout",
+            "3",
+            "--encryption",
+            "disabled",
+        ],
     );
     let addr = seed.addr;
 
@@ -447,7 +462,7 @@ fn bad_pieces_are_refetched_and_the_sender_dropped() {
     let seed = seeder(&torrent, &src, &[]);
     let out = d.join("out.bin");
     let (code, err) = run_bounded(
-        leech(&torrent, &out, &[liar, seed.addr], &["--timeout", "20"]),
+        leech(&torrent, &out, &[liar, seed.addr], &PLAINTEXT_TIMEOUT_20),
         Duration::from_secs(40),
     );
     assert_eq!(code, Some(0), "leech failed: {err}");
@@ -511,7 +526,7 @@ fn unrequested_blocks_are_dropped_and_the_pusher_closed() {
     let seed = seeder(&torrent, &src, &[]);
     let out = d.join("out.bin");
     let (code, err) = run_bounded(
-        leech(&torrent, &out, &[pusher, seed.addr], &["--timeout", "20"]),
+        leech(&torrent, &out, &[pusher, seed.addr], &PLAINTEXT_TIMEOUT_20),
         Duration::from_secs(40),
     );
     let (n, closed) = pushed.join().unwrap();
@@ -618,7 +633,7 @@ fn a_liar_is_banned_and_the_honest_seeder_it_shared_pieces_with_is_kept() {
     let mut seed = seeder(&torrent, &src, &[]);
     let out = d.join("out.bin");
     let (code, err) = run_bounded(
-        leech(&torrent, &out, &[liar, seed.addr], &["--timeout", "20"]),
+        leech(&torrent, &out, &[liar, seed.addr], &PLAINTEXT_TIMEOUT_20),
         Duration::from_secs(40),
     );
     stop.store(true, Ordering::Relaxed);
@@ -694,7 +709,12 @@ fn peer_that_handshakes_and_drops_is_not_redialled_in_a_loop() {
     let out = d.join("out.bin");
     let start = Instant::now();
     let (code, err) = run_bounded(
-        leech(&torrent, &out, &[addr], &["--timeout", "5"]),
+        leech(
+            &torrent,
+            &out,
+            &[addr],
+            &["--timeout", "5", "--encryption", "disabled"],
+        ),
         Duration::from_secs(20),
     );
     watch.join().unwrap();
@@ -1229,5 +1249,137 @@ fn bad_discovery_flags_fail_with_a_message() {
         assert!(!err.contains("listening on"), "{err}");
     }
     drop(holder);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn an_encrypted_dial_is_retried_in_plaintext() {
+    let d = tmpdir("mse-retry");
+    let data = pseudo_random_bytes(23, 2 * 1024 * 1024 + 11);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 64 * 1024, &torrent);
+    // A plaintext-only seeder refuses the MSE handshake our leecher tries first.
+    let mut seed = seeder(&torrent, &src, &["--encryption", "disabled"]);
+    let out = d.join("out.bin");
+    let (code, err) = run_bounded(
+        leech(&torrent, &out, &[seed.addr], &["--timeout", "20"]),
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(
+        err.contains("retrying in plaintext"),
+        "no plaintext retry: {err}"
+    );
+    assert!(
+        seed.wait_stderr(
+            "encrypted (MSE) handshakes are refused",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        seed.stderr_text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn forced_encryption_uses_rc4_and_refuses_plaintext() {
+    let d = tmpdir("mse-forced");
+    let data = pseudo_random_bytes(29, 3 * 1024 * 1024 + 5);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 256 * 1024, &torrent);
+    let mut seed = seeder(&torrent, &src, &["--encryption", "forced"]);
+    let out = d.join("out.bin");
+    let (code, err) = run_bounded(
+        leech(
+            &torrent,
+            &out,
+            &[seed.addr],
+            &["--timeout", "20", "--encryption", "forced"],
+        ),
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(err.contains("encrypted handshake done (RC4)"), "{err}");
+    // A plaintext-only leecher gets nothing from a forced seeder.
+    let out2 = d.join("out2.bin");
+    let (code, err) = run_bounded(
+        leech(
+            &torrent,
+            &out2,
+            &[seed.addr],
+            &["--timeout", "3", "--encryption", "disabled"],
+        ),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        seed.wait_stderr("plaintext handshake refused", Duration::from_secs(5)),
+        "{}",
+        seed.stderr_text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Sends `bytes` as the start of a connection and expects the seeder to close it
+/// (by its own verdict or at its handshake timeout).
+fn send_and_expect_closed(addr: SocketAddr, bytes: &[u8], what: &str) {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    expect_closed(s, what);
+}
+
+#[test]
+fn hostile_encrypted_handshakes_are_closed() {
+    let d = tmpdir("mse-hostile");
+    let data = pseudo_random_bytes(31, 4 * 1024 * 1024);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 64 * 1024, &torrent);
+    let mut seed = seeder(&torrent, &src, &["--handshake-timeout", "1"]);
+    let addr = seed.addr;
+    let out = d.join("out.bin");
+    let mut good = leech(&torrent, &out, &[addr], &["--timeout", "20"]);
+    good.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut good = good.spawn().unwrap();
+    // Public key 0: refused before any exponentiation.
+    send_and_expect_closed(addr, &[0u8; 96], "public key 0");
+    // A plausible key, then more than PadA's 512 bytes without HASH('req1', S).
+    let mut junk = pseudo_random_bytes(5, 96 + 700);
+    junk[0] = 0x12;
+    send_and_expect_closed(addr, &junk, "no req1 hash");
+    // Half a public key, then silence: closed at the handshake timeout.
+    send_and_expect_closed(addr, &junk[..40], "stalled key");
+    // Not BitTorrent at all (taken for an MSE attempt, which stalls).
+    send_and_expect_closed(addr, b"GET / HTTP/1.1\r\n\r\n", "HTTP");
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = good.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < end, "good download did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    for needle in [
+        "public key is out of range",
+        "HASH('req1', S) not found",
+        "no complete handshake",
+    ] {
+        assert!(
+            seed.wait_stderr(needle, Duration::from_secs(5)),
+            "no log line with {needle:?}: {}",
+            seed.stderr_text()
+        );
+    }
     let _ = std::fs::remove_dir_all(&d);
 }

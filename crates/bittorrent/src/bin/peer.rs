@@ -3,6 +3,7 @@
 //! ```text
 //! peer make-torrent --data FILE|DIR --piece-length BYTES --out T.torrent [--tracker URL]
 //! peer seed  --torrent T.torrent --data FILE|DIR [--listen ADDR] [--tracker URL]
+//!            [--encryption disabled|enabled|forced]
 //!            [--discover [--discover-port 7979] [--broadcast 127.255.255.255]
 //!                        [--discover-interval SECS]]
 //! peer leech --torrent T.torrent --out FILE|DIR [--peer IP:PORT]... [--tracker URL]
@@ -31,6 +32,7 @@ use reactor::{Config, Reactor};
 use reactor_bittorrent::create::MakeTorrent;
 use reactor_bittorrent::discover::DiscoverySettings;
 use reactor_bittorrent::metainfo::Metainfo;
+use reactor_bittorrent::mse::Encryption;
 use reactor_bittorrent::torrent::{self, Mode, TorrentConfig};
 
 #[derive(Parser, Debug)]
@@ -98,6 +100,10 @@ struct Common {
     /// HTTP tracker to announce to (default: the torrent's `announce`, if http://).
     #[arg(long)]
     tracker: Option<String>,
+    /// Message Stream Encryption: `disabled` (plaintext only), `enabled` (accept
+    /// both; dial encrypted, retry in plaintext) or `forced` (MSE with RC4 only).
+    #[arg(long, value_name = "POLICY", default_value = "enabled", value_parser = parse_encryption)]
+    encryption: Encryption,
     /// A peer must complete its handshake within SECS seconds.
     #[arg(long, default_value_t = 10.0)]
     handshake_timeout: f64,
@@ -144,6 +150,11 @@ struct Common {
 }
 
 use reactor_cli::secs;
+
+fn parse_encryption(s: &str) -> Result<Encryption, String> {
+    Encryption::parse(s)
+        .ok_or_else(|| format!("--encryption must be disabled, enabled or forced, got {s:?}"))
+}
 
 /// The discovery settings of `--discover`, or `None` without it.
 fn discovery(common: &Common) -> Result<Option<DiscoverySettings>, String> {
@@ -202,6 +213,7 @@ fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
         return Err("--max-connections must be at least 1".into());
     }
     Ok(TorrentConfig {
+        encryption: common.encryption,
         handshake_timeout: secs("handshake-timeout", common.handshake_timeout)?,
         idle_timeout: secs("idle-timeout", common.idle_timeout)?,
         request_timeout: secs("request-timeout", common.request_timeout)?,
