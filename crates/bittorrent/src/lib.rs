@@ -7,7 +7,9 @@
 //! ban for a piece that fails its hash check), the [`peers`] manager with its
 //! reconnect backoff and bans, [`discover`] (what a peer announces by
 //! LAN discovery, and which announcements are peers of our torrent), and
-//! [`mse`] (Message Stream Encryption: the obfuscated handshake and RC4).
+//! [`mse`] (Message Stream Encryption: the obfuscated handshake and RC4),
+//! [`magnet`] links, the BEP 10 [`ext_handshake`] fields, BEP 9 [`metadata`]
+//! exchange (serving and fetching the info dictionary) and BEP 11 [`pex`].
 //!
 //! On the reactor (thin handlers over those): [`torrent`] (the shared torrent state
 //! and the engine that owns disk work), [`session`] (one handler per peer
@@ -23,9 +25,13 @@ pub mod bencode;
 pub mod blame;
 pub mod create;
 pub mod discover;
+pub mod ext_handshake;
+pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod mse;
 pub mod peers;
+pub mod pex;
 pub mod picker;
 pub mod session;
 pub mod storage;

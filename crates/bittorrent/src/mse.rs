@@ -69,7 +69,8 @@
 //! Generating a [`KeyPair`] and computing a shared secret
 //! ([`SecretJob::compute`]) each cost one 768-bit modular exponentiation
 //! with a 160-bit exponent (crypto-bigint, constant-time, no allocation):
-//! 60-90 µs median on the shared 2-core development machine, p99 130-220 µs
+//! about 61 µs median on the shared 2-core development machine, p99 145 µs to
+//! several ms when other jobs compete for the cores
 //! (`cargo run --release -p reactor-bittorrent --example dh_bench 5000`; the
 //! numbers of the last run are in `docs/peer-wire.md`). That is at the event
 //! loop's 100 µs budget with a tail well over it, so the peer session runs

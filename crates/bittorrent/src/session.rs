@@ -20,14 +20,17 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::ext_handshake::{self, ExtHandshake, LOCAL_UT_METADATA_ID, LOCAL_UT_PEX_ID};
+use super::metadata::{self as meta_x, MetadataMsg};
 use super::mse::{
     self, Cipher, Encryption, Incoming, Initiator, InitiatorConfig, KeyPair, Progress, Responder,
     ResponderConfig, SharedSecret,
 };
 use super::peers::ConnStats;
+use super::pex::{PexFlags, PexMessage, PexPeer, PexState};
 use super::picker::{BlockRef, PeerKey, Received};
 use super::torrent::{Assembly, SessionSlot, Shared, key_of};
-use super::wire::{self, Bitfield, ExtHandshake, Message};
+use super::wire::{self, Bitfield, Message};
 use reactor::CloseReason;
 use reactor::TimerId;
 use reactor::{Conn, ConnConfig};
@@ -120,6 +123,36 @@ struct Peer {
     registered: bool,
     /// Largest message accepted (the torrent's biggest legitimate one).
     max_msg: u32,
+    /// The peer's extension handshake (BEP 10), once received.
+    ext_hs: Option<ExtHandshake>,
+    /// What the peer announced before we had the metadata (magnet downloads),
+    /// applied by [`Peer::upgrade`].
+    pre: PreMeta,
+    /// `peer_has` and the requests use the real torrent (not the placeholder of a
+    /// magnet download still fetching its metadata).
+    upgraded: bool,
+    /// Peer exchange with this peer (BEP 11).
+    pex: PexState,
+    /// When `send_pex` looks at the peer list again: it costs a list per look,
+    /// so not on every tick when nothing changed.
+    pex_next_look: Instant,
+}
+
+/// Least time between two looks at whether a PEX message is due.
+const PEX_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Most `have` messages kept from a peer before the metadata arrives (each is
+/// 4 bytes; a peer that has pieces normally sends a bitfield instead).
+const MAX_PRE_META_HAVES: usize = 65_536;
+
+/// Announcements received before the piece count is known.
+#[derive(Default)]
+struct PreMeta {
+    /// The last set announced: `bitfield` bytes (checked once the piece count is
+    /// known), or `have_all` (true) / `have_none` (false).
+    set: Option<Result<Vec<u8>, bool>>,
+    /// `have`s since that set.
+    haves: Vec<u32>,
 }
 
 /// How long an ending session waits for the peer to take our last bytes and close.
@@ -155,6 +188,16 @@ enum Crypto {
     /// RC4 after the handshake; the first `clear` bytes of the read buffer are
     /// already decrypted.
     Rc4 { cipher: Box<Cipher>, clear: usize },
+}
+
+/// Appends an extended message (BEP 10) with the receiver's id `id`, its payload
+/// written by `payload`.
+fn encode_extended(out: &mut Vec<u8>, id: u8, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, wire::EXTENDED_ID, id]);
+    payload(out);
+    let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Queues `data`, encrypting it in the write queue (no copy of its own) when the
@@ -605,6 +648,14 @@ impl Session {
     /// Sends what the messages produced, requests more, serves uploads, flushes.
     fn after_input(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         if self.p.phase == Phase::Open
+            && !self.p.upgraded
+            && self.p.sh.borrow().has_meta
+            && let Err(why) = self.p.upgrade()
+        {
+            self.close(cx, &why, true);
+            return Ok(());
+        }
+        if self.p.phase == Phase::Open
             && self.p.peer_has.all()
             && self.p.sh.borrow().picker.is_finished()
         {
@@ -808,8 +859,29 @@ impl Session {
                 }
             }
         }
+        if self.p.phase == Phase::Open {
+            // Metadata requests whose timeout or backoff ended, and PEX when due.
+            self.p.request_metadata(now);
+            let mut flags = if self.p.outgoing {
+                PexFlags::REACHABLE
+            } else {
+                PexFlags::default()
+            };
+            if self.p.upgraded && self.p.peer_has.all() {
+                flags = flags | PexFlags::SEED;
+            }
+            if !matches!(self.crypto, Crypto::Plain) {
+                flags = flags | PexFlags::ENCRYPTION;
+            }
+            if let Some(slot) = self.p.sh.borrow_mut().sessions.get_mut(&self.p.key) {
+                slot.pex_flags = flags;
+            }
+            self.p.send_pex(now);
+        }
         if self.p.phase == Phase::Open && now - self.p.last_send > cfg.keepalive_interval {
             self.p.send(Message::KeepAlive);
+        }
+        if !self.p.out.is_empty() {
             self.write_out(cx);
             if let Err(e) = self.conn.flush(cx) {
                 self.broke(cx, &format!("write error: {e}"));
@@ -823,6 +895,7 @@ impl Peer {
         let now = Instant::now();
         let n = sh.borrow().meta.piece_count();
         let max_msg = sh.borrow().max_msg_len;
+        let sh_has_meta = sh.borrow().has_meta;
         Peer {
             max_msg,
             sh,
@@ -861,6 +934,11 @@ impl Peer {
             picks: Vec::new(),
             cancels: Vec::new(),
             registered: true,
+            ext_hs: None,
+            pre: PreMeta::default(),
+            upgraded: sh_has_meta,
+            pex: PexState::new(addr),
+            pex_next_look: now,
         }
     }
 
@@ -912,13 +990,21 @@ impl Peer {
         self.last_data = cx.now();
         if self.ext {
             let sh = self.sh.borrow();
-            let hs = ExtHandshake {
-                extensions: Vec::new(),
-                client: Some(b"reactor 0.1"),
-                reqq: Some(sh.cfg.max_peer_requests as u32),
-            };
-            // Only fails for a dictionary beyond 4 GiB.
-            let _ = wire::encode_ext_handshake(&hs, &mut self.out);
+            let size = sh.meta_server.as_ref().map(|m| m.total_size());
+            let mut hs = ExtHandshake::ours(
+                size,
+                sh.cfg.max_peer_requests as u32,
+                "reactor 0.1",
+                sh.listen_port,
+                Some(self.addr.ip()),
+            );
+            if !sh.pex_allowed() {
+                // BEP 27: a private torrent has neither metadata exchange nor PEX.
+                hs.ut_metadata = None;
+                hs.ut_pex = None;
+            }
+            drop(sh);
+            encode_extended(&mut self.out, 0, |out| out.extend_from_slice(&hs.encode()));
         }
         let sh = self.sh.borrow();
         let have = sh.picker.have();
@@ -970,6 +1056,11 @@ impl Peer {
                     self.serve_q.clear();
                     self.sh.borrow_mut().release_slot(cx);
                 }
+            }
+            Message::Have { .. } | Message::Bitfield(_) | Message::HaveAll | Message::HaveNone
+                if !self.upgraded =>
+            {
+                self.record_pre_meta(msg)?
             }
             Message::Have { piece } => {
                 if piece >= n {
@@ -1054,17 +1145,22 @@ impl Peer {
                     }
                 }
             }
-            Message::Extended { id: 0, payload } => {
-                if !self.ext {
-                    return Err("extension message without negotiating BEP 10".into());
-                }
-                let hs = wire::decode_ext_handshake(payload)
-                    .map_err(|e| Close::from(format!("bad extension handshake: {e}")))?;
-                if let Some(q) = hs.reqq {
-                    let cap = self.sh.borrow().cfg.max_requests;
-                    self.max_inflight = (q as usize).clamp(1, cap);
-                }
+            Message::Extended { .. } if !self.ext => {
+                return Err("extension message without negotiating BEP 10".into());
             }
+            Message::Extended { id: 0, payload } => {
+                let hs = ext_handshake::parse_ext_handshake(payload)
+                    .map_err(|e| Close::from(format!("bad extension handshake: {e}")))?;
+                self.on_ext_handshake(cx, hs);
+            }
+            Message::Extended {
+                id: LOCAL_UT_METADATA_ID,
+                payload,
+            } => self.on_ut_metadata(cx, payload)?,
+            Message::Extended {
+                id: LOCAL_UT_PEX_ID,
+                payload,
+            } => self.on_ut_pex(cx, payload)?,
             // Extensions we did not advertise, DHT port, suggestions, allowed-fast
             // sets and unknown ids are legal to ignore.
             Message::Extended { .. }
@@ -1074,6 +1170,242 @@ impl Peer {
             | Message::Unknown { .. } => {}
         }
         Ok(())
+    }
+
+    /// Keeps an announcement made before we know the piece count (bounded).
+    fn record_pre_meta(&mut self, msg: Message<'_>) -> Result<(), Close> {
+        match msg {
+            Message::Bitfield(b) => {
+                self.pre.set = Some(Ok(b.to_vec()));
+                self.pre.haves.clear();
+            }
+            Message::HaveAll | Message::HaveNone => {
+                if !self.fast {
+                    return Err("fast-extension message without negotiating BEP 6".into());
+                }
+                self.pre.set = Some(Err(msg == Message::HaveAll));
+                self.pre.haves.clear();
+            }
+            Message::Have { piece } => {
+                if self.pre.haves.len() >= MAX_PRE_META_HAVES {
+                    return Err(format!(
+                        "more than {MAX_PRE_META_HAVES} have messages before the metadata"
+                    )
+                    .into());
+                }
+                self.pre.haves.push(piece);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The metadata arrived: what the peer announced is checked against the
+    /// real piece count (hostile input closes, as it would have on arrival) and
+    /// counted in the picker.
+    fn upgrade(&mut self) -> Result<(), Close> {
+        let mut sh = self.sh.borrow_mut();
+        let n = sh.meta.piece_count();
+        let mut bf = match self.pre.set.take() {
+            Some(Ok(bytes)) => Bitfield::from_bytes(&bytes, n)
+                .map_err(|e| Close::from(format!("bad bitfield: {e}")))?,
+            Some(Err(true)) => Bitfield::full(n),
+            _ => Bitfield::new(n),
+        };
+        for &p in &self.pre.haves {
+            if p >= n {
+                return Err(format!("have for piece {p} of {n}").into());
+            }
+            bf.set(p);
+        }
+        self.pre = PreMeta::default();
+        sh.picker.peer_bitfield(&bf);
+        self.got_bitfield = true;
+        self.peer_has = bf;
+        self.max_msg = sh.max_msg_len;
+        self.have_idx = 0;
+        self.upgraded = true;
+        Ok(())
+    }
+
+    /// The peer's extension handshake: its request queue, its extension ids, its
+    /// listen port (for PEX), the metadata it can serve.
+    fn on_ext_handshake(&mut self, cx: &mut Loop<'_>, hs: ExtHandshake) {
+        let mut sh = self.sh.borrow_mut();
+        if let Some(q) = hs.reqq {
+            let cap = sh.cfg.max_requests;
+            self.max_inflight = (q as usize).clamp(1, cap);
+        }
+        let merged = match self.ext_hs.take() {
+            Some(mut old) => {
+                old.update(&hs);
+                old
+            }
+            None => hs,
+        };
+        if let Some(slot) = sh.sessions.get_mut(&self.key)
+            && !self.outgoing
+            && let Some(p) = merged.listen_port
+        {
+            slot.listen = Some(SocketAddr::new(self.addr.ip(), p));
+        }
+        if let Some(f) = sh.fetcher.as_mut() {
+            let size = merged.metadata_id().and(merged.metadata_size);
+            if let Err(e) = f.add_peer(self.addr, size) {
+                log::info!("peer {}: {e}", self.addr);
+            }
+        }
+        drop(sh);
+        self.ext_hs = Some(merged);
+        self.request_metadata(cx.now());
+    }
+
+    /// Asks this peer for metadata pieces while the fetcher wants some from it.
+    fn request_metadata(&mut self, now: Instant) {
+        let Some(their) = self.ext_hs.as_ref().and_then(|h| h.metadata_id()) else {
+            return;
+        };
+        let mut sh = self.sh.borrow_mut();
+        let Some(f) = sh.fetcher.as_mut() else {
+            return;
+        };
+        while let Some(piece) = f.next_request(self.addr, now) {
+            encode_extended(&mut self.out, their, |out| {
+                MetadataMsg::Request { piece }.encode(out)
+            });
+        }
+    }
+
+    /// A `ut_metadata` message (BEP 9): a request we serve (or reject), or
+    /// data and rejects for our fetch.
+    fn on_ut_metadata(&mut self, cx: &mut Loop<'_>, payload: &[u8]) -> Result<(), Close> {
+        let Some(msg) = MetadataMsg::decode(payload)
+            .map_err(|e| Close::from(format!("bad ut_metadata message: {e}")))?
+        else {
+            return Ok(()); // an unknown msg_type is ignored (BEP 9)
+        };
+        let now = cx.now();
+        match msg {
+            MetadataMsg::Request { piece } => {
+                let Some(their) = self.ext_hs.as_ref().and_then(|h| h.metadata_id()) else {
+                    return Err("ut_metadata request without enabling ut_metadata".into());
+                };
+                let mut sh = self.sh.borrow_mut();
+                let addr = self.addr;
+                match sh.meta_server.as_mut() {
+                    Some(server) => {
+                        let reply = server
+                            .on_request(addr, piece, now)
+                            .map_err(|e| Close::from(e.to_string()))?;
+                        encode_extended(&mut self.out, their, |out| reply.msg().encode(out));
+                    }
+                    // BEP 9: without the (verified) metadata, every request is rejected.
+                    None => encode_extended(&mut self.out, their, |out| {
+                        MetadataMsg::Reject { piece }.encode(out)
+                    }),
+                }
+            }
+            MetadataMsg::Data {
+                piece,
+                total_size,
+                data,
+            } => {
+                let mut sh = self.sh.borrow_mut();
+                let Some(f) = sh.fetcher.as_mut() else {
+                    return Ok(()); // a late answer after the fetch: harmless
+                };
+                match f.on_data(self.addr, piece, total_size, data) {
+                    Err(e) if e.is_protocol_violation() => {
+                        return Err(format!("bad metadata: {e}").into());
+                    }
+                    Err(_) => {}
+                    Ok(meta_x::Progress::Stored { have, total }) => {
+                        log::debug!("peer {}: metadata piece {have}/{total}", self.addr);
+                        sh.last_progress = now;
+                    }
+                    Ok(meta_x::Progress::Assembled) => {
+                        sh.last_progress = now;
+                        sh.wake_engine(cx);
+                    }
+                    Ok(_) => {}
+                }
+                drop(sh);
+                self.request_metadata(now);
+            }
+            MetadataMsg::Reject { piece } => {
+                if let Some(f) = self.sh.borrow_mut().fetcher.as_mut() {
+                    f.on_reject(self.addr, piece, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A `ut_pex` message (BEP 11): the peers it names go to the peer manager,
+    /// which keeps its limits and backoff; the engine dials them.
+    fn on_ut_pex(&mut self, cx: &mut Loop<'_>, payload: &[u8]) -> Result<(), Close> {
+        if !self.sh.borrow().pex_allowed() {
+            return Ok(());
+        }
+        let decoded = PexMessage::decode(payload)
+            .map_err(|e| Close::from(format!("bad ut_pex message: {e}")))?;
+        let now = cx.now();
+        let update = self
+            .pex
+            .on_message(&decoded.message, now)
+            .map_err(|e| Close::from(e.to_string()))?;
+        if update.added.is_empty() {
+            return Ok(());
+        }
+        let mut sh = self.sh.borrow_mut();
+        let mut added = 0;
+        for p in &update.added {
+            if sh.peers.peer(&p.addr).is_some_and(|s| s.dialable) || sh.peers.is_banned(&p.addr) {
+                continue;
+            }
+            if sh.peers.add_peer(p.addr, now) {
+                added += 1;
+                log::info!("pex: learned peer {} from {}", p.addr, self.addr);
+            }
+        }
+        if added > 0 {
+            sh.wake_engine(cx);
+        }
+        Ok(())
+    }
+
+    /// Sends this peer the peers we are connected to, at most once a minute
+    /// (`PexState`), if it enabled `ut_pex`.
+    fn send_pex(&mut self, now: Instant) {
+        let Some(their) = self.ext_hs.as_ref().and_then(|h| h.pex_id()) else {
+            return;
+        };
+        if self.pex.next_due().is_some_and(|t| now < t) || now < self.pex_next_look {
+            return;
+        }
+        self.pex_next_look = now + PEX_LOOK_INTERVAL;
+        let sh = self.sh.borrow();
+        if !sh.pex_allowed() {
+            return;
+        }
+        let connected: Vec<PexPeer> = sh
+            .sessions
+            .iter()
+            .filter(|(k, _)| **k != self.key)
+            .filter_map(|(_, s)| {
+                Some(PexPeer {
+                    addr: s.listen?,
+                    flags: s.pex_flags,
+                })
+            })
+            .collect();
+        drop(sh);
+        if let Some(msg) = self.pex.next_message(&connected, now) {
+            let mut payload = Vec::new();
+            if msg.encode(&mut payload).is_ok() {
+                encode_extended(&mut self.out, their, |out| out.extend_from_slice(&payload));
+            }
+        }
     }
 
     /// The peer's announcements become `bf` (its first, or a late one replacing
@@ -1099,6 +1431,11 @@ impl Peer {
     }
 
     fn on_request(&mut self, r: BlockRef) -> Result<(), Close> {
+        if !self.upgraded {
+            // We announced nothing yet: nothing to serve.
+            self.reject(r);
+            return Ok(());
+        }
         let sh = self.sh.borrow();
         let plen = sh.picker.piece_len(r.piece);
         if r.piece >= sh.picker.piece_count()
@@ -1211,7 +1548,7 @@ impl Peer {
     /// may still be on the way, so those are excused; beyond that a peer pushing
     /// blocks breaks BEP 3 and is closed after [`UNSOLICITED_LIMIT`] of them.
     fn on_unrequested_block(&mut self, r: BlockRef) -> Result<(), Close> {
-        if !self.sh.borrow().picker.is_block(r) {
+        if self.upgraded && !self.sh.borrow().picker.is_block(r) {
             return Err(format!(
                 "block outside the torrent (piece {}, begin {}, length {})",
                 r.piece, r.begin, r.len
@@ -1257,6 +1594,13 @@ impl Peer {
     /// announce, interest, the upload slot.
     fn sync(&mut self, now: Instant) {
         let mut sh = self.sh.borrow_mut();
+        if !self.upgraded {
+            // Nothing to announce, want or serve before the metadata.
+            if let Some(slot) = sh.sessions.get_mut(&self.key) {
+                slot.woken = false;
+            }
+            return;
+        }
         let mut cancels = Vec::new();
         if let Some(slot) = sh.sessions.get_mut(&self.key) {
             slot.woken = false;
@@ -1312,7 +1656,7 @@ impl Peer {
 
     /// Keeps the request pipeline full.
     fn fill_requests(&mut self) {
-        if self.peer_choking || !self.am_interested {
+        if !self.upgraded || self.peer_choking || !self.am_interested {
             return;
         }
         let want = self.max_inflight.saturating_sub(self.inflight.len());
@@ -1356,6 +1700,12 @@ impl Handler for Session {
                 cancels: Vec::new(),
                 woken: false,
                 penalised: false,
+                listen: self.p.outgoing.then_some(self.p.addr),
+                pex_flags: if self.p.outgoing {
+                    PexFlags::REACHABLE
+                } else {
+                    PexFlags::default()
+                },
             },
         );
         let now = cx.now();
@@ -1450,6 +1800,12 @@ impl Handler for Session {
         let mut sh = self.p.sh.borrow_mut();
         let penalised = sh.sessions.remove(&self.p.key).is_some_and(|s| s.penalised);
         sh.blame.peer_left(self.p.addr);
+        if let Some(f) = sh.fetcher.as_mut() {
+            f.peer_gone(self.p.addr);
+        }
+        if let Some(m) = sh.meta_server.as_mut() {
+            m.peer_gone(self.p.addr);
+        }
         sh.picker.peer_left(self.p.key, &self.p.peer_has);
         if !self.p.am_choking {
             sh.release_slot(cx);

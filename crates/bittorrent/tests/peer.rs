@@ -1383,3 +1383,74 @@ fn hostile_encrypted_handshakes_are_closed() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `magnet:?xt=urn:btih:HEX` for `meta`.
+fn magnet_of(meta: &Metainfo) -> String {
+    let hex: String = meta.info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("magnet:?xt=urn:btih:{hex}&dn=test")
+}
+
+/// RFC 4648 base32 of a 20-byte info-hash (the other form of a btih).
+fn base32(h: &[u8; 20]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut acc, mut bits) = (0u64, 0);
+    for &b in h {
+        acc = acc << 8 | u64::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(A[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_magnet_link_fetches_the_metadata_then_the_data() {
+    let d = tmpdir("magnet");
+    // Several metadata pieces (16 KiB each): 3000 pieces of 16 KiB hash to 60 KB.
+    let data = pseudo_random_bytes(37, 3000 * 16 * 1024 - 99);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    let meta = make_torrent(&src, 16 * 1024, &torrent);
+    assert!(meta.info_dict.len() > 3 * 16 * 1024);
+    let seed = seeder(&torrent, &src, &[]);
+    for (name, uri) in [
+        ("hex", magnet_of(&meta)),
+        (
+            "base32",
+            format!("magnet:?xt=urn:btih:{}", base32(&meta.info_hash)),
+        ),
+    ] {
+        let out = d.join(format!("out-{name}.bin"));
+        let saved = d.join(format!("saved-{name}.torrent"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+        cmd.arg("leech")
+            .arg("--magnet")
+            .arg(&uri)
+            .arg("--save-torrent")
+            .arg(&saved)
+            .arg("--out")
+            .arg(&out)
+            .args(["--timeout", "20", "--peer"])
+            .arg(seed.addr.to_string());
+        let (code, err) = run_bounded(cmd, Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{name}: leech failed: {err}");
+        assert!(std::fs::read(&out).unwrap() == data, "{name}: file differs");
+        assert!(err.contains("metadata received and verified"), "{err}");
+        let back = Metainfo::parse(&std::fs::read(&saved).unwrap()).unwrap();
+        assert_eq!(back.info_hash, meta.info_hash, "{name}: saved torrent");
+        assert_eq!(back.pieces, meta.pieces);
+    }
+    // A bad link is a clear error.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+    cmd.args(["leech", "--magnet", "magnet:?xt=urn:btih:1234", "--out"])
+        .arg(d.join("x"))
+        .args(["--peer", "127.0.0.1:1"]);
+    let (code, err) = run_bounded(cmd, Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--magnet: invalid info-hash"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}

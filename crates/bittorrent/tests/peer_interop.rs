@@ -231,3 +231,98 @@ fn multi_file_torrent_from_libtorrent_to_our_leecher() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `magnet:?xt=urn:btih:HEX` of a torrent file.
+fn magnet_of(torrent: &Path) -> String {
+    let meta = reactor_bittorrent::metainfo::Metainfo::parse(&std::fs::read(torrent).unwrap())
+        .expect("our torrent parses");
+    let hex: String = meta.info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("magnet:?xt=urn:btih:{hex}&dn=payload.bin")
+}
+
+#[test]
+fn our_leecher_fetches_a_magnet_from_a_libtorrent_seeder() {
+    if !libtorrent_available() {
+        return;
+    }
+    let d = tmpdir("lt-magnet-seed");
+    let (src, torrent, data) = fixture(&d, 8 * 1024 * 1024 + 99);
+    let seed_dir = d.join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    std::fs::copy(&src, seed_dir.join("payload.bin")).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(SCRIPT)
+        .args(["seed", "--timeout", "60", "--torrent"])
+        .arg(&torrent)
+        .arg("--save-dir")
+        .arg(&seed_dir);
+    let mut lt = Server::start(cmd);
+    let out = d.join("out.bin");
+    let saved = d.join("saved.torrent");
+    let mut leech = Command::new(env!("CARGO_BIN_EXE_peer"));
+    leech
+        .arg("leech")
+        .arg("--magnet")
+        .arg(magnet_of(&torrent))
+        .arg("--save-torrent")
+        .arg(&saved)
+        .arg("--out")
+        .arg(&out)
+        .args(["--timeout", "30", "--peer"])
+        .arg(lt.addr.to_string());
+    let (code, err) = run_bounded(leech, Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(0),
+        "our leecher failed: {err}\nlibtorrent: {}",
+        lt.stderr_text()
+    );
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(err.contains("metadata received and verified"), "{err}");
+    // The saved torrent is the one libtorrent seeds (same info dictionary).
+    let a = reactor_bittorrent::metainfo::Metainfo::parse(&std::fs::read(&saved).unwrap()).unwrap();
+    let b =
+        reactor_bittorrent::metainfo::Metainfo::parse(&std::fs::read(&torrent).unwrap()).unwrap();
+    assert_eq!(a.info_dict, b.info_dict);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn libtorrent_fetches_a_magnet_from_our_seeder() {
+    if !libtorrent_available() {
+        return;
+    }
+    let d = tmpdir("lt-magnet-leech");
+    let (src, torrent, data) = fixture(&d, 8 * 1024 * 1024 + 77);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+    cmd.arg("seed")
+        .arg("--torrent")
+        .arg(&torrent)
+        .arg("--data")
+        .arg(&src)
+        .args(["--listen", "127.0.0.1:0"]);
+    let mut seed = Server::start(cmd);
+    assert!(seed.wait_stderr("seeding", Duration::from_secs(30)));
+    let save = d.join("lt");
+    std::fs::create_dir_all(&save).unwrap();
+    let mut lt = Command::new("python3");
+    lt.arg(SCRIPT)
+        .args(["leech", "--timeout", "45", "--magnet"])
+        .arg(magnet_of(&torrent))
+        .arg("--save-dir")
+        .arg(&save)
+        .arg("--peer")
+        .arg(seed.addr.to_string());
+    let (code, err) = run_bounded(lt, Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(0),
+        "libtorrent leecher failed: {err}\nour seeder: {}",
+        seed.stderr_text()
+    );
+    assert!(
+        std::fs::read(save.join("payload.bin")).unwrap() == data,
+        "file differs"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

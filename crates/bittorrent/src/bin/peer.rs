@@ -6,7 +6,8 @@
 //!            [--encryption disabled|enabled|forced]
 //!            [--discover [--discover-port 7979] [--broadcast 127.255.255.255]
 //!                        [--discover-interval SECS]]
-//! peer leech --torrent T.torrent --out FILE|DIR [--peer IP:PORT]... [--tracker URL]
+//! peer leech --torrent T.torrent | --magnet URI [--save-torrent FILE]
+//!            --out FILE|DIR [--peer IP:PORT]... [--tracker URL]
 //!            [--listen ADDR] [--timeout SECS] [--discover ...same as seed...]
 //! ```
 //! `seed` verifies the data on the worker pool, prints `listening on IP:PORT` once
@@ -31,6 +32,7 @@ use clap::{Args, Parser, Subcommand};
 use reactor::{Config, Reactor};
 use reactor_bittorrent::create::MakeTorrent;
 use reactor_bittorrent::discover::DiscoverySettings;
+use reactor_bittorrent::magnet::{PeerAddr, parse_magnet};
 use reactor_bittorrent::metainfo::Metainfo;
 use reactor_bittorrent::mse::Encryption;
 use reactor_bittorrent::torrent::{self, Mode, TorrentConfig};
@@ -76,8 +78,16 @@ enum Cmd {
     /// Download a torrent from peers.
     Leech {
         /// The .torrent file.
+        #[arg(long, required_unless_present = "magnet", conflicts_with = "magnet")]
+        torrent: Option<PathBuf>,
+        /// A magnet link instead of a .torrent (`magnet:?xt=urn:btih:HEX|BASE32&tr=URL`):
+        /// the metadata is fetched from peers (BEP 9) and checked against the
+        /// info-hash first. Its `tr` (http://) and `x.pe` (IP:port) are used too.
         #[arg(long)]
-        torrent: PathBuf,
+        magnet: Option<String>,
+        /// With --magnet: write the fetched metadata as a .torrent file here.
+        #[arg(long, requires = "magnet")]
+        save_torrent: Option<PathBuf>,
         /// Where to write the data: the file, or the torrent's folder.
         #[arg(long)]
         out: PathBuf,
@@ -205,7 +215,17 @@ fn load_torrent(path: &PathBuf) -> Result<Metainfo, String> {
     Metainfo::parse(&bytes).map_err(|e| format!("{}: invalid torrent: {e}", path.display()))
 }
 
+/// The settings of a magnet download: no torrent to take a tracker from.
+fn config_without_torrent(common: &Common) -> Result<TorrentConfig, String> {
+    let placeholder_announce = None;
+    config_with(common, placeholder_announce)
+}
+
 fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
+    config_with(common, meta.announce.clone())
+}
+
+fn config_with(common: &Common, announce: Option<String>) -> Result<TorrentConfig, String> {
     if common.upload_slots == 0 {
         return Err("--upload-slots must be at least 1".into());
     }
@@ -222,7 +242,7 @@ fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
         tracker: common
             .tracker
             .clone()
-            .or_else(|| meta.announce.clone().filter(|a| a.starts_with("http://"))),
+            .or_else(|| announce.filter(|a| a.starts_with("http://"))),
         discovery: discovery(common)?,
         ..TorrentConfig::default()
     })
@@ -288,14 +308,44 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Leech {
             torrent,
+            magnet,
+            save_torrent,
             out,
             peers,
             listen,
             timeout,
             common,
         } => {
-            let meta = load_torrent(&torrent)?;
-            let mut cfg = config(&common, &meta)?;
+            let (meta, magnet) = match (&torrent, &magnet) {
+                (Some(t), _) => (Some(load_torrent(t)?), None),
+                (None, Some(uri)) => (
+                    None,
+                    Some(parse_magnet(uri).map_err(|e| format!("--magnet: {e}"))?),
+                ),
+                (None, None) => return Err("give --torrent or --magnet".into()),
+            };
+            let mut cfg = match &meta {
+                Some(m) => config(&common, m)?,
+                None => config_without_torrent(&common)?,
+            };
+            let mut peers = peers;
+            if let Some(m) = &magnet {
+                if cfg.tracker.is_none() {
+                    cfg.tracker = m
+                        .trackers
+                        .iter()
+                        .find(|t| t.starts_with("http://"))
+                        .cloned();
+                }
+                for p in &m.peers {
+                    match p {
+                        PeerAddr::Ip(a) => peers.push(*a),
+                        PeerAddr::Host { .. } => {
+                            log::info!("magnet: ignoring peer {p}: host names are not resolved");
+                        }
+                    }
+                }
+            }
             // With a tracker or discovery, be reachable: peers learn our port from
             // them. Discovery on loopback only needs a loopback listener.
             cfg.listen = listen.or_else(|| match (&cfg.tracker, &cfg.discovery) {
@@ -322,8 +372,14 @@ fn run(cmd: Cmd) -> Result<(), String> {
             reactor
                 .shutdown_on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-            let t = torrent::start(&mut reactor, meta, Mode::Leech(out), cfg)
-                .map_err(|e| e.to_string())?;
+            let t = match (meta, magnet) {
+                (Some(meta), _) => torrent::start(&mut reactor, meta, Mode::Leech(out), cfg),
+                (None, Some(m)) => {
+                    torrent::start_magnet(&mut reactor, m.info_hash, out, cfg, save_torrent)
+                }
+                (None, None) => unreachable!("checked above"),
+            }
+            .map_err(|e| e.to_string())?;
             if let Some(a) = t.local_addr {
                 println!("listening on {a}");
                 let _ = std::io::stdout().flush();

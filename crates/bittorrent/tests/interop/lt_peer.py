@@ -6,6 +6,8 @@
         until it is killed or the timeout passes.
     lt_peer.py leech --torrent T --save-dir DIR --peer IP:PORT [--timeout SECS]
         downloads from that peer; exits 0 when complete, 1 on timeout.
+    lt_peer.py leech --magnet URI ...
+        the same from a magnet link: the metadata comes from the peer (BEP 9).
 
 DHT, LSD, UPnP and NAT-PMP are off, TCP only. Encryption (--encryption):
     plain   outgoing off, incoming plaintext accepted (the default; see
@@ -79,7 +81,8 @@ def wait_state(ses, h, done, deadline, label):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["seed", "leech"])
-    ap.add_argument("--torrent", required=True)
+    ap.add_argument("--torrent")
+    ap.add_argument("--magnet")
     ap.add_argument("--save-dir", required=True)
     ap.add_argument("--peer")
     ap.add_argument("--timeout", type=float, default=60.0)
@@ -89,9 +92,11 @@ def main():
     args = ap.parse_args()
     deadline = time.time() + args.timeout
     ses = session(args.fast, args.encryption)
-    ti = lt.torrent_info(args.torrent)
-    p = lt.add_torrent_params()
-    p.ti = ti
+    if args.magnet:
+        p = lt.parse_magnet_uri(args.magnet)
+    else:
+        p = lt.add_torrent_params()
+        p.ti = lt.torrent_info(args.torrent)
     p.save_path = args.save_dir
     h = ses.add_torrent(p)
     if args.mode == "seed":
