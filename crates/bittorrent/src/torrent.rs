@@ -1011,7 +1011,7 @@ impl Engine {
             let addr = self.dial_buf[i];
             match Session::outgoing(self.sh.clone(), addr) {
                 Ok(s) => {
-                    log::debug!("connecting to {addr}");
+                    log::info!("connecting to {addr}");
                     cx.spawn(s);
                 }
                 Err(e) => {

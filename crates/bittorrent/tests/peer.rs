@@ -1454,3 +1454,51 @@ fn a_magnet_link_fetches_the_metadata_then_the_data() {
     assert!(err.contains("--magnet: invalid info-hash"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_leecher_learns_a_seeder_through_pex_alone() {
+    let d = tmpdir("pex");
+    let data = pseudo_random_bytes(41, 64 * 1024 * 1024 + 3);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 256 * 1024, &torrent);
+    // A seeds; B downloads from A (given by hand) and accepts connections; C is
+    // told only of B, and can learn A only from B's ut_pex message.
+    let a = seeder(&torrent, &src, &[]);
+    let mut b = Server::start(leech(
+        &torrent,
+        &d.join("b.bin"),
+        &[a.addr],
+        &["--listen", "127.0.0.1:0", "--timeout", "30"],
+    ));
+    assert!(
+        b.wait_stderr(
+            &format!("connecting to {}", a.addr),
+            Duration::from_secs(20)
+        ),
+        "{}",
+        b.stderr_text()
+    );
+    let out = d.join("c.bin");
+    let (code, err) = run_bounded(
+        leech(
+            &torrent,
+            &out,
+            &[b.addr],
+            &["--listen", "127.0.0.1:0", "--timeout", "30"],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "C failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(
+        err.contains(&format!("pex: learned peer {} from {}", a.addr, b.addr)),
+        "C did not learn A through PEX: {err}"
+    );
+    assert!(
+        err.contains(&format!("connecting to {}", a.addr)),
+        "C never dialled A: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
