@@ -185,3 +185,93 @@ fn aria2_requiring_encryption_leeches_from_our_seeder() {
         &["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"],
     );
 }
+
+/// transmission-cli isolated on loopback (DHT, LPD, PEX, uTP and port mapping
+/// off in its settings.json), saving to `save`; it touches `done` when the
+/// download is complete (`--finish` script) and then seeds until killed.
+fn transmission(d: &Path, save: &Path, torrent: &Path, port: u16, done: &Path) -> Command {
+    let cfg = d.join("transmission-config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("settings.json"),
+        format!(
+            r#"{{
+    "dht-enabled": false,
+    "lpd-enabled": false,
+    "pex-enabled": false,
+    "utp-enabled": false,
+    "port-forwarding-enabled": false,
+    "peer-port": {port},
+    "peer-port-random-on-start": false,
+    "rpc-enabled": false,
+    "speed-limit-down-enabled": false,
+    "speed-limit-up-enabled": false
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let script = d.join("finished.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch '{}'\n", done.display())).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new("transmission-cli");
+    cmd.arg("-g")
+        .arg(&cfg)
+        .arg("-w")
+        .arg(save)
+        .args(["-p", &port.to_string(), "-M", "-D", "-U", "-f"])
+        .arg(&script)
+        .arg(torrent);
+    cmd
+}
+
+#[test]
+fn transmission_leeches_from_our_seeder_through_a_tracker() {
+    if !client_available("transmission-cli", "transmission-cli") {
+        return;
+    }
+    let d = tmpdir("transmission");
+    let tracker = FakeTracker::start();
+    let (src, torrent, data) = fixture(&d, 16 * 1024 * 1024 + 333, &tracker.url);
+    let mut seed = our_seeder(&torrent, &src, &[]);
+    assert!(
+        tracker.wait_for(seed.addr.port(), "started", Duration::from_secs(20)),
+        "our seeder did not announce"
+    );
+    let save = d.join("transmission");
+    std::fs::create_dir_all(&save).unwrap();
+    let done = d.join("done");
+    let port = free_port();
+    // Transmission does not dial loopback peers from a tracker; it announces, and
+    // our seeder (which re-announces every 2 s here) dials it.
+    let start = std::time::Instant::now();
+    let mut t = Client::spawn(
+        transmission(&d, &save, &torrent, port, &done),
+        &d.join("transmission.out"),
+    );
+    let deadline = start + Duration::from_secs(90);
+    while !done.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "transmission did not finish: {}\nour seeder: {}",
+            t.tail(10),
+            seed.stderr_text()
+        );
+        assert!(
+            t.child.try_wait().unwrap().is_none(),
+            "transmission exited: {}",
+            t.tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("transmission-cli: {} bytes in {secs:.2} s", data.len());
+    assert!(
+        std::fs::read(save.join("payload.bin")).unwrap() == data,
+        "file differs"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

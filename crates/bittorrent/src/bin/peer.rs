@@ -3,7 +3,7 @@
 //! ```text
 //! peer make-torrent --data FILE|DIR --piece-length BYTES --out T.torrent [--tracker URL]
 //! peer seed  --torrent T.torrent --data FILE|DIR [--listen ADDR] [--tracker URL]
-//!            [--encryption disabled|enabled|forced]
+//!            [--peer IP:PORT]... [--encryption disabled|enabled|forced]
 //!            [--discover [--discover-port 7979] [--broadcast 127.255.255.255]
 //!                        [--discover-interval SECS]]
 //! peer leech --torrent T.torrent | --magnet URI [--save-torrent FILE]
@@ -72,6 +72,10 @@ enum Cmd {
         /// Address to accept peers on (port 0: the OS picks; it is printed).
         #[arg(long, default_value = "0.0.0.0:6881")]
         listen: SocketAddr,
+        /// A leecher to dial (repeatable), for one that does not dial us (e.g.
+        /// Transmission never dials loopback peers).
+        #[arg(long = "peer")]
+        peers: Vec<SocketAddr>,
         #[command(flatten)]
         common: Common,
     },
@@ -285,11 +289,13 @@ fn run(cmd: Cmd) -> Result<(), String> {
             torrent,
             data,
             listen,
+            peers,
             common,
         } => {
             let meta = load_torrent(&torrent)?;
             let mut cfg = config(&common, &meta)?;
             cfg.listen = Some(listen);
+            cfg.peers = peers;
             let mut reactor = reactor_with(common.workers)?;
             reactor
                 .shutdown_on_signals()

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """A libtorrent peer for interop tests and benchmarks, isolated on 127.0.0.1.
 
-    lt_peer.py seed  --torrent T --save-dir DIR [--timeout SECS]
+    lt_peer.py seed  --torrent T --save-dir DIR [--timeout SECS] [--peer IP:PORT]
         prints "listening on 127.0.0.1:PORT" once the data is checked, then seeds
-        until it is killed or the timeout passes.
+        until it is killed or the timeout passes (dialling --peer, if given).
     lt_peer.py leech --torrent T --save-dir DIR --peer IP:PORT [--timeout SECS]
         downloads from that peer; exits 0 when complete, 1 on timeout.
     lt_peer.py leech --magnet URI ...
@@ -105,6 +105,10 @@ def main():
             print("lt-seed: data check did not finish", file=sys.stderr)
             return 1
         print(f"listening on 127.0.0.1:{ses.listen_port()}", flush=True)
+        if args.peer:
+            # Dial a leecher that will not dial loopback peers itself (Transmission).
+            host, port = args.peer.rsplit(":", 1)
+            h.connect_peer((host, int(port)))
         # Seed until killed (or the timeout passes), reporting errors.
         while time.time() < deadline:
             for a in ses.pop_alerts():
