@@ -61,6 +61,17 @@ const SERVE_ROUNDS: usize = 4;
 /// before their waiters run.
 const READ_AHEAD_BYTES: usize = 1024 * 1024;
 
+/// Why [`Session::serve`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// Nothing to serve now: no requests, choked, or a chunk is being read (its
+    /// arrival wakes the session).
+    Waiting,
+    /// The write queue reached [`SERVE_HIGH`] with requests left: serve again once
+    /// it drains.
+    QueueFull,
+}
+
 /// Why a session closes (a hostile or broken peer, or a plain goodbye).
 type Close = Cow<'static, str>;
 
@@ -684,10 +695,12 @@ impl Session {
 
     /// Writes requested blocks from the chunk cache while the write queue has
     /// room; a missing chunk is asked of the engine and serving resumes on wake-up.
-    fn serve(&mut self, cx: &mut Loop<'_>) -> bool {
+    /// Says why it stopped.
+    fn serve(&mut self, cx: &mut Loop<'_>) -> Served {
         if self.p.serve_q.is_empty() || self.p.am_choking {
-            return false;
+            return Served::Waiting;
         }
+        let mut waiting = false;
         let mut sh = self.p.sh.borrow_mut();
         let cs = sh.chunk_size;
         let mut sent = 0u64;
@@ -716,6 +729,7 @@ impl Session {
                         }
                     }
                 }
+                waiting = true;
                 break;
             };
             let b = if k1 != k0 {
@@ -723,6 +737,7 @@ impl Session {
                     Some(b) => Some(b),
                     None => {
                         sh.want_chunk(cx, r.piece, k1, self.p.key);
+                        waiting = true;
                         break;
                     }
                 }
@@ -756,22 +771,30 @@ impl Session {
             self.p.last_send = cx.now();
             self.p.last_data = cx.now();
         }
-        sent > 0
+        if waiting || self.p.serve_q.is_empty() {
+            Served::Waiting
+        } else {
+            Served::QueueFull
+        }
     }
 
     /// Serves and flushes until the socket is full (a writable edge will follow),
-    /// nothing more can be served now (a wake-up will follow), or this event's
-    /// share is spent (re-queued). Stopping after a flush that emptied the queue
-    /// without filling the socket would wait for an edge that never comes.
+    /// nothing more can be served now (a wake-up or a request will follow), or this
+    /// event's share is spent (re-queued). Stopping after a flush that emptied the
+    /// queue without filling the socket would wait for an edge that never comes:
+    /// that includes the case where `serve` queued nothing because the queue was
+    /// still above [`SERVE_HIGH`] when it was called, and the flush then emptied it
+    /// (a peer that sends its requests in bursts, as Transmission does once a
+    /// second, was left waiting until its next burst).
     fn serve_and_flush(&mut self, cx: &mut Loop<'_>) {
         let mut rounds = 0;
         loop {
-            let queued = self.serve(cx);
+            let served = self.serve(cx);
             if let Err(e) = self.conn.flush(cx) {
                 self.broke(cx, &format!("write error: {e}"));
                 return;
             }
-            if !queued || self.conn.write_pending() > 0 {
+            if served == Served::Waiting || self.conn.write_pending() > 0 {
                 return;
             }
             rounds += 1;

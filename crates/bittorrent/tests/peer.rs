@@ -1502,3 +1502,71 @@ fn a_leecher_learns_a_seeder_through_pex_alone() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Transmission's pattern: one burst of requests, then silence until the blocks
+/// arrive. Every block must come without the peer sending anything more (a
+/// serve loop that waited for a writable edge after emptying its queue stalled
+/// here until the peer's next message, for good when it never came).
+#[test]
+fn a_burst_of_requests_is_served_without_further_input() {
+    let d = tmpdir("burst");
+    let data = pseudo_random_bytes(43, 24 * 1024 * 1024);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    let meta = make_torrent(&src, 256 * 1024, &torrent);
+    let seed = seeder(&torrent, &src, &["--encryption", "disabled"]);
+    let mut s = connect(seed.addr);
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(&handshake(&meta.info_hash, true)).unwrap();
+    s.write_all(&msg(2, &[])).unwrap(); // interested
+    // Wait for the unchoke, skipping the handshake and the other messages.
+    let mut hs = [0u8; 68];
+    s.read_exact(&mut hs).unwrap();
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).unwrap();
+        if body.first() == Some(&1) {
+            break;
+        }
+    }
+    // 1536 requests (24 MiB) in one write; nothing is sent after it.
+    let blocks = (data.len() / 16384) as u32;
+    let mut reqs = Vec::new();
+    for b in 0..blocks {
+        let (piece, begin) = (b / 16, (b % 16) * 16384);
+        let mut p = piece.to_be_bytes().to_vec();
+        p.extend_from_slice(&begin.to_be_bytes());
+        p.extend_from_slice(&16384u32.to_be_bytes());
+        reqs.extend_from_slice(&msg(6, &p));
+    }
+    s.write_all(&reqs).unwrap();
+    let mut got = vec![false; blocks as usize];
+    let mut n = 0;
+    // A reader slower than the seeder, so that its queue fills and drains many times.
+    let mut buf = vec![0u8; 16384 + 13];
+    while n < blocks {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)
+            .unwrap_or_else(|e| panic!("after {n} of {blocks} blocks: {e}"));
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(len <= buf.len(), "message of {len} bytes");
+        s.read_exact(&mut buf[..len]).unwrap();
+        if len == 16384 + 9 && buf[0] == 7 {
+            let piece = u32::from_be_bytes(buf[1..5].try_into().unwrap());
+            let begin = u32::from_be_bytes(buf[5..9].try_into().unwrap());
+            let at = piece as usize * 256 * 1024 + begin as usize;
+            assert!(buf[9..len] == data[at..at + 16384], "block {piece}/{begin}");
+            let i = (piece * 16 + begin / 16384) as usize;
+            assert!(!got[i], "block {i} twice");
+            got[i] = true;
+            n += 1;
+            if n % 8 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
