@@ -4,8 +4,12 @@
 //! It frames and parses with [`super::wire`], asks the [`super::picker`] what to
 //! request, copies received blocks into the piece being assembled in
 //! [`Shared`], and serves requests from the chunk cache (asking the engine to read
-//! missing chunks on the worker pool). It must not touch the disk, hash, or block:
-//! everything slow is the engine's, through the pool.
+//! missing chunks on the worker pool). Under the BitTorrent protocol it runs the
+//! encryption layer ([`super::mse`]: detection, the handshake state machines, RC4
+//! in place on the read buffer and the write queue); over it, the extension
+//! protocol's `ut_metadata` ([`super::metadata`]) and `ut_pex` ([`super::pex`]).
+//! It must not touch the disk, hash, or block: everything slow is the engine's or
+//! the pool's (the Diffie-Hellman steps are this handler's own pool jobs).
 //!
 //! Hostile input (wrong protocol or info-hash, oversized or malformed messages,
 //! out-of-range requests or blocks, bitfields of the wrong length, peers that stall
@@ -2180,6 +2184,56 @@ mod tests {
             let mut me = open_peer(true, false);
             let id = me.sh.borrow().peer_id;
             assert!(me.on_peer_id(cx, id).is_err());
+        });
+    }
+
+    #[test]
+    fn announcements_before_the_metadata_are_checked_when_it_arrives() {
+        in_loop(|cx| {
+            let real = shared();
+            let meta = real.borrow().meta.clone();
+            let mk = || {
+                let sh = Rc::new(RefCell::new(
+                    Shared::new_magnet(meta.info_hash, TorrentConfig::default()).unwrap(),
+                ));
+                let mut p = Peer::new(sh.clone(), "127.0.0.1:2".parse().unwrap(), false);
+                p.key = PeerKey(2);
+                p.phase = Phase::Open;
+                p.fast = true;
+                (sh, p)
+            };
+            // A bitfield of any length and haves of any index are only recorded...
+            let (sh, mut p) = mk();
+            assert!(!p.upgraded);
+            assert!(p.on_message(cx, Message::Bitfield(&[0x80, 0x00])).is_ok());
+            assert!(p.on_message(cx, Message::Have { piece: 9 }).is_ok());
+            assert!(p.on_message(cx, Message::Have { piece: 9 }).is_ok());
+            // ...requests before we have anything are rejected, not closed.
+            let r = Message::Request {
+                index: 3,
+                begin: 0,
+                length: 16384,
+            };
+            assert!(p.on_message(cx, r).is_ok());
+            assert!(p.serve_q.is_empty());
+            sh.borrow_mut().set_metadata(meta.clone(), None).unwrap();
+            assert!(p.upgrade().is_ok());
+            assert!(p.upgraded);
+            assert!(p.peer_has.has(0) && p.peer_has.has(9) && p.peer_has.count() == 2);
+            assert_eq!(sh.borrow().picker.availability(9), 1);
+            // ...and judged once the piece count is known.
+            let (sh, mut p) = mk();
+            assert!(p.on_message(cx, Message::Bitfield(&[0xff])).is_ok());
+            sh.borrow_mut().set_metadata(meta.clone(), None).unwrap();
+            assert!(p.upgrade().is_err(), "one byte for 10 pieces");
+            let (sh, mut p) = mk();
+            assert!(p.on_message(cx, Message::Have { piece: 10 }).is_ok());
+            sh.borrow_mut().set_metadata(meta.clone(), None).unwrap();
+            assert!(p.upgrade().is_err(), "have beyond the last piece");
+            // have_all still needs BEP 6.
+            let (_sh, mut p) = mk();
+            p.fast = false;
+            assert!(p.on_message(cx, Message::HaveAll).is_err());
         });
     }
 }

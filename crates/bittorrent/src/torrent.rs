@@ -12,6 +12,9 @@
 //!   the sessions waiting for the result. Jobs belong to the engine, so a session
 //!   closing mid-job loses nothing.
 //! - [`super::session::Session`] is one handler per peer connection.
+//! - A magnet download ([`start_magnet`]) starts with placeholder metadata (only the
+//!   info-hash); sessions fetch the info dictionary through `ut_metadata`, the engine
+//!   hashes and parses it on the pool and then opens the data as for a `.torrent`.
 //! - With [`TorrentConfig::discovery`], a [`DiscoveryHandler`] child of the engine
 //!   announces the torrent on the LAN and reports other nodes to the engine's
 //!   `on_message`; a leecher adds those serving the same torrent to the peer
