@@ -5,8 +5,11 @@
 //! [`tracker`] announce (BEP 3, BEP 23), the peer-wire codec [`wire`] (with BEP 6 and
 //! BEP 10 framing), the rarest-first [`picker`] with end-game, [`blame`] (whom to
 //! ban for a piece that fails its hash check), the [`peers`] manager with its
-//! reconnect backoff and bans, and [`discover`] (what a peer announces by
-//! LAN discovery, and which announcements are peers of our torrent).
+//! reconnect backoff and bans, [`discover`] (what a peer announces by
+//! LAN discovery, and which announcements are peers of our torrent), and
+//! [`mse`] (Message Stream Encryption: the obfuscated handshake and RC4),
+//! [`magnet`] links, the BEP 10 [`ext_handshake`] fields, BEP 9 [`metadata`]
+//! exchange (serving and fetching the info dictionary) and BEP 11 [`pex`].
 //!
 //! On the reactor (thin handlers over those): [`torrent`] (the shared torrent state
 //! and the engine that owns disk work), [`session`] (one handler per peer
@@ -22,8 +25,13 @@ pub mod bencode;
 pub mod blame;
 pub mod create;
 pub mod discover;
+pub mod ext_handshake;
+pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
+pub mod mse;
 pub mod peers;
+pub mod pex;
 pub mod picker;
 pub mod session;
 pub mod storage;

@@ -72,6 +72,9 @@ pub struct Metainfo {
     pub multi_file: bool,
     /// BEP 27 private flag (`private=1`): no DHT/PEX/LSD.
     pub private: bool,
+    /// The raw bencoded `info` dictionary, exactly as in the file: what BEP 9
+    /// metadata exchange serves, and what the info-hash is computed over.
+    pub info_dict: Vec<u8>,
 }
 
 /// The part of one piece that lies in one file.
@@ -337,6 +340,20 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
     Sha1::digest(data).into()
 }
 
+/// `d[8:announce..]4:info<info>e`: keys in sorted order, the info bytes as given.
+fn torrent_with_info(info: &[u8], announce: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(info.len() + 64);
+    out.push(b'd');
+    if let Some(a) = announce {
+        bencode::encode_bytes(b"announce", &mut out);
+        bencode::encode_bytes(a.as_bytes(), &mut out);
+    }
+    bencode::encode_bytes(b"info", &mut out);
+    out.extend_from_slice(info);
+    out.push(b'e');
+    out
+}
+
 impl Metainfo {
     /// Parses and validates untrusted `.torrent` bytes.
     pub fn parse(torrent: &[u8]) -> Result<Metainfo, MetainfoError> {
@@ -463,7 +480,20 @@ impl Metainfo {
             total_length,
             multi_file,
             private,
+            info_dict: info_raw.to_vec(),
         })
+    }
+
+    /// Parses a raw info dictionary, as fetched by BEP 9 metadata exchange: the
+    /// same checks as [`Metainfo::parse`], with no tracker.
+    pub fn from_info_dict(info: &[u8]) -> Result<Metainfo, MetainfoError> {
+        Metainfo::parse(&torrent_with_info(info, None))
+    }
+
+    /// A `.torrent` file for this torrent: its info dictionary, byte for byte
+    /// (so the info-hash is the same), and `announce` if given.
+    pub fn to_torrent_file(&self, announce: Option<&str>) -> Vec<u8> {
+        torrent_with_info(&self.info_dict, announce)
     }
 
     /// Number of pieces.
@@ -1309,5 +1339,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn info_dict_round_trips_to_the_same_info_hash() {
+        let t = build_torrent(
+            "x",
+            &[(vec![], 40_000)],
+            16384,
+            &[[1u8; 20]; 3],
+            Some("http://t/a"),
+        )
+        .unwrap();
+        let m = Metainfo::parse(&t).unwrap();
+        assert_eq!(sha1(&m.info_dict), m.info_hash);
+        let back = Metainfo::from_info_dict(&m.info_dict).unwrap();
+        assert_eq!(back.info_hash, m.info_hash);
+        assert_eq!(back.announce, None);
+        let file = m.to_torrent_file(Some("http://127.0.0.1:1/announce"));
+        let again = Metainfo::parse(&file).unwrap();
+        assert_eq!(again.info_hash, m.info_hash);
+        assert_eq!(
+            again.announce.as_deref(),
+            Some("http://127.0.0.1:1/announce")
+        );
+        assert!(Metainfo::from_info_dict(b"d4:name1:xe").is_err());
+        assert!(Metainfo::from_info_dict(b"garbage").is_err());
     }
 }

@@ -164,6 +164,9 @@ pub struct PeerStats {
     /// We may dial it (false for peers only seen as inbound connections,
     /// whose source port is usually ephemeral).
     pub dialable: bool,
+    /// An encrypted (MSE) dial failed before its handshake completed: dial it in
+    /// plaintext from now on (libtorrent's retry under its "enabled" policy).
+    pub plaintext_only: bool,
 }
 
 impl PeerStats {
@@ -253,6 +256,7 @@ impl PeerManager {
             bytes_up: 0,
             next_attempt: now,
             dialable,
+            plaintext_only: false,
         }
     }
 
@@ -414,6 +418,27 @@ impl PeerManager {
             p.consecutive_failures = p.consecutive_failures.saturating_add(1);
             p.next_attempt = later(now, backoff(&FAILURE_BACKOFF, p.consecutive_failures));
         }
+    }
+
+    /// An encrypted dial of `addr` failed before its MSE handshake completed (the
+    /// peer closed, refused the handshake or let it time out): it may be a
+    /// plaintext-only client, so it is dialled again at once in plaintext. This
+    /// counts as neither a failed dial nor a useless connection, and happens once
+    /// per peer: later dials stay plaintext ([`PeerStats::plaintext_only`]).
+    pub fn retry_plaintext(&mut self, addr: SocketAddr, now: Instant) {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            if p.state != ConnState::Idle {
+                self.active -= 1;
+            }
+            p.state = ConnState::Idle;
+            p.plaintext_only = true;
+            p.next_attempt = now;
+        }
+    }
+
+    /// Whether dials of `addr` must be plaintext (see [`PeerManager::retry_plaintext`]).
+    pub fn plaintext_only(&self, addr: &SocketAddr) -> bool {
+        self.peers.get(addr).is_some_and(|p| p.plaintext_only)
     }
 
     /// A connection closed, for whatever reason, with these statistics.
@@ -912,5 +937,31 @@ mod tests {
         assert!(st.dialable);
         assert_eq!(st.consecutive_useless, 2);
         assert!(!m.withdraw(&addr(99)), "unknown peer");
+    }
+
+    #[test]
+    fn a_failed_encrypted_dial_is_retried_once_in_plaintext() {
+        let now = Instant::now();
+        let mut m = PeerManager::new(4, 16);
+        let a: SocketAddr = "10.0.0.1:6881".parse().unwrap();
+        assert!(m.add_peer(a, now));
+        let mut out = Vec::new();
+        m.next_candidates(now, 4, &mut out);
+        assert_eq!(out, vec![a]);
+        assert!(!m.plaintext_only(&a));
+        m.connected(a, now);
+        m.retry_plaintext(a, now);
+        assert_eq!(m.active(), 0);
+        assert!(m.plaintext_only(&a));
+        let p = m.peer(&a).unwrap();
+        assert_eq!((p.consecutive_useless, p.consecutive_failures), (0, 0));
+        out.clear();
+        m.next_candidates(now, 4, &mut out);
+        assert_eq!(out, vec![a], "redialled at once");
+        // The plaintext connection is judged as usual.
+        m.connected(a, now);
+        m.disconnected(a, now, ConnStats::default());
+        assert_eq!(m.peer(&a).unwrap().consecutive_useless, 1);
+        assert!(m.plaintext_only(&a));
     }
 }

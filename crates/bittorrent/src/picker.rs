@@ -491,14 +491,21 @@ impl Picker {
         }
     }
 
-    /// A peer disconnected: forget its availability (`has` is its final
-    /// bitfield) and make its outstanding requests requestable again.
-    pub fn peer_left(&mut self, peer: PeerKey, has: &Bitfield) {
+    /// A peer's announcements are replaced (a late or repeated `bitfield`,
+    /// `have_all` or `have_none`): forget the availability `has` added, without
+    /// touching its requests. The caller then adds the new set.
+    pub fn peer_lost(&mut self, has: &Bitfield) {
         for p in has.iter_set() {
             if p < self.geo.piece_count {
                 self.dec_avail(p);
             }
         }
+    }
+
+    /// A peer disconnected: forget its availability (`has` is its final
+    /// bitfield) and make its outstanding requests requestable again.
+    pub fn peer_left(&mut self, peer: PeerKey, has: &Bitfield) {
+        self.peer_lost(has);
         self.requests_dropped(peer);
     }
 

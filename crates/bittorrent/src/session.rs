@@ -4,8 +4,12 @@
 //! It frames and parses with [`super::wire`], asks the [`super::picker`] what to
 //! request, copies received blocks into the piece being assembled in
 //! [`Shared`], and serves requests from the chunk cache (asking the engine to read
-//! missing chunks on the worker pool). It must not touch the disk, hash, or block:
-//! everything slow is the engine's, through the pool.
+//! missing chunks on the worker pool). Under the BitTorrent protocol it runs the
+//! encryption layer ([`super::mse`]: detection, the handshake state machines, RC4
+//! in place on the read buffer and the write queue); over it, the extension
+//! protocol's `ut_metadata` ([`super::metadata`]) and `ut_pex` ([`super::pex`]).
+//! It must not touch the disk, hash, or block: everything slow is the engine's or
+//! the pool's (the Diffie-Hellman steps are this handler's own pool jobs).
 //!
 //! Hostile input (wrong protocol or info-hash, oversized or malformed messages,
 //! out-of-range requests or blocks, bitfields of the wrong length, peers that stall
@@ -20,14 +24,21 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::ext_handshake::{self, ExtHandshake, LOCAL_UT_METADATA_ID, LOCAL_UT_PEX_ID};
+use super::metadata::{self as meta_x, MetadataMsg};
+use super::mse::{
+    self, Cipher, Encryption, Incoming, Initiator, InitiatorConfig, KeyPair, Progress, Responder,
+    ResponderConfig, SharedSecret,
+};
 use super::peers::ConnStats;
+use super::pex::{PexFlags, PexMessage, PexPeer, PexState};
 use super::picker::{BlockRef, PeerKey, Received};
 use super::torrent::{Assembly, SessionSlot, Shared, key_of};
-use super::wire::{self, Bitfield, ExtHandshake, Message};
+use super::wire::{self, Bitfield, Message};
 use reactor::CloseReason;
 use reactor::TimerId;
 use reactor::{Conn, ConnConfig};
-use reactor::{Context, Loop};
+use reactor::{Context, JobId, JobResult, Loop};
 use reactor::{Event, Handler, HandlerResult, SourceId};
 
 /// Largest block a peer may request from us; larger requests are rejected.
@@ -53,6 +64,17 @@ const SERVE_ROUNDS: usize = 4;
 /// cache (at least one chunk); small against the cache, so loads are not evicted
 /// before their waiters run.
 const READ_AHEAD_BYTES: usize = 1024 * 1024;
+
+/// Why [`Session::serve`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// Nothing to serve now: no requests, choked, or a chunk is being read (its
+    /// arrival wakes the session).
+    Waiting,
+    /// The write queue reached [`SERVE_HIGH`] with requests left: serve again once
+    /// it drains.
+    QueueFull,
+}
 
 /// Why a session closes (a hostile or broken peer, or a plain goodbye).
 type Close = Cow<'static, str>;
@@ -116,14 +138,97 @@ struct Peer {
     registered: bool,
     /// Largest message accepted (the torrent's biggest legitimate one).
     max_msg: u32,
+    /// The peer's extension handshake (BEP 10), once received.
+    ext_hs: Option<ExtHandshake>,
+    /// What the peer announced before we had the metadata (magnet downloads),
+    /// applied by [`Peer::upgrade`].
+    pre: PreMeta,
+    /// `peer_has` and the requests use the real torrent (not the placeholder of a
+    /// magnet download still fetching its metadata).
+    upgraded: bool,
+    /// Peer exchange with this peer (BEP 11).
+    pex: PexState,
+    /// When `send_pex` looks at the peer list again: it costs a list per look,
+    /// so not on every tick when nothing changed.
+    pex_next_look: Instant,
+}
+
+/// Least time between two looks at whether a PEX message is due.
+const PEX_LOOK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Most `have` messages kept from a peer before the metadata arrives (each is
+/// 4 bytes; a peer that has pieces normally sends a bitfield instead).
+const MAX_PRE_META_HAVES: usize = 65_536;
+
+/// Announcements received before the piece count is known.
+#[derive(Default)]
+struct PreMeta {
+    /// The last set announced: `bitfield` bytes (checked once the piece count is
+    /// known), or `have_all` (true) / `have_none` (false).
+    set: Option<Result<Vec<u8>, bool>>,
+    /// `have`s since that set.
+    haves: Vec<u32>,
 }
 
 /// How long an ending session waits for the peer to take our last bytes and close.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The Diffie-Hellman steps of an encrypted handshake, computed on the worker
+/// pool (each is a 768-bit exponentiation, over the loop's 100 µs budget; see
+/// [`super::mse`]).
+pub enum MseJob {
+    /// Our key pair for this connection.
+    Key(KeyPair),
+    /// The shared secret.
+    Secret(SharedSecret),
+}
+
+enum Machine {
+    Init(Initiator),
+    Resp(Responder),
+}
+
+/// The layer under the BitTorrent protocol: plaintext, or MSE and then RC4.
+enum Crypto {
+    /// Plaintext BitTorrent (decided, or never encrypted).
+    Plain,
+    /// Incoming and undecided: the first bytes tell plaintext from MSE.
+    Detect,
+    /// MSE handshake in progress; the machine exists once our key pair is
+    /// computed. `job`: a Diffie-Hellman step is on the pool.
+    Mse {
+        machine: Option<Box<Machine>>,
+        job: bool,
+    },
+    /// RC4 after the handshake; the first `clear` bytes of the read buffer are
+    /// already decrypted.
+    Rc4 { cipher: Box<Cipher>, clear: usize },
+}
+
+/// Appends an extended message (BEP 10) with the receiver's id `id`, its payload
+/// written by `payload`.
+fn encode_extended(out: &mut Vec<u8>, id: u8, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, wire::EXTENDED_ID, id]);
+    payload(out);
+    let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Queues `data`, encrypting it in the write queue (no copy of its own) when the
+/// stream is RC4.
+fn queue(conn: &mut Conn, crypto: &mut Crypto, cx: &mut Loop<'_>, data: &[u8]) {
+    conn.queue(cx, data);
+    if let Crypto::Rc4 { cipher, .. } = crypto {
+        cipher.encrypt(conn.queued_tail_mut(data.len()));
+    }
+}
+
 /// One peer connection. See the module docs.
 pub struct Session {
     conn: Conn,
+    crypto: Crypto,
+    encryption: Encryption,
     p: Peer,
     tick: Option<TimerId>,
     /// Ending gracefully ([`Conn::close_when_done`]) since then, for this reason;
@@ -139,8 +244,11 @@ impl Session {
     /// A session for an accepted connection.
     pub fn incoming(sh: Rc<RefCell<Shared>>, stream: TcpStream, addr: SocketAddr) -> Session {
         let max = sh.borrow().max_msg_len;
+        let encryption = sh.borrow().cfg.encryption;
         Session {
             conn: Conn::new(stream, 0, conn_config(max)),
+            crypto: Crypto::Detect,
+            encryption,
             p: Peer::new(sh, addr, false),
             tick: None,
             ending: None,
@@ -150,9 +258,20 @@ impl Session {
     /// A session dialling `addr` (the connect runs in the background).
     pub fn outgoing(sh: Rc<RefCell<Shared>>, addr: SocketAddr) -> std::io::Result<Session> {
         let max = sh.borrow().max_msg_len;
+        let encryption = sh.borrow().cfg.encryption;
+        let crypto = match encryption {
+            Encryption::Disabled => Crypto::Plain,
+            Encryption::Enabled if sh.borrow().peers.plaintext_only(&addr) => Crypto::Plain,
+            _ => Crypto::Mse {
+                machine: None,
+                job: false,
+            },
+        };
         let conn = Conn::connect(addr, 0, conn_config(max))?;
         Ok(Session {
             conn,
+            crypto,
+            encryption,
             p: Peer::new(sh, addr, true),
             tick: None,
             ending: None,
@@ -200,7 +319,7 @@ impl Session {
     }
 
     /// Reads, handles every complete message, then writes.
-    fn pump(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
+    fn pump(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
         if let Some((reason, _)) = self.ending {
             self.finish_ending(cx, reason);
             return Ok(());
@@ -234,7 +353,7 @@ impl Session {
             }
         };
         if let Err(why) = self.handle_input(cx) {
-            self.close(cx, &why, true);
+            self.input_failed(cx, &why);
             return Ok(());
         }
         if st.eof {
@@ -245,7 +364,255 @@ impl Session {
         self.after_input(cx)
     }
 
-    fn handle_input(&mut self, cx: &mut Loop<'_>) -> Result<(), Close> {
+    /// Bad input closes at once; during our own encrypted dial under
+    /// `--encryption enabled` that is not hostile but a reason to redial in
+    /// plaintext (done in `on_close`).
+    fn input_failed(&mut self, cx: &mut Loop<'_>, why: &str) {
+        if self.retries_in_plaintext() {
+            log::info!(
+                "peer {}: {why}; closing, will retry in plaintext",
+                self.p.addr
+            );
+            self.conn.clear_write_queue(cx);
+            cx.close_with(CloseReason::ProtocolError);
+        } else {
+            self.close(cx, why, true);
+        }
+    }
+
+    /// An outgoing MSE handshake under `enabled` that ends now is redialled in
+    /// plaintext (libtorrent's fallback for peers without MSE).
+    fn retries_in_plaintext(&self) -> bool {
+        self.p.outgoing
+            && self.encryption == Encryption::Enabled
+            && matches!(self.crypto, Crypto::Mse { .. })
+    }
+
+    /// Moves read bytes through the encryption layer: decides plaintext or MSE
+    /// for an incoming connection, drives the MSE handshake, decrypts RC4 in
+    /// place. True when the read buffer holds BitTorrent plaintext to parse.
+    fn crypto_input(&mut self, cx: &mut Context<'_, Self>) -> Result<bool, Close> {
+        match &mut self.crypto {
+            Crypto::Plain => Ok(true),
+            Crypto::Rc4 { cipher, clear } => {
+                let buf = self.conn.read_buf_mut();
+                if *clear < buf.len() {
+                    cipher.decrypt(&mut buf[*clear..]);
+                    *clear = buf.len();
+                }
+                Ok(true)
+            }
+            Crypto::Detect => match mse::classify_incoming(self.conn.read_buf()) {
+                Incoming::Undecided => Ok(false),
+                Incoming::Plaintext if self.encryption.accepts_plaintext() => {
+                    self.crypto = Crypto::Plain;
+                    Ok(true)
+                }
+                Incoming::Plaintext => {
+                    Err("plaintext handshake refused (--encryption forced)".into())
+                }
+                Incoming::Encrypted if self.encryption.accepts_mse() => {
+                    self.crypto = Crypto::Mse {
+                        machine: None,
+                        job: false,
+                    };
+                    self.want_key(cx)?;
+                    Ok(false)
+                }
+                Incoming::Encrypted => Err(
+                    "bad handshake: not '\\x13BitTorrent protocol', and encrypted (MSE) handshakes are refused (--encryption disabled)"
+                        .into(),
+                ),
+            },
+            Crypto::Mse { .. } => self.drive_mse(cx),
+        }
+    }
+
+    /// Asks the pool for our key pair.
+    fn want_key(&mut self, cx: &mut Context<'_, Self>) -> Result<(), Close> {
+        if let Crypto::Mse { job, .. } = &mut self.crypto {
+            cx.offload(|| MseJob::Key(KeyPair::generate()))
+                .map_err(|_| {
+                    Close::from("worker pool full: no key pair for the encrypted handshake")
+                })?;
+            *job = true;
+        }
+        Ok(())
+    }
+
+    /// Feeds the MSE machine what has arrived and sends what it produces. True
+    /// once the handshake is done and what is left in the read buffer is the
+    /// BitTorrent stream.
+    fn drive_mse(&mut self, cx: &mut Context<'_, Self>) -> Result<bool, Close> {
+        let Crypto::Mse {
+            machine: Some(m),
+            job: false,
+        } = &mut self.crypto
+        else {
+            return Ok(false);
+        };
+        let info_hash = self.p.sh.borrow().meta.info_hash;
+        let lookup = |req2: &[u8; 20]| (mse::req2_hash(&info_hash) == *req2).then_some(info_hash);
+        let buf = self.conn.read_buf();
+        let used = match &mut **m {
+            Machine::Init(i) => i.receive(buf),
+            Machine::Resp(r) => r.receive(buf, &lookup),
+        }
+        .map_err(|e| Close::from(format!("encrypted handshake failed: {e}")))?;
+        self.conn.consume(used);
+        let mut out = std::mem::take(&mut self.p.out);
+        match &mut **m {
+            Machine::Init(i) => i.take_output(&mut out),
+            Machine::Resp(r) => r.take_output(&mut out),
+        }
+        if !out.is_empty() {
+            // Handshake bytes, already obfuscated by the machine.
+            self.conn.queue(cx, &out);
+            out.clear();
+        }
+        self.p.out = out;
+        let progress = match &**m {
+            Machine::Init(i) => i.poll(),
+            Machine::Resp(r) => r.poll(),
+        };
+        match progress {
+            Progress::NeedInput => Ok(false),
+            Progress::Failed(e) => Err(format!("encrypted handshake failed: {e}").into()),
+            Progress::NeedSecret => {
+                let secret = match &mut **m {
+                    Machine::Init(i) => i.take_secret_job(),
+                    Machine::Resp(r) => r.take_secret_job(),
+                };
+                if let Some(j) = secret {
+                    cx.offload(move || MseJob::Secret(j.compute()))
+                        .map_err(|_| {
+                            Close::from(
+                                "worker pool full: no shared secret for the encrypted handshake",
+                            )
+                        })?;
+                    if let Crypto::Mse { job, .. } = &mut self.crypto {
+                        *job = true;
+                    }
+                }
+                Ok(false)
+            }
+            Progress::Done => {
+                let Crypto::Mse {
+                    machine: Some(m), ..
+                } = std::mem::replace(&mut self.crypto, Crypto::Plain)
+                else {
+                    return Ok(false);
+                };
+                let est = match *m {
+                    Machine::Init(i) => i.finish(),
+                    Machine::Resp(r) => r.finish(),
+                }
+                .ok_or_else(|| Close::from("encrypted handshake did not finish"))?;
+                if !est.unsent.is_empty() {
+                    self.conn.queue(cx, &est.unsent);
+                }
+                let rc4 = est.cipher.is_some();
+                if let Some(cipher) = est.cipher {
+                    self.crypto = Crypto::Rc4 {
+                        cipher: Box::new(cipher),
+                        clear: 0,
+                    };
+                }
+                log::info!(
+                    "peer {}: encrypted handshake done ({})",
+                    self.p.addr,
+                    if rc4 { "RC4" } else { "plaintext payload" }
+                );
+                if !est.initial_payload.is_empty() {
+                    self.on_initial_payload(cx, &est.initial_payload)?;
+                }
+                // Decrypt what followed the handshake in the same reads.
+                self.crypto_input(cx)
+            }
+        }
+    }
+
+    /// The initiator's first BitTorrent bytes, carried inside its MSE handshake
+    /// (IA): its BitTorrent handshake, and possibly whole messages after it.
+    fn on_initial_payload(&mut self, cx: &mut Loop<'_>, ia: &[u8]) -> Result<(), Close> {
+        if self.p.outgoing || self.p.phase != Phase::Handshake {
+            return Err("unexpected initial payload in the encrypted handshake".into());
+        }
+        let hs = wire::parse_handshake(ia)
+            .map_err(|e| Close::from(format!("bad handshake in the encrypted handshake: {e}")))?
+            .ok_or_else(|| {
+                Close::from(format!(
+                    "encrypted handshake carried {} bytes, not a whole BitTorrent handshake",
+                    ia.len()
+                ))
+            })?;
+        self.p.on_handshake(cx, hs.reserved, hs.info_hash, None)?;
+        self.p.on_peer_id(cx, hs.peer_id)?;
+        let mut rest = &ia[wire::HANDSHAKE_LEN..];
+        while !rest.is_empty() {
+            let (msg, used) = wire::decode(rest, self.p.max_msg)
+                .map_err(|e| Close::from(format!("protocol error: {e}")))?
+                .ok_or_else(|| Close::from("encrypted handshake ends inside a message"))?;
+            self.p.on_message(cx, msg)?;
+            rest = &rest[used..];
+        }
+        Ok(())
+    }
+
+    /// Consumes `n` parsed bytes of the read buffer.
+    fn consume(&mut self, n: usize) {
+        self.conn.consume(n);
+        if let Crypto::Rc4 { clear, .. } = &mut self.crypto {
+            *clear = clear.saturating_sub(n);
+        }
+    }
+
+    /// A Diffie-Hellman step came back from the pool.
+    fn on_mse_job(&mut self, done: MseJob) -> Result<(), Close> {
+        let Crypto::Mse { machine, job } = &mut self.crypto else {
+            return Ok(());
+        };
+        *job = false;
+        match done {
+            MseJob::Key(kp) => {
+                let m = if self.p.outgoing {
+                    let sh = self.p.sh.borrow();
+                    let hs = wire::encode_handshake(
+                        &sh.meta.info_hash,
+                        &sh.peer_id,
+                        wire::RESERVED_FAST_AND_EXTENSIONS,
+                    );
+                    let cfg = InitiatorConfig {
+                        policy: self.encryption.initiator_policy(),
+                        ..InitiatorConfig::default()
+                    };
+                    Initiator::new(kp, sh.meta.info_hash, &hs, cfg).map(Machine::Init)
+                } else {
+                    let cfg = ResponderConfig {
+                        policy: self.encryption.responder_policy(),
+                        ..ResponderConfig::default()
+                    };
+                    Responder::new(kp, cfg).map(Machine::Resp)
+                }
+                .map_err(|e| Close::from(format!("cannot start the encrypted handshake: {e}")))?;
+                *machine = Some(Box::new(m));
+            }
+            MseJob::Secret(secret) => {
+                let r = match machine.as_deref_mut() {
+                    Some(Machine::Init(i)) => i.set_secret(secret),
+                    Some(Machine::Resp(r)) => r.set_secret(secret),
+                    None => return Err("shared secret before a key pair".into()),
+                };
+                r.map_err(|e| Close::from(format!("encrypted handshake failed: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_input(&mut self, cx: &mut Context<'_, Self>) -> Result<(), Close> {
+        if !self.crypto_input(cx)? {
+            return Ok(());
+        }
         loop {
             match self.p.phase {
                 Phase::Connecting => return Ok(()),
@@ -267,7 +634,7 @@ impl Session {
                     } else {
                         None
                     };
-                    self.conn.consume(need);
+                    self.consume(need);
                     self.p.on_handshake(cx, reserved, info_hash, peer_id)?;
                 }
                 Phase::PeerId => {
@@ -277,7 +644,7 @@ impl Session {
                     }
                     let mut id = [0u8; 20];
                     id.copy_from_slice(&buf[..20]);
-                    self.conn.consume(20);
+                    self.consume(20);
                     self.p.on_peer_id(cx, id)?;
                 }
                 Phase::Open => {
@@ -287,14 +654,22 @@ impl Session {
                         return Ok(());
                     };
                     self.p.on_message(cx, msg)?;
-                    self.conn.consume(used);
+                    self.consume(used);
                 }
             }
         }
     }
 
     /// Sends what the messages produced, requests more, serves uploads, flushes.
-    fn after_input(&mut self, cx: &mut Loop<'_>) -> HandlerResult {
+    fn after_input(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        if self.p.phase == Phase::Open
+            && !self.p.upgraded
+            && self.p.sh.borrow().has_meta
+            && let Err(why) = self.p.upgrade()
+        {
+            self.close(cx, &why, true);
+            return Ok(());
+        }
         if self.p.phase == Phase::Open
             && self.p.peer_has.all()
             && self.p.sh.borrow().picker.is_finished()
@@ -316,7 +691,7 @@ impl Session {
 
     fn write_out(&mut self, cx: &mut Loop<'_>) {
         if !self.p.out.is_empty() {
-            self.conn.queue(cx, &self.p.out);
+            queue(&mut self.conn, &mut self.crypto, cx, &self.p.out);
             self.p.out.clear();
             self.p.last_send = cx.now();
         }
@@ -324,10 +699,12 @@ impl Session {
 
     /// Writes requested blocks from the chunk cache while the write queue has
     /// room; a missing chunk is asked of the engine and serving resumes on wake-up.
-    fn serve(&mut self, cx: &mut Loop<'_>) -> bool {
+    /// Says why it stopped.
+    fn serve(&mut self, cx: &mut Loop<'_>) -> Served {
         if self.p.serve_q.is_empty() || self.p.am_choking {
-            return false;
+            return Served::Waiting;
         }
+        let mut waiting = false;
         let mut sh = self.p.sh.borrow_mut();
         let cs = sh.chunk_size;
         let mut sent = 0u64;
@@ -356,6 +733,7 @@ impl Session {
                         }
                     }
                 }
+                waiting = true;
                 break;
             };
             let b = if k1 != k0 {
@@ -363,6 +741,7 @@ impl Session {
                     Some(b) => Some(b),
                     None => {
                         sh.want_chunk(cx, r.piece, k1, self.p.key);
+                        waiting = true;
                         break;
                     }
                 }
@@ -373,14 +752,19 @@ impl Session {
             let Ok(header) = wire::encode_piece_header(r.piece, r.begin, r.len) else {
                 continue;
             };
-            self.conn.queue(cx, &header);
+            queue(&mut self.conn, &mut self.crypto, cx, &header);
             let off = (r.begin - k0 * cs) as usize;
             match b {
-                None => self.conn.queue(cx, &a[off..off + r.len as usize]),
+                None => queue(
+                    &mut self.conn,
+                    &mut self.crypto,
+                    cx,
+                    &a[off..off + r.len as usize],
+                ),
                 Some(b) => {
-                    self.conn.queue(cx, &a[off..]);
+                    queue(&mut self.conn, &mut self.crypto, cx, &a[off..]);
                     let rest = r.len as usize - (a.len() - off);
-                    self.conn.queue(cx, &b[..rest]);
+                    queue(&mut self.conn, &mut self.crypto, cx, &b[..rest]);
                 }
             }
             sent += u64::from(r.len);
@@ -391,22 +775,30 @@ impl Session {
             self.p.last_send = cx.now();
             self.p.last_data = cx.now();
         }
-        sent > 0
+        if waiting || self.p.serve_q.is_empty() {
+            Served::Waiting
+        } else {
+            Served::QueueFull
+        }
     }
 
     /// Serves and flushes until the socket is full (a writable edge will follow),
-    /// nothing more can be served now (a wake-up will follow), or this event's
-    /// share is spent (re-queued). Stopping after a flush that emptied the queue
-    /// without filling the socket would wait for an edge that never comes.
+    /// nothing more can be served now (a wake-up or a request will follow), or this
+    /// event's share is spent (re-queued). Stopping after a flush that emptied the
+    /// queue without filling the socket would wait for an edge that never comes:
+    /// that includes the case where `serve` queued nothing because the queue was
+    /// still above [`SERVE_HIGH`] when it was called, and the flush then emptied it
+    /// (a peer that sends its requests in bursts, as Transmission does once a
+    /// second, was left waiting until its next burst).
     fn serve_and_flush(&mut self, cx: &mut Loop<'_>) {
         let mut rounds = 0;
         loop {
-            let queued = self.serve(cx);
+            let served = self.serve(cx);
             if let Err(e) = self.conn.flush(cx) {
                 self.broke(cx, &format!("write error: {e}"));
                 return;
             }
-            if !queued || self.conn.write_pending() > 0 {
+            if served == Served::Waiting || self.conn.write_pending() > 0 {
                 return;
             }
             rounds += 1;
@@ -494,8 +886,29 @@ impl Session {
                 }
             }
         }
+        if self.p.phase == Phase::Open {
+            // Metadata requests whose timeout or backoff ended, and PEX when due.
+            self.p.request_metadata(now);
+            let mut flags = if self.p.outgoing {
+                PexFlags::REACHABLE
+            } else {
+                PexFlags::default()
+            };
+            if self.p.upgraded && self.p.peer_has.all() {
+                flags = flags | PexFlags::SEED;
+            }
+            if !matches!(self.crypto, Crypto::Plain) {
+                flags = flags | PexFlags::ENCRYPTION;
+            }
+            if let Some(slot) = self.p.sh.borrow_mut().sessions.get_mut(&self.p.key) {
+                slot.pex_flags = flags;
+            }
+            self.p.send_pex(now);
+        }
         if self.p.phase == Phase::Open && now - self.p.last_send > cfg.keepalive_interval {
             self.p.send(Message::KeepAlive);
+        }
+        if !self.p.out.is_empty() {
             self.write_out(cx);
             if let Err(e) = self.conn.flush(cx) {
                 self.broke(cx, &format!("write error: {e}"));
@@ -509,6 +922,7 @@ impl Peer {
         let now = Instant::now();
         let n = sh.borrow().meta.piece_count();
         let max_msg = sh.borrow().max_msg_len;
+        let sh_has_meta = sh.borrow().has_meta;
         Peer {
             max_msg,
             sh,
@@ -547,6 +961,11 @@ impl Peer {
             picks: Vec::new(),
             cancels: Vec::new(),
             registered: true,
+            ext_hs: None,
+            pre: PreMeta::default(),
+            upgraded: sh_has_meta,
+            pex: PexState::new(addr),
+            pex_next_look: now,
         }
     }
 
@@ -598,13 +1017,21 @@ impl Peer {
         self.last_data = cx.now();
         if self.ext {
             let sh = self.sh.borrow();
-            let hs = ExtHandshake {
-                extensions: Vec::new(),
-                client: Some(b"reactor 0.1"),
-                reqq: Some(sh.cfg.max_peer_requests as u32),
-            };
-            // Only fails for a dictionary beyond 4 GiB.
-            let _ = wire::encode_ext_handshake(&hs, &mut self.out);
+            let size = sh.meta_server.as_ref().map(|m| m.total_size());
+            let mut hs = ExtHandshake::ours(
+                size,
+                sh.cfg.max_peer_requests as u32,
+                "reactor 0.1",
+                sh.listen_port,
+                Some(self.addr.ip()),
+            );
+            if !sh.pex_allowed() {
+                // BEP 27: a private torrent has neither metadata exchange nor PEX.
+                hs.ut_metadata = None;
+                hs.ut_pex = None;
+            }
+            drop(sh);
+            encode_extended(&mut self.out, 0, |out| out.extend_from_slice(&hs.encode()));
         }
         let sh = self.sh.borrow();
         let have = sh.picker.have();
@@ -657,6 +1084,11 @@ impl Peer {
                     self.sh.borrow_mut().release_slot(cx);
                 }
             }
+            Message::Have { .. } | Message::Bitfield(_) | Message::HaveAll | Message::HaveNone
+                if !self.upgraded =>
+            {
+                self.record_pre_meta(msg)?
+            }
             Message::Have { piece } => {
                 if piece >= n {
                     return Err(format!("have for piece {piece} of {n}").into());
@@ -667,27 +1099,25 @@ impl Peer {
                 }
             }
             Message::Bitfield(bytes) => {
-                if self.got_bitfield {
-                    return Err("bitfield after other piece announcements".into());
-                }
+                // Malformed is hostile; late or repeated is not (aria2 sends its
+                // bitfield after `have`s): it replaces what the peer announced.
                 let bf = Bitfield::from_bytes(bytes, n)
                     .map_err(|e| Close::from(format!("bad bitfield: {e}")))?;
-                self.got_bitfield = true;
-                self.sh.borrow_mut().picker.peer_bitfield(&bf);
-                self.peer_has = bf;
+                if self.got_bitfield {
+                    log::debug!("peer {}: late bitfield replaces its pieces", self.addr);
+                }
+                self.replace_has(bf);
             }
             Message::HaveAll | Message::HaveNone => {
                 if !self.fast {
                     return Err("fast-extension message without negotiating BEP 6".into());
                 }
-                if self.got_bitfield {
-                    return Err("have_all/have_none after other piece announcements".into());
-                }
-                self.got_bitfield = true;
-                if msg == Message::HaveAll {
-                    self.peer_has = Bitfield::full(n);
-                    self.sh.borrow_mut().picker.peer_have_all();
-                }
+                let bf = if msg == Message::HaveAll {
+                    Bitfield::full(n)
+                } else {
+                    Bitfield::new(n)
+                };
+                self.replace_has(bf);
             }
             Message::Request {
                 index,
@@ -742,17 +1172,22 @@ impl Peer {
                     }
                 }
             }
-            Message::Extended { id: 0, payload } => {
-                if !self.ext {
-                    return Err("extension message without negotiating BEP 10".into());
-                }
-                let hs = wire::decode_ext_handshake(payload)
-                    .map_err(|e| Close::from(format!("bad extension handshake: {e}")))?;
-                if let Some(q) = hs.reqq {
-                    let cap = self.sh.borrow().cfg.max_requests;
-                    self.max_inflight = (q as usize).clamp(1, cap);
-                }
+            Message::Extended { .. } if !self.ext => {
+                return Err("extension message without negotiating BEP 10".into());
             }
+            Message::Extended { id: 0, payload } => {
+                let hs = ext_handshake::parse_ext_handshake(payload)
+                    .map_err(|e| Close::from(format!("bad extension handshake: {e}")))?;
+                self.on_ext_handshake(cx, hs);
+            }
+            Message::Extended {
+                id: LOCAL_UT_METADATA_ID,
+                payload,
+            } => self.on_ut_metadata(cx, payload)?,
+            Message::Extended {
+                id: LOCAL_UT_PEX_ID,
+                payload,
+            } => self.on_ut_pex(cx, payload)?,
             // Extensions we did not advertise, DHT port, suggestions, allowed-fast
             // sets and unknown ids are legal to ignore.
             Message::Extended { .. }
@@ -762,6 +1197,254 @@ impl Peer {
             | Message::Unknown { .. } => {}
         }
         Ok(())
+    }
+
+    /// Keeps an announcement made before we know the piece count (bounded).
+    fn record_pre_meta(&mut self, msg: Message<'_>) -> Result<(), Close> {
+        match msg {
+            Message::Bitfield(b) => {
+                self.pre.set = Some(Ok(b.to_vec()));
+                self.pre.haves.clear();
+            }
+            Message::HaveAll | Message::HaveNone => {
+                if !self.fast {
+                    return Err("fast-extension message without negotiating BEP 6".into());
+                }
+                self.pre.set = Some(Err(msg == Message::HaveAll));
+                self.pre.haves.clear();
+            }
+            Message::Have { piece } => {
+                if self.pre.haves.len() >= MAX_PRE_META_HAVES {
+                    return Err(format!(
+                        "more than {MAX_PRE_META_HAVES} have messages before the metadata"
+                    )
+                    .into());
+                }
+                self.pre.haves.push(piece);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The metadata arrived: what the peer announced is checked against the
+    /// real piece count (hostile input closes, as it would have on arrival) and
+    /// counted in the picker.
+    fn upgrade(&mut self) -> Result<(), Close> {
+        let mut sh = self.sh.borrow_mut();
+        let n = sh.meta.piece_count();
+        let mut bf = match self.pre.set.take() {
+            Some(Ok(bytes)) => Bitfield::from_bytes(&bytes, n)
+                .map_err(|e| Close::from(format!("bad bitfield: {e}")))?,
+            Some(Err(true)) => Bitfield::full(n),
+            _ => Bitfield::new(n),
+        };
+        for &p in &self.pre.haves {
+            if p >= n {
+                return Err(format!("have for piece {p} of {n}").into());
+            }
+            bf.set(p);
+        }
+        self.pre = PreMeta::default();
+        sh.picker.peer_bitfield(&bf);
+        self.got_bitfield = true;
+        self.peer_has = bf;
+        self.max_msg = sh.max_msg_len;
+        self.have_idx = 0;
+        self.upgraded = true;
+        Ok(())
+    }
+
+    /// The peer's extension handshake: its request queue, its extension ids, its
+    /// listen port (for PEX), the metadata it can serve.
+    fn on_ext_handshake(&mut self, cx: &mut Loop<'_>, hs: ExtHandshake) {
+        let mut sh = self.sh.borrow_mut();
+        if let Some(q) = hs.reqq {
+            let cap = sh.cfg.max_requests;
+            self.max_inflight = (q as usize).clamp(1, cap);
+        }
+        let merged = match self.ext_hs.take() {
+            Some(mut old) => {
+                old.update(&hs);
+                old
+            }
+            None => hs,
+        };
+        if let Some(slot) = sh.sessions.get_mut(&self.key)
+            && !self.outgoing
+            && let Some(p) = merged.listen_port
+        {
+            slot.listen = Some(SocketAddr::new(self.addr.ip(), p));
+        }
+        if let Some(f) = sh.fetcher.as_mut() {
+            let size = merged.metadata_id().and(merged.metadata_size);
+            if let Err(e) = f.add_peer(self.addr, size) {
+                log::info!("peer {}: {e}", self.addr);
+            }
+        }
+        drop(sh);
+        self.ext_hs = Some(merged);
+        self.request_metadata(cx.now());
+    }
+
+    /// Asks this peer for metadata pieces while the fetcher wants some from it.
+    fn request_metadata(&mut self, now: Instant) {
+        let Some(their) = self.ext_hs.as_ref().and_then(|h| h.metadata_id()) else {
+            return;
+        };
+        let mut sh = self.sh.borrow_mut();
+        let Some(f) = sh.fetcher.as_mut() else {
+            return;
+        };
+        while let Some(piece) = f.next_request(self.addr, now) {
+            encode_extended(&mut self.out, their, |out| {
+                MetadataMsg::Request { piece }.encode(out)
+            });
+        }
+    }
+
+    /// A `ut_metadata` message (BEP 9): a request we serve (or reject), or
+    /// data and rejects for our fetch.
+    fn on_ut_metadata(&mut self, cx: &mut Loop<'_>, payload: &[u8]) -> Result<(), Close> {
+        let Some(msg) = MetadataMsg::decode(payload)
+            .map_err(|e| Close::from(format!("bad ut_metadata message: {e}")))?
+        else {
+            return Ok(()); // an unknown msg_type is ignored (BEP 9)
+        };
+        let now = cx.now();
+        match msg {
+            MetadataMsg::Request { piece } => {
+                let Some(their) = self.ext_hs.as_ref().and_then(|h| h.metadata_id()) else {
+                    return Err("ut_metadata request without enabling ut_metadata".into());
+                };
+                let mut sh = self.sh.borrow_mut();
+                let addr = self.addr;
+                match sh.meta_server.as_mut() {
+                    Some(server) => {
+                        let reply = server
+                            .on_request(addr, piece, now)
+                            .map_err(|e| Close::from(e.to_string()))?;
+                        encode_extended(&mut self.out, their, |out| reply.msg().encode(out));
+                    }
+                    // BEP 9: without the (verified) metadata, every request is rejected.
+                    None => encode_extended(&mut self.out, their, |out| {
+                        MetadataMsg::Reject { piece }.encode(out)
+                    }),
+                }
+            }
+            MetadataMsg::Data {
+                piece,
+                total_size,
+                data,
+            } => {
+                let mut sh = self.sh.borrow_mut();
+                let Some(f) = sh.fetcher.as_mut() else {
+                    return Ok(()); // a late answer after the fetch: harmless
+                };
+                match f.on_data(self.addr, piece, total_size, data) {
+                    Err(e) if e.is_protocol_violation() => {
+                        return Err(format!("bad metadata: {e}").into());
+                    }
+                    Err(_) => {}
+                    Ok(meta_x::Progress::Stored { have, total }) => {
+                        log::debug!("peer {}: metadata piece {have}/{total}", self.addr);
+                        sh.last_progress = now;
+                    }
+                    Ok(meta_x::Progress::Assembled) => {
+                        sh.last_progress = now;
+                        sh.wake_engine(cx);
+                    }
+                    Ok(_) => {}
+                }
+                drop(sh);
+                self.request_metadata(now);
+            }
+            MetadataMsg::Reject { piece } => {
+                if let Some(f) = self.sh.borrow_mut().fetcher.as_mut() {
+                    f.on_reject(self.addr, piece, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A `ut_pex` message (BEP 11): the peers it names go to the peer manager,
+    /// which keeps its limits and backoff; the engine dials them.
+    fn on_ut_pex(&mut self, cx: &mut Loop<'_>, payload: &[u8]) -> Result<(), Close> {
+        if !self.sh.borrow().pex_allowed() {
+            return Ok(());
+        }
+        let decoded = PexMessage::decode(payload)
+            .map_err(|e| Close::from(format!("bad ut_pex message: {e}")))?;
+        let now = cx.now();
+        let update = self
+            .pex
+            .on_message(&decoded.message, now)
+            .map_err(|e| Close::from(e.to_string()))?;
+        if update.added.is_empty() {
+            return Ok(());
+        }
+        let mut sh = self.sh.borrow_mut();
+        let mut added = 0;
+        for p in &update.added {
+            if sh.peers.peer(&p.addr).is_some_and(|s| s.dialable) || sh.peers.is_banned(&p.addr) {
+                continue;
+            }
+            if sh.peers.add_peer(p.addr, now) {
+                added += 1;
+                log::info!("pex: learned peer {} from {}", p.addr, self.addr);
+            }
+        }
+        if added > 0 {
+            sh.wake_engine(cx);
+        }
+        Ok(())
+    }
+
+    /// Sends this peer the peers we are connected to, at most once a minute
+    /// (`PexState`), if it enabled `ut_pex`.
+    fn send_pex(&mut self, now: Instant) {
+        let Some(their) = self.ext_hs.as_ref().and_then(|h| h.pex_id()) else {
+            return;
+        };
+        if self.pex.next_due().is_some_and(|t| now < t) || now < self.pex_next_look {
+            return;
+        }
+        self.pex_next_look = now + PEX_LOOK_INTERVAL;
+        let sh = self.sh.borrow();
+        if !sh.pex_allowed() {
+            return;
+        }
+        let connected: Vec<PexPeer> = sh
+            .sessions
+            .iter()
+            .filter(|(k, _)| **k != self.key)
+            .filter_map(|(_, s)| {
+                Some(PexPeer {
+                    addr: s.listen?,
+                    flags: s.pex_flags,
+                })
+            })
+            .collect();
+        drop(sh);
+        if let Some(msg) = self.pex.next_message(&connected, now) {
+            let mut payload = Vec::new();
+            if msg.encode(&mut payload).is_ok() {
+                encode_extended(&mut self.out, their, |out| out.extend_from_slice(&payload));
+            }
+        }
+    }
+
+    /// The peer's announcements become `bf` (its first, or a late one replacing
+    /// the earlier ones, as libtorrent does): availability is counted down for what
+    /// it had and up for what it has now.
+    fn replace_has(&mut self, bf: Bitfield) {
+        let mut sh = self.sh.borrow_mut();
+        sh.picker.peer_lost(&self.peer_has);
+        sh.picker.peer_bitfield(&bf);
+        drop(sh);
+        self.peer_has = bf;
+        self.got_bitfield = true;
     }
 
     fn reject(&mut self, r: BlockRef) {
@@ -775,6 +1458,11 @@ impl Peer {
     }
 
     fn on_request(&mut self, r: BlockRef) -> Result<(), Close> {
+        if !self.upgraded {
+            // We announced nothing yet: nothing to serve.
+            self.reject(r);
+            return Ok(());
+        }
         let sh = self.sh.borrow();
         let plen = sh.picker.piece_len(r.piece);
         if r.piece >= sh.picker.piece_count()
@@ -887,7 +1575,7 @@ impl Peer {
     /// may still be on the way, so those are excused; beyond that a peer pushing
     /// blocks breaks BEP 3 and is closed after [`UNSOLICITED_LIMIT`] of them.
     fn on_unrequested_block(&mut self, r: BlockRef) -> Result<(), Close> {
-        if !self.sh.borrow().picker.is_block(r) {
+        if self.upgraded && !self.sh.borrow().picker.is_block(r) {
             return Err(format!(
                 "block outside the torrent (piece {}, begin {}, length {})",
                 r.piece, r.begin, r.len
@@ -933,6 +1621,13 @@ impl Peer {
     /// announce, interest, the upload slot.
     fn sync(&mut self, now: Instant) {
         let mut sh = self.sh.borrow_mut();
+        if !self.upgraded {
+            // Nothing to announce, want or serve before the metadata.
+            if let Some(slot) = sh.sessions.get_mut(&self.key) {
+                slot.woken = false;
+            }
+            return;
+        }
         let mut cancels = Vec::new();
         if let Some(slot) = sh.sessions.get_mut(&self.key) {
             slot.woken = false;
@@ -988,7 +1683,7 @@ impl Peer {
 
     /// Keeps the request pipeline full.
     fn fill_requests(&mut self) {
-        if self.peer_choking || !self.am_interested {
+        if !self.upgraded || self.peer_choking || !self.am_interested {
             return;
         }
         let want = self.max_inflight.saturating_sub(self.inflight.len());
@@ -1016,7 +1711,7 @@ impl Peer {
 
 impl Handler for Session {
     type Message = ();
-    type Job = ();
+    type Job = MseJob;
 
     fn name(&self) -> &str {
         "PeerSession"
@@ -1032,6 +1727,12 @@ impl Handler for Session {
                 cancels: Vec::new(),
                 woken: false,
                 penalised: false,
+                listen: self.p.outgoing.then_some(self.p.addr),
+                pex_flags: if self.p.outgoing {
+                    PexFlags::REACHABLE
+                } else {
+                    PexFlags::default()
+                },
             },
         );
         let now = cx.now();
@@ -1040,8 +1741,15 @@ impl Handler for Session {
         self.p.last_send = now;
         self.conn.register(cx)?;
         if self.p.outgoing {
-            self.p.our_handshake();
-            self.write_out(cx);
+            if matches!(self.crypto, Crypto::Mse { .. }) {
+                // Our BitTorrent handshake travels inside the MSE handshake.
+                if let Err(why) = self.want_key(cx) {
+                    self.close(cx, &why, false);
+                }
+            } else {
+                self.p.our_handshake();
+                self.write_out(cx);
+            }
         }
         self.tick = Some(cx.timer_repeat(std::time::Duration::from_millis(500)));
         Ok(())
@@ -1066,6 +1774,28 @@ impl Handler for Session {
             if let Some(s) = self.p.sh.borrow_mut().sessions.get_mut(&self.p.key) {
                 s.woken = false;
             }
+            return Ok(());
+        }
+        self.after_input(cx)
+    }
+
+    fn on_job(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        _job: JobId,
+        result: JobResult<MseJob>,
+    ) -> HandlerResult {
+        if self.ending.is_some() {
+            return Ok(());
+        }
+        let done = result?;
+        if let Err(why) = self.on_mse_job(done) {
+            self.input_failed(cx, &why);
+            return Ok(());
+        }
+        // Bytes may have arrived meanwhile: carry on with them.
+        if let Err(why) = self.handle_input(cx) {
+            self.input_failed(cx, &why);
             return Ok(());
         }
         self.after_input(cx)
@@ -1097,11 +1827,23 @@ impl Handler for Session {
         let mut sh = self.p.sh.borrow_mut();
         let penalised = sh.sessions.remove(&self.p.key).is_some_and(|s| s.penalised);
         sh.blame.peer_left(self.p.addr);
+        if let Some(f) = sh.fetcher.as_mut() {
+            f.peer_gone(self.p.addr);
+        }
+        if let Some(m) = sh.meta_server.as_mut() {
+            m.peer_gone(self.p.addr);
+        }
         sh.picker.peer_left(self.p.key, &self.p.peer_has);
         if !self.p.am_choking {
             sh.release_slot(cx);
         }
-        if self.p.registered {
+        if self.p.registered && self.retries_in_plaintext() {
+            log::info!(
+                "peer {}: encrypted handshake did not complete; retrying in plaintext",
+                self.p.addr
+            );
+            sh.peers.retry_plaintext(self.p.addr, now);
+        } else if self.p.registered {
             let mut stats = self.p.stats;
             if penalised {
                 // Bad data counts as no data: the peer backs off like a useless one.
@@ -1280,22 +2022,43 @@ mod tests {
             assert!(p.on_message(cx, Message::Bitfield(&[0xff, 0xc0])).is_ok());
             assert!(p.peer_has.all());
             assert_eq!(p.sh.borrow().picker.availability(9), 1);
-            assert!(
-                p.on_message(cx, Message::Bitfield(&[0xff, 0xc0])).is_err(),
-                "second bitfield"
-            );
+            // A repeated bitfield replaces the first (libtorrent's tolerance);
+            // availability is recounted, not added twice.
+            assert!(p.on_message(cx, Message::Bitfield(&[0x80, 0x40])).is_ok());
+            assert_eq!(p.sh.borrow().picker.availability(0), 1);
+            assert_eq!(p.sh.borrow().picker.availability(1), 0);
+            assert_eq!(p.sh.borrow().picker.availability(9), 1);
+            assert_eq!(p.peer_has.count(), 2);
+            // A have for a piece already announced changes nothing.
+            assert!(p.on_message(cx, Message::Have { piece: 0 }).is_ok());
+            assert_eq!(p.sh.borrow().picker.availability(0), 1);
+            assert!(p.on_message(cx, Message::Have { piece: 3 }).is_ok());
+            assert_eq!(p.sh.borrow().picker.availability(3), 1);
             assert!(p.on_message(cx, Message::Have { piece: 10 }).is_err());
+            // Still hostile when late: the wrong length.
+            assert!(p.on_message(cx, Message::Bitfield(&[0xff])).is_err());
             assert!(
                 p.on_message(cx, Message::HaveAll).is_err(),
                 "BEP 6 not negotiated"
             );
+            // aria2's order: have messages first, then the bitfield.
+            let mut a = open_peer(false, false);
+            assert!(a.on_message(cx, Message::Have { piece: 2 }).is_ok());
+            assert!(a.on_message(cx, Message::Bitfield(&[0x00, 0x40])).is_ok());
+            assert_eq!(a.sh.borrow().picker.availability(2), 0);
+            assert_eq!(a.sh.borrow().picker.availability(9), 1);
             let mut f = open_peer(false, true);
             assert!(f.on_message(cx, Message::HaveAll).is_ok());
             assert_eq!(f.sh.borrow().picker.availability(3), 1);
-            assert!(
-                f.on_message(cx, Message::HaveNone).is_err(),
-                "after have_all"
+            assert!(f.on_message(cx, Message::HaveAll).is_ok());
+            assert_eq!(f.sh.borrow().picker.availability(3), 1, "have_all twice");
+            assert!(f.on_message(cx, Message::HaveNone).is_ok());
+            assert_eq!(
+                f.sh.borrow().picker.availability(3),
+                0,
+                "have_none after have_all"
             );
+            assert!(f.peer_has.none());
         });
     }
 
@@ -1421,6 +2184,56 @@ mod tests {
             let mut me = open_peer(true, false);
             let id = me.sh.borrow().peer_id;
             assert!(me.on_peer_id(cx, id).is_err());
+        });
+    }
+
+    #[test]
+    fn announcements_before_the_metadata_are_checked_when_it_arrives() {
+        in_loop(|cx| {
+            let real = shared();
+            let meta = real.borrow().meta.clone();
+            let mk = || {
+                let sh = Rc::new(RefCell::new(
+                    Shared::new_magnet(meta.info_hash, TorrentConfig::default()).unwrap(),
+                ));
+                let mut p = Peer::new(sh.clone(), "127.0.0.1:2".parse().unwrap(), false);
+                p.key = PeerKey(2);
+                p.phase = Phase::Open;
+                p.fast = true;
+                (sh, p)
+            };
+            // A bitfield of any length and haves of any index are only recorded...
+            let (sh, mut p) = mk();
+            assert!(!p.upgraded);
+            assert!(p.on_message(cx, Message::Bitfield(&[0x80, 0x00])).is_ok());
+            assert!(p.on_message(cx, Message::Have { piece: 9 }).is_ok());
+            assert!(p.on_message(cx, Message::Have { piece: 9 }).is_ok());
+            // ...requests before we have anything are rejected, not closed.
+            let r = Message::Request {
+                index: 3,
+                begin: 0,
+                length: 16384,
+            };
+            assert!(p.on_message(cx, r).is_ok());
+            assert!(p.serve_q.is_empty());
+            sh.borrow_mut().set_metadata(meta.clone(), None).unwrap();
+            assert!(p.upgrade().is_ok());
+            assert!(p.upgraded);
+            assert!(p.peer_has.has(0) && p.peer_has.has(9) && p.peer_has.count() == 2);
+            assert_eq!(sh.borrow().picker.availability(9), 1);
+            // ...and judged once the piece count is known.
+            let (sh, mut p) = mk();
+            assert!(p.on_message(cx, Message::Bitfield(&[0xff])).is_ok());
+            sh.borrow_mut().set_metadata(meta.clone(), None).unwrap();
+            assert!(p.upgrade().is_err(), "one byte for 10 pieces");
+            let (sh, mut p) = mk();
+            assert!(p.on_message(cx, Message::Have { piece: 10 }).is_ok());
+            sh.borrow_mut().set_metadata(meta.clone(), None).unwrap();
+            assert!(p.upgrade().is_err(), "have beyond the last piece");
+            // have_all still needs BEP 6.
+            let (_sh, mut p) = mk();
+            p.fast = false;
+            assert!(p.on_message(cx, Message::HaveAll).is_err());
         });
     }
 }

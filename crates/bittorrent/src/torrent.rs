@@ -12,6 +12,9 @@
 //!   the sessions waiting for the result. Jobs belong to the engine, so a session
 //!   closing mid-job loses nothing.
 //! - [`super::session::Session`] is one handler per peer connection.
+//! - A magnet download ([`start_magnet`]) starts with placeholder metadata (only the
+//!   info-hash); sessions fetch the info dictionary through `ut_metadata`, the engine
+//!   hashes and parses it on the pool and then opens the data as for a `.torrent`.
 //! - With [`TorrentConfig::discovery`], a [`DiscoveryHandler`] child of the engine
 //!   announces the torrent on the LAN and reports other nodes to the engine's
 //!   `on_message`; a leecher adds those serving the same torrent to the peer
@@ -33,8 +36,11 @@ use bytes::{Bytes, BytesMut};
 
 use super::blame::{Blame, Digest};
 use super::discover::{Candidates, Change, DiscoverySettings};
+use super::metadata::{MetadataFetcher, MetadataServer, Progress as MetaProgress, Verified};
 use super::metainfo::{Metainfo, sha1};
+use super::mse::Encryption;
 use super::peers::PeerManager;
+use super::pex::PexFlags;
 use super::picker::{BlockRef, PeerKey, Picker};
 use super::session::Session;
 use super::storage::{OpenMode, Storage};
@@ -68,7 +74,11 @@ pub struct TorrentConfig {
     /// cannot be found). A seeder announces and ignores what it hears: it only
     /// needs to be found. See `docs/discovery.md`.
     pub discovery: Option<DiscoverySettings>,
-    /// A peer must complete its handshake within this time.
+    /// Message Stream Encryption (`--encryption`): refuse, accept and offer, or
+    /// require it. See [`Encryption`].
+    pub encryption: Encryption,
+    /// A peer must complete its handshake (the MSE handshake included) within
+    /// this time.
     pub handshake_timeout: Duration,
     /// A connection with no complete message for this long is closed.
     pub idle_timeout: Duration,
@@ -133,6 +143,7 @@ impl Default for TorrentConfig {
             peers: Vec::new(),
             tracker: None,
             discovery: None,
+            encryption: Encryption::default(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(180),
             request_timeout: Duration::from_secs(30),
@@ -172,6 +183,11 @@ pub(crate) struct SessionSlot {
     pub woken: bool,
     /// Banned for sending data that failed the hash check.
     pub penalised: bool,
+    /// Where the peer accepts connections, if known (the address we dialled, or
+    /// its IP with the `p` of its extension handshake): what PEX advertises.
+    pub listen: Option<SocketAddr>,
+    /// PEX flags to advertise it with (seed, reachable, encryption).
+    pub pex_flags: PexFlags,
 }
 
 /// A piece being received: its buffer and who sent each block of it.
@@ -215,6 +231,25 @@ pub struct Shared {
     pub(crate) uploaded: u64,
     pub(crate) last_progress: Instant,
     pub(crate) max_msg_len: u32,
+    /// False for a magnet download until its metadata is fetched and verified:
+    /// until then `meta` and `picker` are one-piece placeholders (only the
+    /// info-hash is real) and sessions only record what peers announce.
+    pub(crate) has_meta: bool,
+    /// Fetches the metadata from peers (magnet downloads, until it verifies).
+    pub(crate) fetcher: Option<MetadataFetcher<SocketAddr>>,
+    /// Serves our info dictionary (BEP 9); not for private torrents (BEP 27).
+    pub(crate) meta_server: Option<MetadataServer<SocketAddr>>,
+    /// Our listen port, for the `p` of our extension handshake.
+    pub(crate) listen_port: Option<u16>,
+}
+
+/// Largest message accepted on a connection: a block or bitfield of the torrent,
+/// an extension handshake, a `ut_metadata` piece, a `ut_pex` message.
+fn max_msg_len(piece_count: u32) -> u32 {
+    super::wire::max_message_len(piece_count, 16 * 1024)
+        .max(super::wire::MAX_EXT_HANDSHAKE_LEN as u32 + 2)
+        .max(super::metadata::MAX_PAYLOAD_LEN as u32 + 2)
+        .max(super::pex::MAX_PAYLOAD_LEN as u32 + 2)
 }
 
 /// The key a session is known by in the picker and in [`Shared`].
@@ -227,8 +262,7 @@ impl Shared {
     pub(crate) fn new(meta: Arc<Metainfo>, cfg: TorrentConfig) -> std::io::Result<Shared> {
         let picker = Picker::new(meta.total_length, meta.piece_length)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let max_msg_len = super::wire::max_message_len(meta.piece_count(), 16 * 1024)
-            .max(super::wire::MAX_EXT_HANDSHAKE_LEN as u32 + 2);
+        let max_msg_len = max_msg_len(meta.piece_count());
         Ok(Shared {
             chunk_size: meta.piece_length.min(MAX_CHUNK),
             meta: meta.clone(),
@@ -255,7 +289,53 @@ impl Shared {
             last_progress: Instant::now(),
             max_msg_len,
             cfg: cfg.clone(),
+            has_meta: true,
+            fetcher: None,
+            meta_server: None,
+            listen_port: None,
         })
+    }
+
+    /// State for a magnet download of `info_hash`: no metadata yet (see
+    /// [`Shared::has_meta`]); the fetcher asks peers for it.
+    pub(crate) fn new_magnet(info_hash: [u8; 20], cfg: TorrentConfig) -> std::io::Result<Shared> {
+        let invalid = |e: super::metainfo::MetainfoError| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+        };
+        let t = super::metainfo::build_torrent("metadata", &[(vec![], 1)], 16384, &[[0; 20]], None)
+            .map_err(invalid)?;
+        let mut placeholder = Metainfo::parse(&t).map_err(invalid)?;
+        placeholder.info_hash = info_hash;
+        let mut sh = Shared::new(Arc::new(placeholder), cfg)?;
+        // Peers may announce a bitfield before we know the piece count: allow the
+        // largest one a fetchable torrent can have.
+        sh.max_msg_len = max_msg_len(super::metadata::MAX_METADATA_SIZE / 20);
+        sh.has_meta = false;
+        sh.fetcher = Some(MetadataFetcher::new(info_hash));
+        Ok(sh)
+    }
+
+    /// The metadata arrived and verified: the real torrent replaces the
+    /// placeholders. Sessions catch up when next woken (`Peer::upgrade`).
+    pub(crate) fn set_metadata(
+        &mut self,
+        meta: Arc<Metainfo>,
+        server: Option<MetadataServer<SocketAddr>>,
+    ) -> std::io::Result<()> {
+        self.picker = Picker::new(meta.total_length, meta.piece_length)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.chunk_size = meta.piece_length.min(MAX_CHUNK);
+        self.max_msg_len = self.max_msg_len.max(max_msg_len(meta.piece_count()));
+        self.meta = meta;
+        self.meta_server = server;
+        self.fetcher = None;
+        self.has_meta = true;
+        Ok(())
+    }
+
+    /// Whether peer exchange may run (BEP 27: never for private torrents).
+    pub(crate) fn pex_allowed(&self) -> bool {
+        !self.has_meta || !self.meta.private
     }
 
     /// Wakes the engine (once until it runs).
@@ -445,6 +525,33 @@ pub fn start(
 ) -> std::io::Result<TorrentHandle> {
     let meta = Arc::new(meta);
     let shared = Rc::new(RefCell::new(Shared::new(meta, cfg.clone())?));
+    start_with(reactor, shared, mode, cfg, None)
+}
+
+/// Starts a download from a magnet link: only the info-hash is known, so the
+/// info dictionary is fetched from peers first (BEP 9 `ut_metadata`, checked
+/// against the info-hash on the pool), then saved as a `.torrent` to
+/// `save_torrent` if given, and the download proceeds as with [`start`]. Peers
+/// come from `cfg.peers`, `cfg.tracker`, discovery and PEX. `out` is as for
+/// [`Mode::Leech`].
+pub fn start_magnet(
+    reactor: &mut Reactor,
+    info_hash: [u8; 20],
+    out: PathBuf,
+    cfg: TorrentConfig,
+    save_torrent: Option<PathBuf>,
+) -> std::io::Result<TorrentHandle> {
+    let shared = Rc::new(RefCell::new(Shared::new_magnet(info_hash, cfg.clone())?));
+    start_with(reactor, shared, Mode::Leech(out), cfg, save_torrent)
+}
+
+fn start_with(
+    reactor: &mut Reactor,
+    shared: Rc<RefCell<Shared>>,
+    mode: Mode,
+    cfg: TorrentConfig,
+    save_torrent: Option<PathBuf>,
+) -> std::io::Result<TorrentHandle> {
     let mut listener = None;
     let mut local_addr = None;
     if let Some(addr) = cfg.listen {
@@ -462,6 +569,7 @@ pub fn start(
         })
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         local_addr = Some(l.local_addr());
+        shared.borrow_mut().listen_port = Some(l.local_addr().port());
         listener = Some(Box::new(move |cx: &mut Loop<'_>| {
             cx.spawn(l);
         }) as SpawnListener);
@@ -502,6 +610,7 @@ pub fn start(
         discovery_started: None,
         candidates,
         changes: Vec::new(),
+        save_torrent,
     };
     let id = reactor.spawn(engine).id();
     shared.borrow_mut().engine = id;
@@ -533,7 +642,14 @@ type SpawnListener = Box<dyn FnOnce(&mut Loop<'_>)>;
 
 /// Results of the engine's offloaded jobs.
 pub(crate) enum Done {
-    Opened(std::io::Result<Arc<Storage>>, bool),
+    Opened(
+        std::io::Result<Arc<Storage>>,
+        bool,
+        Option<MetadataServer<SocketAddr>>,
+    ),
+    /// Fetched metadata hashed, and parsed if it matched.
+    Metadata(Box<(Verified, Option<ParsedMeta>)>),
+    SavedTorrent(Result<(), String>),
     Verified(std::io::Result<Vec<u32>>),
     Checked {
         piece: u32,
@@ -551,6 +667,21 @@ pub(crate) enum Done {
         result: std::io::Result<Vec<u8>>,
     },
     Synced(std::io::Result<()>),
+}
+
+/// Fetched metadata parsed into a torrent, with the server for it.
+pub(crate) type ParsedMeta =
+    Result<(Metainfo, Option<MetadataServer<SocketAddr>>), super::metainfo::MetainfoError>;
+
+/// The server for `meta`'s info dictionary (hashes it: call on the pool), none
+/// for a private torrent (BEP 27) or one whose info dictionary is too large.
+fn metadata_server(meta: &Metainfo) -> Option<MetadataServer<SocketAddr>> {
+    if meta.private {
+        return None;
+    }
+    MetadataServer::new(meta.info_dict.clone(), &meta.info_hash)
+        .map_err(|e| log::info!("not serving the metadata: {e}"))
+        .ok()
 }
 
 /// The torrent's engine handler. See the module docs.
@@ -578,9 +709,228 @@ pub(crate) struct Engine {
     /// Nodes announcing our torrent (leech only; a seeder ignores them).
     candidates: Candidates,
     changes: Vec<Change>,
+    /// Where to write the `.torrent` of a magnet download once its metadata is in.
+    save_torrent: Option<PathBuf>,
 }
 
 impl Engine {
+    /// Opens (and for a seed, checks) the data on the pool; the metadata server
+    /// is made there too (it hashes the info dictionary once).
+    fn open(&mut self, cx: &mut Context<'_, Self>) -> Result<(), reactor::PoolFull> {
+        let meta = self.sh.borrow().meta.clone();
+        let (root, mode) = match &self.mode {
+            Mode::Seed(p) => (p.clone(), OpenMode::Seed),
+            Mode::Leech(p) => (p.clone(), OpenMode::Download),
+        };
+        cx.offload(move || {
+            // Resume only from files that already have the right size.
+            let existed = mode == OpenMode::Seed
+                || meta.files.iter().enumerate().all(|(i, f)| {
+                    super::storage::file_path(&meta, &root, i)
+                        .and_then(|p| std::fs::metadata(p).ok())
+                        .is_some_and(|m| m.len() == f.length)
+                });
+            let server = metadata_server(&meta);
+            Done::Opened(
+                Storage::open(meta, &root, mode).map(Arc::new),
+                existed,
+                server,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// A magnet download starts without metadata: accept and dial peers, announce,
+    /// and fetch the info dictionary from whoever has it (`ut_metadata`).
+    fn start_magnet(&mut self, cx: &mut Context<'_, Self>) {
+        let info_hash = self.sh.borrow().meta.info_hash;
+        log::info!(
+            "magnet {}: fetching the metadata from peers",
+            super::magnet::Magnet {
+                info_hash,
+                info_hash_v2: None,
+                display_name: None,
+                trackers: Vec::new(),
+                peers: Vec::new(),
+            }
+            .info_hash_hex()
+        );
+        {
+            let mut sh = self.sh.borrow_mut();
+            sh.last_progress = cx.now();
+            let now = cx.now();
+            for p in sh.cfg.peers.clone() {
+                sh.peers.add_peer(p, now);
+            }
+        }
+        if let Some(spawn) = self.listener.take() {
+            spawn(cx);
+        }
+        self.start_tick_and_tracker(cx);
+        self.dial(cx);
+    }
+
+    fn start_tick_and_tracker(&mut self, cx: &mut Context<'_, Self>) {
+        if self.tick.is_none() {
+            self.tick = Some(cx.timer_repeat(Duration::from_millis(500)));
+        }
+        let tracker = self.sh.borrow().cfg.tracker.clone();
+        if let Some(url) = tracker
+            && self.announcer.is_none()
+        {
+            // A tracker needs a port even when we do not listen; 6881 is the
+            // conventional one.
+            let port = self.local_port.unwrap_or(6881);
+            let a = Announcer::new(self.sh.clone(), url, port);
+            self.announcer = Some(cx.spawn(a));
+        }
+    }
+
+    /// The fetched metadata verified (and parsed, on the pool): the torrent
+    /// becomes a normal download.
+    fn metadata_ready(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        meta: Metainfo,
+        server: Option<MetadataServer<SocketAddr>>,
+    ) {
+        log::info!(
+            "metadata received and verified: {:?}, {} bytes in {} pieces of {} bytes ({} bytes of metadata)",
+            meta.name,
+            meta.total_length,
+            meta.piece_count(),
+            meta.piece_length,
+            meta.info_dict.len()
+        );
+        if let Some(path) = self.save_torrent.clone() {
+            let announce = self.sh.borrow().cfg.tracker.clone();
+            let bytes = meta.to_torrent_file(announce.as_deref());
+            let job = cx.offload(move || {
+                Done::SavedTorrent(
+                    std::fs::write(&path, &bytes)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display())),
+                )
+            });
+            if job.is_err() {
+                return self.fail(cx, "worker pool full while saving the torrent".into());
+            }
+        }
+        let r = self.sh.borrow_mut().set_metadata(Arc::new(meta), server);
+        if let Err(e) = r {
+            return self.fail(cx, format!("the fetched metadata is unusable: {e}"));
+        }
+        self.sh.borrow_mut().wake_all(cx);
+        if self.open(cx).is_err() {
+            self.fail(cx, "worker pool full while opening the download".into());
+        }
+    }
+
+    /// Offloads the hashing of fetched metadata once all its pieces are in.
+    fn verify_metadata(&mut self, cx: &mut Context<'_, Self>) {
+        let job = self
+            .sh
+            .borrow_mut()
+            .fetcher
+            .as_mut()
+            .and_then(|f| f.take_verify_job());
+        let Some(job) = job else {
+            return;
+        };
+        let r = cx.offload(move || {
+            let v = job.run();
+            let parsed = v.matches().then(|| {
+                Metainfo::from_info_dict(v.data()).map(|m| {
+                    let server = metadata_server(&m);
+                    (m, server)
+                })
+            });
+            Done::Metadata(Box::new((v, parsed)))
+        });
+        if r.is_err() {
+            self.fail(cx, "worker pool full while verifying the metadata".into());
+        }
+    }
+
+    fn on_metadata(&mut self, cx: &mut Context<'_, Self>, v: Verified, parsed: Option<ParsedMeta>) {
+        let progress = match self.sh.borrow_mut().fetcher.as_mut() {
+            Some(f) => f.on_verified(v),
+            None => return,
+        };
+        match progress {
+            MetaProgress::Complete(c) => {
+                self.ban_all(
+                    cx,
+                    c.liars.iter().map(|&(p, i)| {
+                        (
+                            p,
+                            format!(
+                                "sent metadata piece {i} that differs from the verified metadata"
+                            ),
+                        )
+                    }),
+                );
+                match parsed {
+                    Some(Ok((meta, server))) => self.metadata_ready(cx, meta, server),
+                    Some(Err(e)) => self.fail(
+                        cx,
+                        format!(
+                            "the metadata matches the info-hash but is not a valid torrent: {e}"
+                        ),
+                    ),
+                    None => self.fail(cx, "metadata verified but not parsed".into()),
+                }
+            }
+            MetaProgress::HashFailed(f) => {
+                let senders: Vec<String> = f.senders.iter().map(|a| a.to_string()).collect();
+                log::warn!(
+                    "metadata ({} bytes) failed its hash check; fetching it again from a single peer; sent by {}",
+                    f.total_size,
+                    senders.join(", ")
+                );
+                if let Some(liar) = f.sole_sender {
+                    self.ban_all(
+                        cx,
+                        std::iter::once((
+                            liar,
+                            "sent metadata that does not match the info-hash".to_string(),
+                        )),
+                    );
+                }
+                self.sh.borrow_mut().wake_all(cx);
+            }
+            _ => {}
+        }
+    }
+
+    /// Bans each peer (by host, off loopback) and closes its connections.
+    fn ban_all(
+        &mut self,
+        cx: &mut Context<'_, Self>,
+        bans: impl Iterator<Item = (SocketAddr, String)>,
+    ) {
+        let mut sh = self.sh.borrow_mut();
+        for (addr, why) in bans {
+            log::warn!(
+                "banning peer {addr}: {why}; closing it, never dialling or accepting {} again",
+                if addr.ip().to_canonical().is_loopback() {
+                    "this address"
+                } else {
+                    "its host"
+                }
+            );
+            sh.peers.ban(addr);
+            let Shared {
+                sessions, peers, ..
+            } = &mut *sh;
+            for s in sessions.values_mut() {
+                if peers.is_banned(&s.addr) {
+                    s.penalised = true;
+                    cx.close_handler(s.id);
+                }
+            }
+        }
+    }
+
     fn fail(&mut self, cx: &mut Context<'_, Self>, msg: String) {
         log::error!("{msg}");
         *self.outcome.borrow_mut() = Some(Err(msg));
@@ -646,15 +996,7 @@ impl Engine {
             let owner = cx.addr();
             self.discovery_id = Some(cx.spawn(DiscoveryHandler::to_owner(d, owner)).id());
         }
-        self.tick = Some(cx.timer_repeat(Duration::from_millis(500)));
-        let tracker = self.sh.borrow().cfg.tracker.clone();
-        if let Some(url) = tracker {
-            // A tracker needs a port even when we do not listen; 6881 is the
-            // conventional one.
-            let port = self.local_port.unwrap_or(6881);
-            let a = Announcer::new(self.sh.clone(), url, port);
-            self.announcer = Some(cx.spawn(a));
-        }
+        self.start_tick_and_tracker(cx);
         self.dial(cx);
     }
 
@@ -672,7 +1014,7 @@ impl Engine {
             let addr = self.dial_buf[i];
             match Session::outgoing(self.sh.clone(), addr) {
                 Ok(s) => {
-                    log::debug!("connecting to {addr}");
+                    log::info!("connecting to {addr}");
                     cx.spawn(s);
                 }
                 Err(e) => {
@@ -775,6 +1117,7 @@ impl Engine {
     /// Offloads queued work: piece checks and chunk reads. A full pool leaves the
     /// rest queued for the next tick.
     fn pump(&mut self, cx: &mut Context<'_, Self>) {
+        self.verify_metadata(cx);
         let mut sh = self.sh.borrow_mut();
         sh.engine_woken = false;
         let Some(storage) = sh.storage.clone() else {
@@ -826,10 +1169,19 @@ impl Engine {
 
     fn on_done(&mut self, cx: &mut Context<'_, Self>, done: Done) {
         match done {
-            Done::Opened(Err(e), _) => self.fail(cx, format!("cannot open the data: {e}")),
-            Done::Opened(Ok(st), existed) => {
+            Done::Opened(Err(e), _, _) => self.fail(cx, format!("cannot open the data: {e}")),
+            Done::Metadata(b) => {
+                let (v, parsed) = *b;
+                self.on_metadata(cx, v, parsed)
+            }
+            Done::SavedTorrent(Err(e)) => self.fail(cx, e),
+            Done::SavedTorrent(Ok(())) => log::info!("saved the torrent file"),
+            Done::Opened(Ok(st), existed, server) => {
                 let n = self.sh.borrow().meta.piece_count();
                 self.sh.borrow_mut().storage = Some(st.clone());
+                if server.is_some() {
+                    self.sh.borrow_mut().meta_server = server;
+                }
                 if !existed {
                     return self.go_live(cx);
                 }
@@ -984,6 +1336,19 @@ impl Engine {
         if dt < Duration::from_secs(1) {
             return;
         }
+        if !sh.has_meta {
+            self.last_report = Some(now);
+            let (have, total) = sh
+                .fetcher
+                .as_ref()
+                .and_then(|f| f.progress())
+                .unwrap_or((0, 0));
+            eprintln!(
+                "progress: fetching metadata ({have}/{total} pieces), {} peers",
+                sh.sessions.len()
+            );
+            return;
+        }
         let rate = (sh.downloaded - self.report_bytes) as f64 / dt.as_secs_f64();
         self.report_bytes = sh.downloaded;
         self.last_report = Some(now);
@@ -1027,7 +1392,13 @@ impl Engine {
             let deadline = sh.last_progress + sh.cfg.no_progress_timeout;
             let wake = sh.peers.next_wake(now);
             let have_peers = !sh.sessions.is_empty() || sh.peers.active() > 0;
-            if now >= deadline {
+            if now >= deadline && !sh.has_meta {
+                Some(format!(
+                    "metadata fetch stalled: no metadata from any peer for {:?} ({} peers connected)",
+                    sh.cfg.no_progress_timeout,
+                    sh.sessions.len()
+                ))
+            } else if now >= deadline {
                 Some(format!(
                     "download stalled: no piece data for {:?} ({} of {} pieces, {} peers connected)",
                     sh.cfg.no_progress_timeout,
@@ -1070,21 +1441,11 @@ impl Handler for Engine {
     }
 
     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
-        let meta = self.sh.borrow().meta.clone();
-        let (root, mode) = match &self.mode {
-            Mode::Seed(p) => (p.clone(), OpenMode::Seed),
-            Mode::Leech(p) => (p.clone(), OpenMode::Download),
-        };
-        cx.offload(move || {
-            // Resume only from files that already have the right size.
-            let existed = mode == OpenMode::Seed
-                || meta.files.iter().enumerate().all(|(i, f)| {
-                    super::storage::file_path(&meta, &root, i)
-                        .and_then(|p| std::fs::metadata(p).ok())
-                        .is_some_and(|m| m.len() == f.length)
-                });
-            Done::Opened(Storage::open(meta, &root, mode).map(Arc::new), existed)
-        })?;
+        if self.sh.borrow().has_meta {
+            self.open(cx)?;
+        } else {
+            self.start_magnet(cx);
+        }
         Ok(())
     }
 

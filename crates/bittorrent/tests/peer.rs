@@ -5,6 +5,10 @@
 
 use reactor_test_support as common;
 
+mod support;
+
+use support::FakeTracker;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -63,6 +67,11 @@ fn leech(torrent: &Path, out: &Path, peers: &[SocketAddr], extra: &[&str]) -> Co
     }
     cmd
 }
+
+/// For a leecher dialling this file's fake peers, which speak plaintext
+/// BitTorrent only: an encrypted first dial would be refused and retried in
+/// plaintext (that retry is tested in `an_encrypted_dial_is_retried_in_plaintext`).
+const PLAINTEXT_TIMEOUT_20: [&str; 4] = ["--timeout", "20", "--encryption", "disabled"];
 
 /// Piece bytes a seeder reported uploading in its "disconnected" log lines.
 fn uploaded(log: &str) -> u64 {
@@ -230,10 +239,20 @@ fn hostile_peers_are_closed_while_a_good_transfer_carries_on() {
     let torrent = d.join("t.torrent");
     let meta = make_torrent(&src, 32 * 1024, &torrent);
     let ih = meta.info_hash;
+    // The plaintext rules: with encryption enabled, bytes that are not a
+    // plaintext handshake start an MSE handshake instead
+    // (`hostile_encrypted_handshakes_are_closed` covers that side).
     let mut seed = seeder(
         &torrent,
         &src,
-        &["--handshake-timeout", "1", "--idle-timeout", "3"],
+        &[
+            "--handshake-timeout",
+            "1",
+            "--idle-timeout",
+            "3",
+            "--encryption",
+            "disabled",
+        ],
     );
     let addr = seed.addr;
 
@@ -443,7 +462,7 @@ fn bad_pieces_are_refetched_and_the_sender_dropped() {
     let seed = seeder(&torrent, &src, &[]);
     let out = d.join("out.bin");
     let (code, err) = run_bounded(
-        leech(&torrent, &out, &[liar, seed.addr], &["--timeout", "20"]),
+        leech(&torrent, &out, &[liar, seed.addr], &PLAINTEXT_TIMEOUT_20),
         Duration::from_secs(40),
     );
     assert_eq!(code, Some(0), "leech failed: {err}");
@@ -507,7 +526,7 @@ fn unrequested_blocks_are_dropped_and_the_pusher_closed() {
     let seed = seeder(&torrent, &src, &[]);
     let out = d.join("out.bin");
     let (code, err) = run_bounded(
-        leech(&torrent, &out, &[pusher, seed.addr], &["--timeout", "20"]),
+        leech(&torrent, &out, &[pusher, seed.addr], &PLAINTEXT_TIMEOUT_20),
         Duration::from_secs(40),
     );
     let (n, closed) = pushed.join().unwrap();
@@ -614,7 +633,7 @@ fn a_liar_is_banned_and_the_honest_seeder_it_shared_pieces_with_is_kept() {
     let mut seed = seeder(&torrent, &src, &[]);
     let out = d.join("out.bin");
     let (code, err) = run_bounded(
-        leech(&torrent, &out, &[liar, seed.addr], &["--timeout", "20"]),
+        leech(&torrent, &out, &[liar, seed.addr], &PLAINTEXT_TIMEOUT_20),
         Duration::from_secs(40),
     );
     stop.store(true, Ordering::Relaxed);
@@ -690,7 +709,12 @@ fn peer_that_handshakes_and_drops_is_not_redialled_in_a_loop() {
     let out = d.join("out.bin");
     let start = Instant::now();
     let (code, err) = run_bounded(
-        leech(&torrent, &out, &[addr], &["--timeout", "5"]),
+        leech(
+            &torrent,
+            &out,
+            &[addr],
+            &["--timeout", "5", "--encryption", "disabled"],
+        ),
         Duration::from_secs(20),
     );
     watch.join().unwrap();
@@ -702,107 +726,6 @@ fn peer_that_handshakes_and_drops_is_not_redialled_in_a_loop() {
     assert!(err.contains("cannot finish"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&d);
-}
-
-/// A minimal HTTP tracker: records `(port, event)` of every announce and answers
-/// with every other announcer as a compact peer on 127.0.0.1.
-struct FakeTracker {
-    url: String,
-    seen: Arc<std::sync::Mutex<Vec<(u16, String)>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FakeTracker {
-    fn start() -> FakeTracker {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/announce", l.local_addr().unwrap());
-        let seen = Arc::new(std::sync::Mutex::new(Vec::<(u16, String)>::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let end = Instant::now() + Duration::from_secs(60);
-            while !stop2.load(Ordering::SeqCst) && Instant::now() < end {
-                let Ok((mut s, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                let mut req = Vec::new();
-                let mut buf = [0u8; 2048];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&req).to_string();
-                let query = text.split_whitespace().nth(1).unwrap_or("").to_string();
-                let param = |k: &str| {
-                    query
-                        .split(['?', '&'])
-                        .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let port: u16 = param("port").parse().unwrap_or(0);
-                let event = param("event");
-                let mut compact = Vec::new();
-                {
-                    let mut seen = seen2.lock().unwrap();
-                    seen.push((port, event));
-                    let mut ports: Vec<u16> = seen.iter().map(|p| p.0).collect();
-                    ports.sort();
-                    ports.dedup();
-                    for p in ports.into_iter().filter(|&p| p != port) {
-                        compact.extend_from_slice(&[127, 0, 0, 1]);
-                        compact.extend_from_slice(&p.to_be_bytes());
-                    }
-                }
-                let mut body = b"d8:intervali2e5:peers".to_vec();
-                body.extend_from_slice(format!("{}:", compact.len()).as_bytes());
-                body.extend_from_slice(&compact);
-                body.push(b'e');
-                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&body);
-            }
-        });
-        FakeTracker {
-            url,
-            seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn wait_for(&self, port: u16, event: &str, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self
-                .seen
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|(p, e)| *p == port && e == event)
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for FakeTracker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[test]
@@ -1326,5 +1249,324 @@ fn bad_discovery_flags_fail_with_a_message() {
         assert!(!err.contains("listening on"), "{err}");
     }
     drop(holder);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn an_encrypted_dial_is_retried_in_plaintext() {
+    let d = tmpdir("mse-retry");
+    let data = pseudo_random_bytes(23, 2 * 1024 * 1024 + 11);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 64 * 1024, &torrent);
+    // A plaintext-only seeder refuses the MSE handshake our leecher tries first.
+    let mut seed = seeder(&torrent, &src, &["--encryption", "disabled"]);
+    let out = d.join("out.bin");
+    let (code, err) = run_bounded(
+        leech(&torrent, &out, &[seed.addr], &["--timeout", "20"]),
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(
+        err.contains("retrying in plaintext"),
+        "no plaintext retry: {err}"
+    );
+    assert!(
+        seed.wait_stderr(
+            "encrypted (MSE) handshakes are refused",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        seed.stderr_text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn forced_encryption_uses_rc4_and_refuses_plaintext() {
+    let d = tmpdir("mse-forced");
+    let data = pseudo_random_bytes(29, 3 * 1024 * 1024 + 5);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 256 * 1024, &torrent);
+    let mut seed = seeder(&torrent, &src, &["--encryption", "forced"]);
+    let out = d.join("out.bin");
+    let (code, err) = run_bounded(
+        leech(
+            &torrent,
+            &out,
+            &[seed.addr],
+            &["--timeout", "20", "--encryption", "forced"],
+        ),
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, Some(0), "leech failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(err.contains("encrypted handshake done (RC4)"), "{err}");
+    // A plaintext-only leecher gets nothing from a forced seeder.
+    let out2 = d.join("out2.bin");
+    let (code, err) = run_bounded(
+        leech(
+            &torrent,
+            &out2,
+            &[seed.addr],
+            &["--timeout", "3", "--encryption", "disabled"],
+        ),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        seed.wait_stderr("plaintext handshake refused", Duration::from_secs(5)),
+        "{}",
+        seed.stderr_text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Sends `bytes` as the start of a connection and expects the seeder to close it
+/// (by its own verdict or at its handshake timeout).
+fn send_and_expect_closed(addr: SocketAddr, bytes: &[u8], what: &str) {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    expect_closed(s, what);
+}
+
+#[test]
+fn hostile_encrypted_handshakes_are_closed() {
+    let d = tmpdir("mse-hostile");
+    let data = pseudo_random_bytes(31, 4 * 1024 * 1024);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 64 * 1024, &torrent);
+    let mut seed = seeder(&torrent, &src, &["--handshake-timeout", "1"]);
+    let addr = seed.addr;
+    let out = d.join("out.bin");
+    let mut good = leech(&torrent, &out, &[addr], &["--timeout", "20"]);
+    good.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut good = good.spawn().unwrap();
+    // Public key 0: refused before any exponentiation.
+    send_and_expect_closed(addr, &[0u8; 96], "public key 0");
+    // A plausible key, then more than PadA's 512 bytes without HASH('req1', S).
+    let mut junk = pseudo_random_bytes(5, 96 + 700);
+    junk[0] = 0x12;
+    send_and_expect_closed(addr, &junk, "no req1 hash");
+    // Half a public key, then silence: closed at the handshake timeout.
+    send_and_expect_closed(addr, &junk[..40], "stalled key");
+    // Not BitTorrent at all (taken for an MSE attempt, which stalls).
+    send_and_expect_closed(addr, b"GET / HTTP/1.1\r\n\r\n", "HTTP");
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = good.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < end, "good download did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    for needle in [
+        "public key is out of range",
+        "HASH('req1', S) not found",
+        "no complete handshake",
+    ] {
+        assert!(
+            seed.wait_stderr(needle, Duration::from_secs(5)),
+            "no log line with {needle:?}: {}",
+            seed.stderr_text()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `magnet:?xt=urn:btih:HEX` for `meta`.
+fn magnet_of(meta: &Metainfo) -> String {
+    let hex: String = meta.info_hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("magnet:?xt=urn:btih:{hex}&dn=test")
+}
+
+/// RFC 4648 base32 of a 20-byte info-hash (the other form of a btih).
+fn base32(h: &[u8; 20]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut acc, mut bits) = (0u64, 0);
+    for &b in h {
+        acc = acc << 8 | u64::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(A[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_magnet_link_fetches_the_metadata_then_the_data() {
+    let d = tmpdir("magnet");
+    // Several metadata pieces (16 KiB each): 3000 pieces of 16 KiB hash to 60 KB.
+    let data = pseudo_random_bytes(37, 3000 * 16 * 1024 - 99);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    let meta = make_torrent(&src, 16 * 1024, &torrent);
+    assert!(meta.info_dict.len() > 3 * 16 * 1024);
+    let seed = seeder(&torrent, &src, &[]);
+    for (name, uri) in [
+        ("hex", magnet_of(&meta)),
+        (
+            "base32",
+            format!("magnet:?xt=urn:btih:{}", base32(&meta.info_hash)),
+        ),
+    ] {
+        let out = d.join(format!("out-{name}.bin"));
+        let saved = d.join(format!("saved-{name}.torrent"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+        cmd.arg("leech")
+            .arg("--magnet")
+            .arg(&uri)
+            .arg("--save-torrent")
+            .arg(&saved)
+            .arg("--out")
+            .arg(&out)
+            .args(["--timeout", "20", "--peer"])
+            .arg(seed.addr.to_string());
+        let (code, err) = run_bounded(cmd, Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{name}: leech failed: {err}");
+        assert!(std::fs::read(&out).unwrap() == data, "{name}: file differs");
+        assert!(err.contains("metadata received and verified"), "{err}");
+        let back = Metainfo::parse(&std::fs::read(&saved).unwrap()).unwrap();
+        assert_eq!(back.info_hash, meta.info_hash, "{name}: saved torrent");
+        assert_eq!(back.pieces, meta.pieces);
+    }
+    // A bad link is a clear error.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+    cmd.args(["leech", "--magnet", "magnet:?xt=urn:btih:1234", "--out"])
+        .arg(d.join("x"))
+        .args(["--peer", "127.0.0.1:1"]);
+    let (code, err) = run_bounded(cmd, Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--magnet: invalid info-hash"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_leecher_learns_a_seeder_through_pex_alone() {
+    let d = tmpdir("pex");
+    let data = pseudo_random_bytes(41, 64 * 1024 * 1024 + 3);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    make_torrent(&src, 256 * 1024, &torrent);
+    // A seeds; B downloads from A (given by hand) and accepts connections; C is
+    // told only of B, and can learn A only from B's ut_pex message.
+    let a = seeder(&torrent, &src, &[]);
+    let mut b = Server::start(leech(
+        &torrent,
+        &d.join("b.bin"),
+        &[a.addr],
+        &["--listen", "127.0.0.1:0", "--timeout", "30"],
+    ));
+    assert!(
+        b.wait_stderr(
+            &format!("connecting to {}", a.addr),
+            Duration::from_secs(20)
+        ),
+        "{}",
+        b.stderr_text()
+    );
+    let out = d.join("c.bin");
+    let (code, err) = run_bounded(
+        leech(
+            &torrent,
+            &out,
+            &[b.addr],
+            &["--listen", "127.0.0.1:0", "--timeout", "30"],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "C failed: {err}");
+    assert!(std::fs::read(&out).unwrap() == data, "file differs");
+    assert!(
+        err.contains(&format!("pex: learned peer {} from {}", a.addr, b.addr)),
+        "C did not learn A through PEX: {err}"
+    );
+    assert!(
+        err.contains(&format!("connecting to {}", a.addr)),
+        "C never dialled A: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Transmission's pattern: one burst of requests, then silence until the blocks
+/// arrive. Every block must come without the peer sending anything more (a
+/// serve loop that waited for a writable edge after emptying its queue stalled
+/// here until the peer's next message, for good when it never came).
+#[test]
+fn a_burst_of_requests_is_served_without_further_input() {
+    let d = tmpdir("burst");
+    let data = pseudo_random_bytes(43, 24 * 1024 * 1024);
+    let src = d.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let torrent = d.join("t.torrent");
+    let meta = make_torrent(&src, 256 * 1024, &torrent);
+    let seed = seeder(&torrent, &src, &["--encryption", "disabled"]);
+    let mut s = connect(seed.addr);
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(&handshake(&meta.info_hash, true)).unwrap();
+    s.write_all(&msg(2, &[])).unwrap(); // interested
+    // Wait for the unchoke, skipping the handshake and the other messages.
+    let mut hs = [0u8; 68];
+    s.read_exact(&mut hs).unwrap();
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).unwrap();
+        if body.first() == Some(&1) {
+            break;
+        }
+    }
+    // 1536 requests (24 MiB) in one write; nothing is sent after it.
+    let blocks = (data.len() / 16384) as u32;
+    let mut reqs = Vec::new();
+    for b in 0..blocks {
+        let (piece, begin) = (b / 16, (b % 16) * 16384);
+        let mut p = piece.to_be_bytes().to_vec();
+        p.extend_from_slice(&begin.to_be_bytes());
+        p.extend_from_slice(&16384u32.to_be_bytes());
+        reqs.extend_from_slice(&msg(6, &p));
+    }
+    s.write_all(&reqs).unwrap();
+    let mut got = vec![false; blocks as usize];
+    let mut n = 0;
+    // A reader slower than the seeder, so that its queue fills and drains many times.
+    let mut buf = vec![0u8; 16384 + 13];
+    while n < blocks {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)
+            .unwrap_or_else(|e| panic!("after {n} of {blocks} blocks: {e}"));
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(len <= buf.len(), "message of {len} bytes");
+        s.read_exact(&mut buf[..len]).unwrap();
+        if len == 16384 + 9 && buf[0] == 7 {
+            let piece = u32::from_be_bytes(buf[1..5].try_into().unwrap());
+            let begin = u32::from_be_bytes(buf[5..9].try_into().unwrap());
+            let at = piece as usize * 256 * 1024 + begin as usize;
+            assert!(buf[9..len] == data[at..at + 16384], "block {piece}/{begin}");
+            let i = (piece * 16 + begin / 16384) as usize;
+            assert!(!got[i], "block {i} twice");
+            got[i] = true;
+            n += 1;
+            if n % 8 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&d);
 }

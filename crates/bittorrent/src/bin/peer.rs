@@ -3,9 +3,11 @@
 //! ```text
 //! peer make-torrent --data FILE|DIR --piece-length BYTES --out T.torrent [--tracker URL]
 //! peer seed  --torrent T.torrent --data FILE|DIR [--listen ADDR] [--tracker URL]
+//!            [--peer IP:PORT]... [--encryption disabled|enabled|forced]
 //!            [--discover [--discover-port 7979] [--broadcast 127.255.255.255]
 //!                        [--discover-interval SECS]]
-//! peer leech --torrent T.torrent --out FILE|DIR [--peer IP:PORT]... [--tracker URL]
+//! peer leech --torrent T.torrent | --magnet URI [--save-torrent FILE]
+//!            --out FILE|DIR [--peer IP:PORT]... [--tracker URL]
 //!            [--listen ADDR] [--timeout SECS] [--discover ...same as seed...]
 //! ```
 //! `seed` verifies the data on the worker pool, prints `listening on IP:PORT` once
@@ -30,7 +32,9 @@ use clap::{Args, Parser, Subcommand};
 use reactor::{Config, Reactor};
 use reactor_bittorrent::create::MakeTorrent;
 use reactor_bittorrent::discover::DiscoverySettings;
+use reactor_bittorrent::magnet::{PeerAddr, parse_magnet};
 use reactor_bittorrent::metainfo::Metainfo;
+use reactor_bittorrent::mse::Encryption;
 use reactor_bittorrent::torrent::{self, Mode, TorrentConfig};
 
 #[derive(Parser, Debug)]
@@ -68,14 +72,26 @@ enum Cmd {
         /// Address to accept peers on (port 0: the OS picks; it is printed).
         #[arg(long, default_value = "0.0.0.0:6881")]
         listen: SocketAddr,
+        /// A leecher to dial (repeatable), for one that does not dial us (e.g.
+        /// Transmission never dials loopback peers).
+        #[arg(long = "peer")]
+        peers: Vec<SocketAddr>,
         #[command(flatten)]
         common: Common,
     },
     /// Download a torrent from peers.
     Leech {
         /// The .torrent file.
+        #[arg(long, required_unless_present = "magnet", conflicts_with = "magnet")]
+        torrent: Option<PathBuf>,
+        /// A magnet link instead of a .torrent (`magnet:?xt=urn:btih:HEX|BASE32&tr=URL`):
+        /// the metadata is fetched from peers (BEP 9) and checked against the
+        /// info-hash first. Its `tr` (http://) and `x.pe` (IP:port) are used too.
         #[arg(long)]
-        torrent: PathBuf,
+        magnet: Option<String>,
+        /// With --magnet: write the fetched metadata as a .torrent file here.
+        #[arg(long, requires = "magnet")]
+        save_torrent: Option<PathBuf>,
         /// Where to write the data: the file, or the torrent's folder.
         #[arg(long)]
         out: PathBuf,
@@ -98,6 +114,10 @@ struct Common {
     /// HTTP tracker to announce to (default: the torrent's `announce`, if http://).
     #[arg(long)]
     tracker: Option<String>,
+    /// Message Stream Encryption: `disabled` (plaintext only), `enabled` (accept
+    /// both; dial encrypted, retry in plaintext) or `forced` (MSE with RC4 only).
+    #[arg(long, value_name = "POLICY", default_value = "enabled", value_parser = parse_encryption)]
+    encryption: Encryption,
     /// A peer must complete its handshake within SECS seconds.
     #[arg(long, default_value_t = 10.0)]
     handshake_timeout: f64,
@@ -144,6 +164,11 @@ struct Common {
 }
 
 use reactor_cli::secs;
+
+fn parse_encryption(s: &str) -> Result<Encryption, String> {
+    Encryption::parse(s)
+        .ok_or_else(|| format!("--encryption must be disabled, enabled or forced, got {s:?}"))
+}
 
 /// The discovery settings of `--discover`, or `None` without it.
 fn discovery(common: &Common) -> Result<Option<DiscoverySettings>, String> {
@@ -194,7 +219,17 @@ fn load_torrent(path: &PathBuf) -> Result<Metainfo, String> {
     Metainfo::parse(&bytes).map_err(|e| format!("{}: invalid torrent: {e}", path.display()))
 }
 
+/// The settings of a magnet download: no torrent to take a tracker from.
+fn config_without_torrent(common: &Common) -> Result<TorrentConfig, String> {
+    let placeholder_announce = None;
+    config_with(common, placeholder_announce)
+}
+
 fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
+    config_with(common, meta.announce.clone())
+}
+
+fn config_with(common: &Common, announce: Option<String>) -> Result<TorrentConfig, String> {
     if common.upload_slots == 0 {
         return Err("--upload-slots must be at least 1".into());
     }
@@ -202,6 +237,7 @@ fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
         return Err("--max-connections must be at least 1".into());
     }
     Ok(TorrentConfig {
+        encryption: common.encryption,
         handshake_timeout: secs("handshake-timeout", common.handshake_timeout)?,
         idle_timeout: secs("idle-timeout", common.idle_timeout)?,
         request_timeout: secs("request-timeout", common.request_timeout)?,
@@ -210,7 +246,7 @@ fn config(common: &Common, meta: &Metainfo) -> Result<TorrentConfig, String> {
         tracker: common
             .tracker
             .clone()
-            .or_else(|| meta.announce.clone().filter(|a| a.starts_with("http://"))),
+            .or_else(|| announce.filter(|a| a.starts_with("http://"))),
         discovery: discovery(common)?,
         ..TorrentConfig::default()
     })
@@ -253,11 +289,13 @@ fn run(cmd: Cmd) -> Result<(), String> {
             torrent,
             data,
             listen,
+            peers,
             common,
         } => {
             let meta = load_torrent(&torrent)?;
             let mut cfg = config(&common, &meta)?;
             cfg.listen = Some(listen);
+            cfg.peers = peers;
             let mut reactor = reactor_with(common.workers)?;
             reactor
                 .shutdown_on_signals()
@@ -276,14 +314,44 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Leech {
             torrent,
+            magnet,
+            save_torrent,
             out,
             peers,
             listen,
             timeout,
             common,
         } => {
-            let meta = load_torrent(&torrent)?;
-            let mut cfg = config(&common, &meta)?;
+            let (meta, magnet) = match (&torrent, &magnet) {
+                (Some(t), _) => (Some(load_torrent(t)?), None),
+                (None, Some(uri)) => (
+                    None,
+                    Some(parse_magnet(uri).map_err(|e| format!("--magnet: {e}"))?),
+                ),
+                (None, None) => return Err("give --torrent or --magnet".into()),
+            };
+            let mut cfg = match &meta {
+                Some(m) => config(&common, m)?,
+                None => config_without_torrent(&common)?,
+            };
+            let mut peers = peers;
+            if let Some(m) = &magnet {
+                if cfg.tracker.is_none() {
+                    cfg.tracker = m
+                        .trackers
+                        .iter()
+                        .find(|t| t.starts_with("http://"))
+                        .cloned();
+                }
+                for p in &m.peers {
+                    match p {
+                        PeerAddr::Ip(a) => peers.push(*a),
+                        PeerAddr::Host { .. } => {
+                            log::info!("magnet: ignoring peer {p}: host names are not resolved");
+                        }
+                    }
+                }
+            }
             // With a tracker or discovery, be reachable: peers learn our port from
             // them. Discovery on loopback only needs a loopback listener.
             cfg.listen = listen.or_else(|| match (&cfg.tracker, &cfg.discovery) {
@@ -310,8 +378,14 @@ fn run(cmd: Cmd) -> Result<(), String> {
             reactor
                 .shutdown_on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-            let t = torrent::start(&mut reactor, meta, Mode::Leech(out), cfg)
-                .map_err(|e| e.to_string())?;
+            let t = match (meta, magnet) {
+                (Some(meta), _) => torrent::start(&mut reactor, meta, Mode::Leech(out), cfg),
+                (None, Some(m)) => {
+                    torrent::start_magnet(&mut reactor, m.info_hash, out, cfg, save_torrent)
+                }
+                (None, None) => unreachable!("checked above"),
+            }
+            .map_err(|e| e.to_string())?;
             if let Some(a) = t.local_addr {
                 println!("listening on {a}");
                 let _ = std::io::stdout().flush();

@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """A libtorrent peer for interop tests and benchmarks, isolated on 127.0.0.1.
 
-    lt_peer.py seed  --torrent T --save-dir DIR [--timeout SECS]
+    lt_peer.py seed  --torrent T --save-dir DIR [--timeout SECS] [--peer IP:PORT]
         prints "listening on 127.0.0.1:PORT" once the data is checked, then seeds
-        until it is killed or the timeout passes.
+        until it is killed or the timeout passes (dialling --peer, if given).
     lt_peer.py leech --torrent T --save-dir DIR --peer IP:PORT [--timeout SECS]
         downloads from that peer; exits 0 when complete, 1 on timeout.
+    lt_peer.py leech --magnet URI ...
+        the same from a magnet link: the metadata comes from the peer (BEP 9).
 
-DHT, LSD, UPnP and NAT-PMP are off, TCP only, outgoing encryption off and incoming
-plaintext accepted (see /work/shared/notes/libtorrent-on-loopback.md).
+DHT, LSD, UPnP and NAT-PMP are off, TCP only. Encryption (--encryption):
+    plain   outgoing off, incoming plaintext accepted (the default; see
+            /work/shared/notes/libtorrent-on-loopback.md)
+    forced  MSE required both ways (out_enc_policy = in_enc_policy = forced),
+            payload either RC4 or plaintext (allowed_enc_level both)
+    rc4     forced, and RC4 for the whole stream (allowed_enc_level rc4)
 """
 import argparse
 import os
@@ -22,7 +28,14 @@ except ImportError as e:  # the Rust test decides whether this is a skip or a fa
     sys.exit(3)
 
 
-def session(fast):
+ENC = {
+    "plain": {"out_enc_policy": 2, "in_enc_policy": 1},
+    "forced": {"out_enc_policy": 0, "in_enc_policy": 0, "allowed_enc_level": 3},
+    "rc4": {"out_enc_policy": 0, "in_enc_policy": 0, "allowed_enc_level": 2},
+}
+
+
+def session(fast, encryption):
     s = {
         "listen_interfaces": "127.0.0.1:0",
         "enable_dht": False,
@@ -31,13 +44,12 @@ def session(fast):
         "enable_natpmp": False,
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
-        "out_enc_policy": 2,
-        "in_enc_policy": 1,
         "allow_multiple_connections_per_ip": True,
         "no_connect_privileged_ports": False,
         "alert_mask": lt.alert.category_t.error_notification
         | lt.alert.category_t.status_notification,
     }
+    s.update(ENC[encryption])
     if fast:
         hp = lt.high_performance_seed()
         for k in ("send_buffer_watermark", "send_buffer_low_watermark",
@@ -69,18 +81,22 @@ def wait_state(ses, h, done, deadline, label):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["seed", "leech"])
-    ap.add_argument("--torrent", required=True)
+    ap.add_argument("--torrent")
+    ap.add_argument("--magnet")
     ap.add_argument("--save-dir", required=True)
     ap.add_argument("--peer")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--fast", action="store_true",
                     help="high-performance settings (benchmarks)")
+    ap.add_argument("--encryption", choices=sorted(ENC), default="plain")
     args = ap.parse_args()
     deadline = time.time() + args.timeout
-    ses = session(args.fast)
-    ti = lt.torrent_info(args.torrent)
-    p = lt.add_torrent_params()
-    p.ti = ti
+    ses = session(args.fast, args.encryption)
+    if args.magnet:
+        p = lt.parse_magnet_uri(args.magnet)
+    else:
+        p = lt.add_torrent_params()
+        p.ti = lt.torrent_info(args.torrent)
     p.save_path = args.save_dir
     h = ses.add_torrent(p)
     if args.mode == "seed":
@@ -89,6 +105,10 @@ def main():
             print("lt-seed: data check did not finish", file=sys.stderr)
             return 1
         print(f"listening on 127.0.0.1:{ses.listen_port()}", flush=True)
+        if args.peer:
+            # Dial a leecher that will not dial loopback peers itself (Transmission).
+            host, port = args.peer.rsplit(":", 1)
+            h.connect_peer((host, int(port)))
         # Seed until killed (or the timeout passes), reporting errors.
         while time.time() < deadline:
             for a in ses.pop_alerts():
