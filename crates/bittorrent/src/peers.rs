@@ -240,7 +240,6 @@ impl PeerManager {
     }
 
     /// Bans recorded (at most [`MAX_BANS`]).
-    #[cfg(test)]
     pub(crate) fn ban_count(&self) -> usize {
         self.bans.order.len()
     }

@@ -545,6 +545,31 @@ pub fn start_magnet(
     start_with(reactor, shared, Mode::Leech(out), cfg, save_torrent)
 }
 
+/// The torrent's numbers in its loop's stats line and metrics, read from the
+/// shared state when a snapshot is taken.
+fn register_metrics(reactor: &mut Reactor, shared: &Rc<RefCell<Shared>>) {
+    type Read = fn(&Shared) -> u64;
+    let gauges: [(&str, Read); 5] = [
+        ("peer_connections", |s| s.peers.active() as u64),
+        ("peer_peers_known", |s| s.peers.len() as u64),
+        ("peer_pieces_have", |s| s.picker.have().count() as u64),
+        ("peer_pieces", |s| s.picker.have().len() as u64),
+        ("peer_bans", |s| s.peers.ban_count() as u64),
+    ];
+    for (name, read) in gauges {
+        let sh = shared.clone();
+        reactor.gauge_fn(name, move || read(&sh.borrow()) as i64);
+    }
+    let counters: [(&str, Read); 2] = [
+        ("peer_piece_bytes_downloaded", |s| s.downloaded),
+        ("peer_piece_bytes_uploaded", |s| s.uploaded),
+    ];
+    for (name, read) in counters {
+        let sh = shared.clone();
+        reactor.counter_fn(name, move || read(&sh.borrow()));
+    }
+}
+
 fn start_with(
     reactor: &mut Reactor,
     shared: Rc<RefCell<Shared>>,
@@ -588,6 +613,7 @@ fn start_with(
             Some(Discovery::new(dcfg)?)
         }
     };
+    register_metrics(reactor, &shared);
     let candidates = Candidates::new(&shared.borrow().meta.info_hash);
     let outcome = Rc::new(RefCell::new(None));
     let engine = Engine {

@@ -1570,3 +1570,36 @@ fn a_burst_of_requests_is_served_without_further_input() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `peer seed --metrics ADDR`: the torrent's pieces and connections as the
+/// peer's own gauges, next to the loop's, in a format promtool accepts.
+#[test]
+fn a_seeders_metrics_show_its_pieces() {
+    let dir = tmpdir("metrics");
+    let data = dir.join("data.bin");
+    std::fs::write(&data, pseudo_random_bytes(41, 3 << 20)).unwrap();
+    let torrent = dir.join("data.torrent");
+    let meta = make_torrent(&data, 256 * 1024, &torrent);
+    let mut seed = seeder(&torrent, &data, &["--metrics", "127.0.0.1:0"]);
+    let addr = seed.metrics_addr();
+    let pieces = meta.piece_count() as f64;
+    // The data is checked on the pool first; then every piece is had.
+    let end = Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = common::scrape::metrics(addr);
+        if m[r#"peer_pieces_have{loop="0"}"#] == pieces {
+            break m;
+        }
+        assert!(Instant::now() < end, "pieces never all checked: {m:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(m[r#"peer_pieces{loop="0"}"#], pieces);
+    assert_eq!(m[r#"peer_bans{loop="0"}"#], 0.0);
+    assert_eq!(m[r#"peer_piece_bytes_uploaded_total{loop="0"}"#], 0.0);
+    if common::require_tool("promtool", &["--version"], "apt-get install prometheus") {
+        let body = common::scrape::get(addr, "/metrics").body;
+        let (ok, said) = common::scrape::promtool(&body);
+        assert!(ok, "promtool: {said}\n{body}");
+    }
+    let _ = seed.stderr_text();
+}

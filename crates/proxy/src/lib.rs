@@ -191,6 +191,25 @@ pub struct ProxyOptions {
     pub proxy_protocol_out: Option<proxy_protocol::Version>,
     /// SOCKS5 UDP ASSOCIATE: limits of the UDP relay.
     pub udp: udp::UdpRelayOptions,
+    /// Terminate TLS: every client connection speaks TLS with this server
+    /// configuration, and what is relayed is its plaintext. Not with
+    /// [`proxy_protocol_in`](Self::proxy_protocol_in) (the header would come before
+    /// the ClientHello, in plaintext).
+    pub tls: Option<reactor_tls::TlsAcceptor>,
+    /// Originate TLS: every upstream connection speaks TLS (forwarder only), its
+    /// certificate checked against this name. Not with
+    /// [`proxy_protocol_out`](Self::proxy_protocol_out).
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// TLS to the upstream: the client configuration and the name its certificate must
+/// be valid for (sent as SNI).
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// The client side's configuration (trusted CAs).
+    pub connector: reactor_tls::TlsConnector,
+    /// The server name to ask for and verify.
+    pub server_name: String,
 }
 
 impl ProxyOptions {
@@ -214,7 +233,32 @@ impl ProxyOptions {
             proxy_protocol_from: Vec::new(),
             proxy_protocol_out: None,
             udp: udp::UdpRelayOptions::default(),
+            tls: None,
+            upstream_tls: None,
         }
+    }
+
+    /// Checks that the options fit together: TLS on a side excludes the PROXY
+    /// protocol on that side, and TLS to the upstream needs the forwarder.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tls.is_some() && self.proxy_protocol_in {
+            return Err(
+                "TLS termination and --proxy-protocol-in cannot be combined yet (the \
+                        header arrives in plaintext before the TLS handshake)"
+                    .into(),
+            );
+        }
+        if self.upstream_tls.is_some() && self.proxy_protocol_out.is_some() {
+            return Err(
+                "--upstream-tls and --proxy-protocol-out cannot be combined yet (the \
+                        header must precede the TLS handshake, in plaintext)"
+                    .into(),
+            );
+        }
+        if self.upstream_tls.is_some() && !matches!(self.mode, Mode::Forward(_)) {
+            return Err("--upstream-tls needs the forwarder (--upstream HOST:PORT)".into());
+        }
+        Ok(())
     }
 }
 
@@ -529,6 +573,8 @@ pub fn proxy_listener(
     Listener<impl FnMut(TcpStream, SocketAddr) -> Option<Session> + 'static>,
     Arc<ProxyCounters>,
 )> {
+    opts.validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let counters = Arc::new(ProxyCounters::default());
     let listen = opts.listen.clone();
     let shared = Rc::new(Shared {
@@ -539,17 +585,29 @@ pub fn proxy_listener(
         udp: RefCell::default(),
     });
     let listener = Listener::bind(addr, listen, move |stream, peer| {
+        // The TLS side first: failing to make one (it cannot, short of memory)
+        // must not leave a session counted.
+        let tls = match &shared.opts.tls {
+            None => None,
+            Some(acceptor) => match acceptor.filter() {
+                Ok(f) => Some(f as Box<dyn reactor::StreamFilter>),
+                Err(e) => {
+                    log::warn!("proxy: cannot start TLS for {peer}: {e}; refusing it");
+                    return None;
+                }
+            },
+        };
         if shared.opts.proxy_protocol_in {
             // The client is who the header says; it is admitted after the header.
             if !shared.trusts(peer) {
                 return None;
             }
-            return Some(Session::new(shared.clone(), stream, peer, false));
+            return Some(Session::new(shared.clone(), stream, peer, false, tls));
         }
         if !shared.admit(peer) {
             return None;
         }
-        Some(Session::new(shared.clone(), stream, peer, true))
+        Some(Session::new(shared.clone(), stream, peer, true, tls))
     })?;
     Ok((listener, counters))
 }

@@ -126,15 +126,20 @@ impl Session {
         stream: TcpStream,
         peer: SocketAddr,
         admitted: bool,
+        tls: Option<Box<dyn reactor::StreamFilter>>,
     ) -> Session {
         let cfg = shared.opts.conn;
+        let mut client = Conn::new(stream, CLIENT, cfg);
+        if let Some(f) = tls {
+            client = client.with_filter(f);
+        }
         let mut state =
             SessionState::new(peer, shared.opts.mode.clone(), Timeouts::of(&shared.opts));
         if !admitted {
             state.expect_proxy_header();
         }
         Session {
-            client: Conn::new(stream, CLIENT, cfg),
+            client,
             upstream: None,
             peer,
             admitted,
@@ -200,6 +205,10 @@ impl Session {
                     // A failed attempt's socket goes (closing it deregisters it).
                     self.upstream = None;
                     let attempt = Conn::connect(addr, UPSTREAM, self.shared.opts.conn)
+                        .and_then(|c| match &self.shared.opts.upstream_tls {
+                            None => Ok(c),
+                            Some(t) => Ok(c.with_filter(t.connector.filter(&t.server_name)?)),
+                        })
                         .and_then(|mut c| c.register(cx).map(|()| c));
                     match attempt {
                         Ok(c) => self.upstream = Some(c),
@@ -687,6 +696,17 @@ impl Session {
     /// The session ends: logs why, and closes.
     fn end(&mut self, cx: &mut Loop<'_>, end: End) {
         let (peer, up, down) = (self.peer, self.pipe.bytes(UP), self.pipe.bytes(DOWN));
+        // A side that broke the protocol (a TLS certificate that does not verify, a
+        // bad record) is worth a line an operator sees, unlike a reset: at `info`,
+        // at most one a second.
+        if let Some((side, e)) = self.pipe.failure()
+            && e.kind() == io::ErrorKind::InvalidData
+        {
+            cx.log_peer(format_args!(
+                "session {peer}: the {}: {e}; closing",
+                side_name(side)
+            ));
+        }
         match &end {
             End::Finished => match self.pipe.failure() {
                 None => log::debug!("session {peer}: finished ({up} bytes up, {down} down)"),

@@ -37,8 +37,16 @@ fn require_interop() -> bool {
 /// `name` on the PATH (or in the usual places), or `None` with a SKIPPED line; a
 /// failure instead under `REACTOR_REQUIRE_INTEROP=1`.
 fn tool(name: &str) -> Option<PathBuf> {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(name);
+    // PATH first: the `python3` that `.ci/run`'s `pip install` put PySocks into is
+    // the first on PATH (a pyenv or venv one, on some machines), not /usr/bin's.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(
+        ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"]
+            .into_iter()
+            .map(PathBuf::from),
+    );
+    for dir in dirs {
+        let p = dir.join(name);
         if p.exists() {
             return Some(p);
         }
@@ -697,7 +705,9 @@ s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
 s.set_proxy(socks.SOCKS5, "127.0.0.1", proxy_port, rdns=True)
 s.settimeout(5)
 s.bind(("127.0.0.1", 0))
-print("relay", s.getpeername()[1], "client", s.getsockname()[1], flush=True)
+# PySocks' own getpeername() is the destination (none for UDP); the relay is
+# what the underlying socket is connected to.
+print("relay", socket.socket.getpeername(s)[1], "client", s.getsockname()[1], flush=True)
 
 def query(qid, name):
     q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
@@ -787,7 +797,12 @@ fn pysocks_udp_associate_ipv4_ipv6_and_names_byte_exact() {
     let client_port: u16 = words[3].parse().unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ok 15", "the client's checks");
+    if line.trim() != "ok 15" {
+        let _ = child.kill();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        panic!("the client's checks: {line:?}; its stderr: {err}");
+    }
     let c = counters.snapshot();
     assert_eq!(c.udp_associations, 1);
 

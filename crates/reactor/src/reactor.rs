@@ -250,6 +250,7 @@ pub(crate) struct Core {
     pool: Option<Pool>,
     next_job: u64,
     pub(crate) stats: Stats,
+    samplers: crate::stats::Samplers,
     pending: Vec<Pending>,
     next_generation: u32,
     now: Instant,
@@ -532,6 +533,28 @@ impl<'a> Loop<'a> {
         self.core.stats.app.gauge(name)
     }
 
+    /// A counter `name` whose value `read` gives: called on this thread whenever the
+    /// loop takes a snapshot (the stats line, a metrics scrape), never in between.
+    /// For a count a component already keeps (a table's): no update to mirror.
+    /// `read` must be quick and must not block.
+    pub fn counter_fn(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        read: impl Fn() -> u64 + 'static,
+    ) {
+        self.core.counter_fn(name.into(), Box::new(read));
+    }
+
+    /// A gauge `name` whose value `read` gives at each snapshot (see
+    /// [`counter_fn`](Loop::counter_fn)): a table's size, sessions open.
+    pub fn gauge_fn(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        read: impl Fn() -> i64 + 'static,
+    ) {
+        self.core.gauge_fn(name.into(), Box::new(read));
+    }
+
     /// A handle for other threads.
     pub fn handle(&self) -> ReactorHandle {
         self.core.handle()
@@ -633,6 +656,18 @@ impl Core {
         }
     }
 
+    fn counter_fn(&mut self, name: Cow<'static, str>, read: Box<dyn Fn() -> u64>) {
+        let c = self.stats.app.counter(name);
+        c.set(read());
+        self.samplers.counter(c, read);
+    }
+
+    fn gauge_fn(&mut self, name: Cow<'static, str>, read: Box<dyn Fn() -> i64>) {
+        let g = self.stats.app.gauge(name);
+        g.set(read());
+        self.samplers.gauge(g, read);
+    }
+
     /// A callback ran longer than the threshold: count it (by handler name) and
     /// say so. Out of line, so the dispatch path stays small.
     #[cold]
@@ -650,6 +685,7 @@ impl Core {
     }
 
     fn snapshot(&mut self) -> Stats {
+        self.samplers.sample();
         self.stats.timers_live = self.timers.len() as u64;
         self.stats.jobs_queued = self.pool.as_ref().map_or(0, Pool::queued) as u64;
         self.stats.spare_buffers = self.bufs.spare() as u64;
@@ -992,6 +1028,7 @@ impl Reactor {
                 pool: None,
                 next_job: 0,
                 stats: Stats::default(),
+                samplers: Default::default(),
                 pending: Vec::new(),
                 next_generation: 0,
                 now: epoch.0,
@@ -1052,6 +1089,24 @@ impl Reactor {
     /// Shows `gauge` under `name` (see [`Reactor::register_counter`]).
     pub fn register_gauge(&mut self, name: impl Into<Cow<'static, str>>, gauge: &Gauge) -> bool {
         self.core.stats.app.register_gauge(name, gauge)
+    }
+
+    /// A counter read by `read` at each snapshot (see [`Loop::counter_fn`]).
+    pub fn counter_fn(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        read: impl Fn() -> u64 + 'static,
+    ) {
+        self.core.counter_fn(name.into(), Box::new(read));
+    }
+
+    /// A gauge read by `read` at each snapshot (see [`Loop::gauge_fn`]).
+    pub fn gauge_fn(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        read: impl Fn() -> i64 + 'static,
+    ) {
+        self.core.gauge_fn(name.into(), Box::new(read));
     }
 
     /// The program counter `name` of this loop (see [`Loop::counter`]), for a

@@ -173,6 +173,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Sets the count (a sampled counter: the value its component keeps).
+    pub(crate) fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
 }
 
 /// A program's own value that goes up and down (clients online, queue depth);
@@ -333,6 +338,44 @@ impl SlowHandlers {
             .iter()
             .map(|(k, n)| (k.as_str(), *n))
             .chain((self.other > 0).then_some(("other", self.other)))
+    }
+}
+
+/// Metrics a component keeps itself (a table's size, its own counts), read by a
+/// closure when the loop takes a snapshot and stored in an ordinary registered
+/// [`Counter`] or [`Gauge`]: nothing is paid between snapshots. The closures stay
+/// on the loop thread (they need not be `Send`); the values travel.
+#[derive(Default)]
+pub(crate) struct Samplers(Vec<Sampler>);
+
+enum Sampler {
+    Counter(Counter, Box<dyn Fn() -> u64>),
+    Gauge(Gauge, Box<dyn Fn() -> i64>),
+}
+
+impl Samplers {
+    pub(crate) fn counter(&mut self, c: Counter, read: Box<dyn Fn() -> u64>) {
+        self.0.push(Sampler::Counter(c, read));
+    }
+
+    pub(crate) fn gauge(&mut self, g: Gauge, read: Box<dyn Fn() -> i64>) {
+        self.0.push(Sampler::Gauge(g, read));
+    }
+
+    /// Reads every closure into its metric.
+    pub(crate) fn sample(&self) {
+        for s in &self.0 {
+            match s {
+                Sampler::Counter(c, read) => c.set(read()),
+                Sampler::Gauge(g, read) => g.set(read()),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Samplers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Samplers({})", self.0.len())
     }
 }
 

@@ -1424,3 +1424,38 @@ fn unacked_counts_what_the_peer_has_not_acknowledged() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// `counter_fn` and `gauge_fn`: a component's own numbers, read (on the loop
+/// thread, from state that is not `Send`) when a snapshot is taken, and only then.
+#[test]
+fn sampled_metrics_are_read_at_each_snapshot() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let mut r = reactor::Reactor::new().unwrap();
+    let table = Rc::new(Cell::new(3u64));
+    let reads = Rc::new(Cell::new(0u32));
+    let (t, n) = (table.clone(), reads.clone());
+    r.gauge_fn("table_size", move || {
+        n.set(n.get() + 1);
+        t.get() as i64
+    });
+    let t = table.clone();
+    r.counter_fn("table_inserts", move || t.get() * 10);
+    assert_eq!(
+        r.stats().gauge("table_size"),
+        Some(3),
+        "read once when registered"
+    );
+    table.set(5);
+    assert_eq!(
+        r.stats().gauge("table_size"),
+        Some(3),
+        "not read between snapshots"
+    );
+    let before = reads.get();
+    let s = r.snapshot();
+    assert_eq!(reads.get(), before + 1);
+    assert_eq!(s.gauge("table_size"), Some(5));
+    assert_eq!(s.counter("table_inserts"), Some(50));
+    assert!(s.to_string().contains(" table_inserts=50"), "{s}");
+}

@@ -123,6 +123,39 @@ impl Shared {
     }
 }
 
+/// The relay's numbers in its loop's stats line and metrics, read from the table
+/// and the counters when a snapshot is taken (nothing is mirrored on the way).
+fn register_metrics(reactor: &mut Reactor, shared: &Rc<RefCell<Shared>>) {
+    type Read = fn(&Shared) -> u64;
+    let gauges: [(&str, Read); 3] = [
+        ("relay_reservations", |s| s.table.stats().held as u64),
+        ("relay_reservations_in_grace", |s| {
+            s.table.stats().in_grace as u64
+        }),
+        ("relay_circuits", |s| s.table.stats().circuits as u64),
+    ];
+    for (name, read) in gauges {
+        let sh = shared.clone();
+        reactor.gauge_fn(name, move || read(&sh.borrow()) as i64);
+    }
+    let counters: [(&str, Read); 8] = [
+        ("relay_reservations_reclaimed", |s| {
+            s.table.stats().reclaimed
+        }),
+        ("relay_reservations_expired", |s| s.table.stats().expired),
+        ("relay_reservations_refused", |s| s.table.stats().refused),
+        ("relay_reservations_released", |s| s.table.stats().released),
+        ("relay_circuits_bridged", |s| s.circuits_bridged),
+        ("relay_circuits_over_budget", |s| s.circuits_over_budget),
+        ("relay_circuits_abandoned", |s| s.circuits_abandoned),
+        ("relay_protocol_errors", |s| s.protocol_errors),
+    ];
+    for (name, read) in counters {
+        let sh = shared.clone();
+        reactor.counter_fn(name, move || read(&sh.borrow()));
+    }
+}
+
 /// Messages between relay handlers.
 pub enum Notice {
     /// To a reserver's control connection: send this `INCOMING` frame.
@@ -178,6 +211,7 @@ pub fn spawn(reactor: &mut Reactor, addr: SocketAddr, cfg: RelayConfig) -> io::R
         protocol_errors: 0,
         client_log: LogLimiter::default(),
     }));
+    register_metrics(reactor, &shared);
     let s = shared.clone();
     let listener = Listener::bind(addr, cfg.listen.clone(), move |stream, peer| {
         Some(RelayConn::new(stream, peer, s.clone()))

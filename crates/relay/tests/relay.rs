@@ -1542,3 +1542,47 @@ fn reserve_client_serves_at_most_max_circuits_at_once() {
         "after the first ones closed"
     );
 }
+
+/// `relay --metrics ADDR`: reservations and circuits as the relay's own
+/// gauges and counters, next to the loop's, in a format promtool accepts.
+#[test]
+fn metrics_show_reservations_and_circuits() {
+    let (echo, _echo_loop) = run_loop(Config::default(), |r| {
+        let l = echo_listener("127.0.0.1:0".parse().unwrap(), EchoOptions::default()).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    let mut relay = Server::start(cmd);
+    let metrics = relay.metrics_addr();
+    let m = common::scrape::metrics(metrics);
+    assert_eq!(m[r#"relay_reservations{loop="0"}"#], 0.0);
+    let mut reserver = reserve_client(relay.addr, "svc", "svc-peer", echo);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-client"));
+    cmd.args(["--relay", &relay.addr.to_string(), "connect", "--id", "svc"]);
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let connector = Server::start(cmd);
+    let data = pseudo_random_bytes(21, 64 << 10);
+    assert_eq!(echo_through(connector.addr, data.clone()), data);
+    let end = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = common::scrape::metrics(metrics);
+        if m[r#"relay_circuits_bridged_total{loop="0"}"#] >= 1.0 {
+            break m;
+        }
+        assert!(Instant::now() < end, "no circuit counted: {m:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(m[r#"relay_reservations{loop="0"}"#], 1.0);
+    assert_eq!(m[r#"relay_protocol_errors_total{loop="0"}"#], 0.0);
+    if common::require_tool("promtool", &["--version"], "apt-get install prometheus") {
+        let body = common::scrape::get(metrics, "/metrics").body;
+        let (ok, said) = common::scrape::promtool(&body);
+        assert!(ok, "promtool: {said}\n{body}");
+    }
+    let _ = reserver.kill();
+    let _ = reserver.wait();
+    drop(connector);
+}

@@ -114,6 +114,9 @@ struct Common {
     /// HTTP tracker to announce to (default: the torrent's `announce`, if http://).
     #[arg(long)]
     tracker: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics, /healthz) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Message Stream Encryption: `disabled` (plaintext only), `enabled` (accept
     /// both; dial encrypted, retry in plaintext) or `forced` (MSE with RC4 only).
     #[arg(long, value_name = "POLICY", default_value = "enabled", value_parser = parse_encryption)]
@@ -300,6 +303,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             reactor
                 .shutdown_on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+            reactor_cli::serve_metrics(&mut reactor, common.metrics)?;
             // The error names what failed (listener or discovery) and its address.
             let t = torrent::start(&mut reactor, meta, Mode::Seed(data), cfg)
                 .map_err(|e| e.to_string())?;
@@ -378,6 +382,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             reactor
                 .shutdown_on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+            reactor_cli::serve_metrics(&mut reactor, common.metrics)?;
             let t = match (meta, magnet) {
                 (Some(meta), _) => torrent::start(&mut reactor, meta, Mode::Leech(out), cfg),
                 (None, Some(m)) => {

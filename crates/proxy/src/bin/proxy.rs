@@ -11,6 +11,10 @@
 //!       [--proxy-protocol-in --proxy-protocol-from CIDR...] [--proxy-protocol-out v1|v2]
 //!       [--udp-max-associations N] [--udp-idle-timeout SECS] [--udp-rate N]
 //!       [--udp-byte-rate N] [--udp-global-rate N] [--udp-global-byte-rate N]
+//!       [--tls-cert FILE --tls-key FILE]                terminate TLS from clients
+//!       [--upstream-tls [--upstream-ca FILE] [--upstream-server-name NAME]]
+//!                                                       TLS to the upstream (forwarder)
+//!       [--metrics ADDR]                                Prometheus metrics
 //! ```
 //! Prints `listening on IP:PORT` once bound; SIGINT/SIGTERM stop accepting, let open
 //! tunnels finish (up to the drain timeout), log the proxy's counters and exit 0.
@@ -23,8 +27,8 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use reactor::{Config, Reactor, StatsLogger};
 use reactor_proxy::{
-    Cidr, ClientRules, Mode, ProxyOptions, parse_host_port, proxy_listener, proxy_protocol,
-    udp::UdpLimits,
+    Cidr, ClientRules, Mode, ProxyOptions, Target, UpstreamTls, parse_host_port, proxy_listener,
+    proxy_protocol, udp::UdpLimits,
 };
 
 #[derive(Parser, Debug)]
@@ -116,6 +120,28 @@ struct Args {
     /// SOCKS5 UDP ASSOCIATE: payload bytes per second of all associations (0: none).
     #[arg(long, default_value_t = 256 << 20)]
     udp_global_byte_rate: u64,
+    /// Terminate TLS: clients speak TLS with this certificate chain (PEM; with
+    /// --tls-key), and their plaintext is relayed.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Originate TLS to the upstream (the forwarder's), verifying its certificate
+    /// against the system's CAs, or --upstream-ca.
+    #[arg(long, requires = "upstream")]
+    upstream_tls: bool,
+    /// Trust only the CA certificates in this PEM file for the upstream's
+    /// certificate (with --upstream-tls).
+    #[arg(long, value_name = "FILE", requires = "upstream_tls")]
+    upstream_ca: Option<std::path::PathBuf>,
+    /// The name the upstream's certificate must be valid for, also sent as SNI
+    /// (with --upstream-tls; default: the host of --upstream).
+    #[arg(long, value_name = "NAME", requires = "upstream_tls")]
+    upstream_server_name: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics, /healthz) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 use reactor_cli::secs;
@@ -211,6 +237,36 @@ fn run(args: Args, clients: ClientRules) -> Result<(), String> {
         Some("v1") => Some(proxy_protocol::Version::V1),
         Some(_) => Some(proxy_protocol::Version::V2),
     };
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let id = reactor_tls::Identity::from_pem_files(cert, key).map_err(|e| e.to_string())?;
+        let acceptor = reactor_tls::ServerTls::new(id)
+            .build()
+            .map_err(|e| format!("--tls-cert: {e}"))?;
+        opts.tls = Some(acceptor);
+    }
+    if args.upstream_tls {
+        let server_name = match (&args.upstream_server_name, &opts.mode) {
+            (Some(n), _) => n.clone(),
+            (None, Mode::Forward(Target::Domain { host, .. })) => host.clone(),
+            (None, Mode::Forward(Target::Addr(a))) => a.ip().to_string(),
+            (None, _) => return Err("--upstream-tls needs --upstream HOST:PORT".into()),
+        };
+        let client = match &args.upstream_ca {
+            Some(ca) => reactor_tls::ClientTls::with_ca_file(ca),
+            None => reactor_tls::ClientTls::system_roots(),
+        }
+        .and_then(|c| c.build())
+        .map_err(|e| format!("--upstream-tls: {e}"))?;
+        // Checked now, not at the first connection.
+        client
+            .filter(&server_name)
+            .map_err(|e| format!("--upstream-server-name: {e}"))?;
+        opts.upstream_tls = Some(UpstreamTls {
+            connector: client,
+            server_name,
+        });
+    }
+    opts.validate()?;
     let stats = secs("stats-interval", args.stats_interval)?;
     let config = Config::default().drain_timeout(secs("drain-timeout", args.drain_timeout)?);
 
@@ -229,14 +285,22 @@ fn run(args: Args, clients: ClientRules) -> Result<(), String> {
             }
         ),
     };
+    let tls = match (opts.tls.is_some(), &opts.upstream_tls) {
+        (false, None) => String::new(),
+        (true, None) => ", TLS from clients".into(),
+        (false, Some(u)) => format!(", TLS to the upstream ({})", u.server_name),
+        (true, Some(u)) => format!(", TLS from clients and to the upstream ({})", u.server_name),
+    };
     let (listener, counters) = proxy_listener(args.listen, opts)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr();
     reactor.spawn(listener);
+    counters.register(&mut reactor);
+    reactor_cli::serve_metrics(&mut reactor, args.metrics)?;
     if !stats.is_zero() {
         reactor.spawn(StatsLogger::new(stats, ""));
     }
-    log::info!("proxy on {addr}: {what}");
+    log::info!("proxy on {addr}: {what}{tls}");
     println!("listening on {addr}");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     let result = reactor.run().map_err(|e| format!("event loop failed: {e}"));

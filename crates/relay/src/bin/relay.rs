@@ -4,7 +4,7 @@
 //! relay [--listen 127.0.0.1:7700] [--max-reservations N] [--per-peer N] [--per-ip N]
 //!       [--ttl SECS] [--grace SECS] [--heartbeat-timeout SECS]
 //!       [--circuit-secs SECS] [--circuit-bytes BYTES] [--circuits-per-peer N]
-//!       [--stats-interval SECS]
+//!       [--stats-interval SECS] [--metrics ADDR]
 //! ```
 //! Prints `listening on IP:PORT` once bound; logs a stats line every
 //! `--stats-interval` and at shutdown; SIGINT/SIGTERM drain and exit 0.
@@ -54,6 +54,9 @@ struct Args {
     /// Log a stats line every SECS seconds (0: only at shutdown).
     #[arg(long, default_value_t = 60.0)]
     stats_interval: f64,
+    /// Serve Prometheus metrics (GET /metrics, /healthz) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 use reactor_cli::secs;
@@ -86,6 +89,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let relay = server::spawn(&mut reactor, args.listen, cfg)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    reactor_cli::serve_metrics(&mut reactor, args.metrics)?;
     println!("listening on {}", relay.local_addr);
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     reactor.run().map_err(|e| format!("event loop failed: {e}"))
