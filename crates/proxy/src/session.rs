@@ -810,7 +810,9 @@ impl Handler for Session {
                     u.batch.clear();
                     u.batch.extend_from_slice(&payload);
                     u.sends.push((to, 0, payload.len()));
-                    self.send_batch(cx, false);
+                    // Out to the destination, through the outside socket of its
+                    // family (where its answer comes back and is let through).
+                    self.send_batch(cx, true);
                 }
                 None => {
                     u.dropped += 1;

@@ -800,15 +800,20 @@ fn failed_session_lingers_then_closes() {
     let up = TcpListener::bind(local(0)).unwrap();
     let up_addr = up.local_addr().unwrap();
     let (reset_tx, reset_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
     thread::spawn(move || {
         let (mut s, _) = up.accept().unwrap();
         let mut buf = vec![0u8; D];
         Stream(45).fill(&mut buf);
         s.write_all(&buf).unwrap();
-        // Everything is acknowledged by the proxy's kernel; then a reset.
+        // Everything is acknowledged by the proxy's kernel, and the proxy has read
+        // it (the client has its first bytes); then a reset. A reset that came
+        // before the proxy's read would discard the bytes in its kernel, and
+        // leave it nothing to linger for.
         while unacked(&s) > 0 {
             thread::sleep(Duration::from_millis(5));
         }
+        go_rx.recv_timeout(T).unwrap();
         reset(s);
         reset_tx.send(Instant::now()).unwrap();
     });
@@ -822,6 +827,10 @@ fn failed_session_lingers_then_closes() {
     sock.connect_timeout(&proxy.into(), T).unwrap();
     let c: TcpStream = sock.into();
     c.set_read_timeout(Some(T)).unwrap();
+    // One write of 12 KiB is one segment on loopback, read by the proxy at once:
+    // when the client sees a byte, the proxy holds them all.
+    c.peek(&mut [0u8; 1]).expect("the first bytes reach the client");
+    go_tx.send(()).unwrap();
     // The proxy's linger deadline is at least LINGER after the reset.
     let reset_at = reset_rx.recv_timeout(T).unwrap();
     thread::sleep(
@@ -1607,4 +1616,98 @@ fn socks5_hostile_clients() {
     let c = counters.snapshot();
     assert!(c.handshake_failed >= 9, "{c}");
     assert_eq!(server.stop().handlers_failed, 0);
+}
+
+/// UDP ASSOCIATE with a raw client: a datagram to a name goes out (after the name
+/// is resolved on the pool) through the relay's outside socket, like one to an
+/// address, and the answer comes back with the SOCKS5 UDP header naming who
+/// answered. (A resolved datagram used to leave through the client-side socket:
+/// the answer came back there, from an address that is not the client, and was
+/// dropped.)
+#[test]
+fn socks5_udp_associate_relays_to_names_and_addresses() {
+    use reactor_proxy::socks5_udp::{UdpTarget, encode_udp_header, parse_udp};
+    let echo = std::net::UdpSocket::bind(local(0)).unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    echo.set_read_timeout(Some(T)).unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let mut opts = socks_opts();
+    opts.resolver = Resolver::new(move |host, port| match host {
+        "echo.test" => Ok(vec![SocketAddr::new(echo_addr.ip(), port)]),
+        _ => Err(std::io::Error::new(ErrorKind::NotFound, "unknown name")),
+    });
+    let (proxy, counters, server) = start_proxy(opts);
+    let client = std::net::UdpSocket::bind(local(0)).unwrap();
+    client.set_read_timeout(Some(T)).unwrap();
+    let mut s = connect(proxy);
+    let mut msg = Vec::new();
+    socks5::encode_greeting(&[METHOD_NO_AUTH], &mut msg).unwrap();
+    socks5::encode_request(
+        SocksCommand::UdpAssociate,
+        &v4(client.local_addr().unwrap()),
+        &mut msg,
+    )
+    .unwrap();
+    s.write_all(&msg).unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, METHOD_NO_AUTH]);
+    let mut got = Vec::new();
+    let relay = loop {
+        if let Some((rep, bound, _)) = socks5::parse_reply(&got).expect("valid reply") {
+            assert_eq!(rep, 0, "UDP ASSOCIATE refused");
+            let Target::Addr(a) = bound else {
+                panic!("the relay is named by a name: {bound:?}")
+            };
+            break a;
+        }
+        let mut b = [0u8; 64];
+        let n = s.read(&mut b).expect("reading the reply");
+        assert!(n > 0, "closed before replying");
+        got.extend_from_slice(&b[..n]);
+    };
+    let targets = [
+        UdpTarget::Domain {
+            host: "echo.test",
+            port: echo_addr.port(),
+        },
+        UdpTarget::Addr(echo_addr),
+        // The second to the name comes from the association's cache.
+        UdpTarget::Domain {
+            host: "echo.test",
+            port: echo_addr.port(),
+        },
+    ];
+    for (i, to) in targets.iter().enumerate() {
+        let payload = format!("datagram {i} to {to}");
+        let mut d = Vec::new();
+        encode_udp_header(to, &mut d).unwrap();
+        d.extend_from_slice(payload.as_bytes());
+        client.send_to(&d, relay).unwrap();
+        let mut b = [0u8; 2048];
+        let (n, from) = client
+            .recv_from(&mut b)
+            .unwrap_or_else(|e| panic!("no answer to the datagram to {to}: {e}"));
+        assert_eq!(from, relay, "the answer comes from the relay");
+        let (by, answer) = parse_udp(&b[..n]).unwrap();
+        assert_eq!(
+            by,
+            UdpTarget::Addr(echo_addr),
+            "the answer names who answered"
+        );
+        assert_eq!(answer, payload.as_bytes());
+    }
+    drop(s);
+    wait_idle(&counters);
+    let c = counters.snapshot();
+    assert_eq!(c.udp_datagrams, 6, "3 there and 3 back: {c}");
+    let stats = server.stop();
+    assert!(
+        stats.jobs_completed >= 1,
+        "the name was not resolved on the pool"
+    );
+    assert_eq!(stats.handlers_failed, 0);
 }

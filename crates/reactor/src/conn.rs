@@ -49,8 +49,9 @@ const SEND_FLAGS: SendFlags = SendFlags::NOSIGNAL;
 #[cfg(target_vendor = "apple")]
 const SEND_FLAGS: SendFlags = SendFlags::empty();
 
+use crate::buf::BufPool;
 use crate::event::{Event, SourceId};
-use crate::filter::StreamFilter;
+use crate::filter::{PlainRead, StreamFilter, WireRead};
 use crate::framing::{Decoder, Frame, FrameError};
 use crate::reactor::Loop;
 use crate::timer::TimerId;
@@ -188,6 +189,8 @@ struct Filtered {
     wout: BytesMut,
     /// We ended our stream through the filter (`close_notify` queued).
     closed: bool,
+    /// The filter reads from and writes to the socket itself ([`StreamFilter::direct`]).
+    direct: bool,
 }
 
 impl std::fmt::Debug for Filtered {
@@ -229,11 +232,13 @@ impl Conn {
     /// This connection with `filter` between its socket and its buffers (TLS:
     /// `reactor-tls`). Set it before the first byte is read or written.
     pub fn with_filter(mut self, filter: Box<dyn StreamFilter>) -> Conn {
+        let direct = filter.direct();
         self.filter = Some(Box::new(Filtered {
             f: filter,
             win: BytesMut::new(),
             wout: BytesMut::new(),
             closed: false,
+            direct,
         }));
         self.filtered = true;
         self
@@ -997,6 +1002,9 @@ impl Conn {
         discard: bool,
         st: &mut ReadStatus,
     ) -> io::Result<()> {
+        if self.filter.as_ref().is_some_and(|f| f.direct) {
+            return self.direct_read(cx, discard, st);
+        }
         let Some(flt) = self.filter.as_mut() else {
             return Ok(());
         };
@@ -1061,27 +1069,16 @@ impl Conn {
             if flt.win.is_empty() && wire_eof {
                 flt.f.input_eof()?;
             }
-            cx.core().bufs.refill(&mut self.rbuf);
-            // Plaintext goes into the room the buffer has: growing it (past the
-            // allocator's mmap threshold, for a pool-sized buffer) on every read
-            // would cost far more than the copy. Only a frame larger than the
-            // buffer makes it grow, up to `max_read_buffer`, as in `fill`.
-            let len = self.rbuf.len();
-            if !discard && len == self.rbuf.capacity() && len < self.cfg.max_read_buffer {
-                self.rbuf
-                    .reserve(len.min(self.cfg.max_read_buffer - len).max(1));
-            }
-            let room = self.rbuf.capacity() - self.rbuf.len();
-            let got = flt.f.read_plain(&mut self.rbuf, room)?;
-            if got.bytes > 0 {
-                moved = true;
-                if discard {
-                    self.rbuf.clear();
-                    self.scanned = 0;
-                } else {
-                    st.bytes += got.bytes;
-                }
-            }
+            let (got, room) = take_plain(
+                &mut *flt.f,
+                &mut self.rbuf,
+                &mut self.scanned,
+                &self.cfg,
+                &mut cx.core().bufs,
+                discard,
+                st,
+            )?;
+            moved |= got.bytes > 0;
             if got.eof {
                 self.eof = true;
                 st.eof = true;
@@ -1108,6 +1105,72 @@ impl Conn {
             cx.requeue(Event::readable(self.source));
         }
         Ok(())
+    }
+
+    /// [`filtered_read`](Conn::filtered_read) for a filter that reads the socket
+    /// itself: wire bytes go from the socket into the filter's buffer (no copy
+    /// through ours), and plaintext out after each read, to `WouldBlock`, end of
+    /// file, the budget, or a full read buffer.
+    fn direct_read(
+        &mut self,
+        cx: &mut Loop<'_>,
+        discard: bool,
+        st: &mut ReadStatus,
+    ) -> io::Result<()> {
+        let Some(flt) = self.filter.as_mut() else {
+            return Ok(());
+        };
+        let budget = self.cfg.read_budget.max(1);
+        let mut wire = 0usize;
+        let result = loop {
+            let mut socket = SocketRead {
+                stream: &self.stream,
+                limit: budget - wire,
+            };
+            let (mut blocked, mut full, mut wire_eof) = (false, false, false);
+            match flt.f.read_wire(&mut socket) {
+                Ok(WireRead::Data(n)) => wire += n,
+                Ok(WireRead::Eof) => wire_eof = true,
+                Ok(WireRead::Full) => full = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            }
+            let (got, room) = match take_plain(
+                &mut *flt.f,
+                &mut self.rbuf,
+                &mut self.scanned,
+                &self.cfg,
+                &mut cx.core().bufs,
+                discard,
+                st,
+            ) {
+                Ok(x) => x,
+                Err(e) => break Err(e),
+            };
+            if got.eof || wire_eof {
+                // A socket end the filter did not call the stream's end is one too.
+                self.eof = true;
+                st.eof = true;
+                break Ok(());
+            }
+            if (got.more && room == 0) || (full && got.bytes == 0) {
+                // The read buffer is full: the handler consumes, then this runs
+                // again for what the filter and the socket still hold.
+                cx.requeue(Event::readable(self.source));
+                break Ok(());
+            }
+            if blocked {
+                break Ok(());
+            }
+            if wire >= budget {
+                // Stopped by the budget: no new edge will come for the rest.
+                cx.requeue(Event::readable(self.source));
+                break Ok(());
+            }
+        };
+        cx.core().stats.bytes_in += wire as u64;
+        result
     }
 
     /// `flush` through the filter: plaintext into the filter, its wire bytes to the
@@ -1154,6 +1217,47 @@ impl Conn {
             if self.shutdown_requested && self.wbuf.is_empty() && !flt.closed {
                 flt.closed = true;
                 flt.f.close();
+            }
+            if flt.direct && flt.wout.is_empty() && flt.f.wants_output() {
+                // Straight from the filter to the socket, no copy through `wout`.
+                let mut blocked = false;
+                while flt.f.wants_output() && sent_total < budget {
+                    match flt.f.write_wire(&mut SocketWrite(&self.stream)) {
+                        Ok(0) => {
+                            blocked = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            cx.core().stats.bytes_out += n as u64;
+                            sent_total += n;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                // What the socket did not take waits in `wout`, where it is counted
+                // (it fits: the plaintext was bounded by `wout`'s room).
+                if flt.f.wants_output() {
+                    flt.f.output(&mut flt.wout)?;
+                }
+                if blocked {
+                    break; // the socket is full: a writable edge will come
+                }
+                if sent_total >= budget {
+                    if !flt.wout.is_empty() || !self.wbuf.is_empty() {
+                        // Stopped by the budget with room left: no edge will come.
+                        cx.requeue(Event::writable(self.source));
+                    }
+                    break;
+                }
+                if self.wbuf.is_empty() && flt.wout.is_empty() {
+                    break;
+                }
+                continue;
             }
             if flt.f.wants_output() {
                 flt.f.output(&mut flt.wout)?;
@@ -1223,6 +1327,82 @@ impl Conn {
             return Ok(false);
         }
         Ok(self.take_congested())
+    }
+}
+
+/// Plaintext from a filter into the read buffer, into the room the buffer has:
+/// growing it (past the allocator's mmap threshold, for a pool-sized buffer) on
+/// every read would cost far more than the copy. Only a frame larger than the
+/// buffer makes it grow, up to `max_read_buffer`, as in `fill`. Returns what the
+/// filter gave and the room it was offered.
+fn take_plain(
+    f: &mut dyn StreamFilter,
+    rbuf: &mut BytesMut,
+    scanned: &mut usize,
+    cfg: &ConnConfig,
+    pool: &mut BufPool,
+    discard: bool,
+    st: &mut ReadStatus,
+) -> io::Result<(PlainRead, usize)> {
+    pool.refill(rbuf);
+    let len = rbuf.len();
+    if !discard && len == rbuf.capacity() && len < cfg.max_read_buffer {
+        rbuf.reserve(len.min(cfg.max_read_buffer - len).max(1));
+    }
+    let room = rbuf.capacity() - rbuf.len();
+    let got = f.read_plain(rbuf, room)?;
+    if got.bytes > 0 {
+        if discard {
+            rbuf.clear();
+            *scanned = 0;
+        } else {
+            st.bytes += got.bytes;
+        }
+    }
+    Ok((got, room))
+}
+
+/// The socket as `io::Read`, for a filter that reads it itself: at most `limit`
+/// bytes per read (the rest of the read budget).
+struct SocketRead<'a> {
+    stream: &'a TcpStream,
+    limit: usize,
+}
+
+impl io::Read for SocketRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.limit.max(1));
+        loop {
+            match rustix::io::read(self.stream, &mut buf[..n]) {
+                Ok(n) => return Ok(n),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The socket as `io::Write`, for a filter that writes to it itself: one `send`,
+/// or one `sendmsg` of all the filter's chunks, without `SIGPIPE`.
+struct SocketWrite<'a>(&'a TcpStream);
+
+impl io::Write for SocketWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(self.0, buf, SEND_FLAGS)?)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut control = rustix::net::SendAncillaryBuffer::default();
+        Ok(rustix::net::sendmsg(
+            self.0,
+            bufs,
+            &mut control,
+            SEND_FLAGS,
+        )?)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -29,6 +29,19 @@ pub struct PlainRead {
     pub more: bool,
 }
 
+/// What [`StreamFilter::read_wire`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireRead {
+    /// This many wire bytes were read from the socket, and processed.
+    Data(usize),
+    /// The socket reached end of file (processed: [`StreamFilter::read_plain`]
+    /// then says how the stream ended).
+    Eof,
+    /// The filter holds as much plaintext as it may: [`StreamFilter::read_plain`]
+    /// must take some before it reads more.
+    Full,
+}
+
 /// A transformation between a connection's socket bytes and its handler's bytes.
 ///
 /// The connection calls it in this order as bytes arrive: [`input`](Self::input)
@@ -71,6 +84,32 @@ pub trait StreamFilter: 'static {
 
     /// True while wire bytes wait for [`output`](Self::output).
     fn wants_output(&self) -> bool;
+
+    /// The filter reads wire bytes from the socket and writes them to it itself
+    /// ([`read_wire`](Self::read_wire), [`write_wire`](Self::write_wire)), into and
+    /// out of buffers of its own: each direction then skips one copy through the
+    /// connection's buffers. Default false: the connection uses
+    /// [`input`](Self::input) and [`output`](Self::output).
+    fn direct(&self) -> bool {
+        false
+    }
+
+    /// Reads wire bytes from `socket` (the connection's, non-blocking: its errors,
+    /// `WouldBlock` included, come back as they are) and processes them as
+    /// [`input`](Self::input) would. Called only if [`direct`](Self::direct).
+    fn read_wire(&mut self, socket: &mut dyn io::Read) -> io::Result<WireRead> {
+        let _ = socket;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Writes wire bytes waiting in the filter to `socket`; returns how many
+    /// (`WouldBlock` when the socket is full). Called only if
+    /// [`direct`](Self::direct); what the socket does not take is later taken by
+    /// [`output`](Self::output), so the connection can count it.
+    fn write_wire(&mut self, socket: &mut dyn io::Write) -> io::Result<usize> {
+        let _ = socket;
+        Err(io::ErrorKind::Unsupported.into())
+    }
 
     /// Ends our stream (TLS `close_notify`); [`output`](Self::output) then carries it.
     fn close(&mut self);

@@ -100,7 +100,7 @@ pub use conn::{Conn, ConnConfig, IdleTimeout, ReadStatus};
 pub use event::{
     CloseReason, Error, Event, HandlerId, HandlerResult, ProtocolError, SourceId, is_peer_gone,
 };
-pub use filter::{FilterFactory, PlainRead, StreamFilter};
+pub use filter::{FilterFactory, PlainRead, StreamFilter, WireRead};
 pub use framed::{Framed, FramedConfig, Group, Link, Protocol};
 pub use handler::{Addr, Context, Handler, split_event};
 pub use listener::{ListenOptions, Listener, bind as bind_tcp};

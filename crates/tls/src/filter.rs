@@ -1,18 +1,21 @@
 //! [`TlsFilter`]: a rustls connection as a [`reactor::StreamFilter`].
 //!
-//! The connection (`Conn`) reads wire bytes and hands them to [`StreamFilter::input`];
-//! this feeds them to rustls (`read_tls` and `process_new_packets` together, so a
+//! rustls reads the connection's socket itself ([`StreamFilter::read_wire`]:
+//! `read_tls` from the socket `Conn` lends it, then `process_new_packets`, so a
 //! record is never left unprocessed), and [`StreamFilter::read_plain`] drains every
 //! decrypted byte rustls holds, so none sit there waiting for an edge that will not
-//! come. Whatever rustls wants to send (handshake messages, alerts, records) is taken
-//! by [`StreamFilter::output`], which `Conn` calls after every input and every
-//! write. This module must not touch sockets.
+//! come. Whatever rustls wants to send (handshake messages, alerts, records) goes
+//! to the socket by [`StreamFilter::write_wire`], and what the socket refuses is
+//! taken by [`StreamFilter::output`] into `Conn`'s queue, where it is counted.
+//! The buffered path (`input`, `output`) serves a `Conn` that wants it and the
+//! in-memory handshake benchmark. This module opens and owns no socket: it reads
+//! and writes only the one `Conn` lends it for the call.
 
 use std::any::Any;
 use std::io::{self, BufRead, Write};
 
 use bytes::BytesMut;
-use reactor::{PlainRead, StreamFilter};
+use reactor::{PlainRead, StreamFilter, WireRead};
 use rustls::Connection;
 
 /// Plaintext rustls may hold for us (both directions) before it pushes back: about
@@ -177,6 +180,31 @@ impl StreamFilter for TlsFilter {
 
     fn wants_output(&self) -> bool {
         self.conn.wants_write()
+    }
+
+    fn direct(&self) -> bool {
+        true
+    }
+
+    fn read_wire(&mut self, socket: &mut dyn io::Read) -> io::Result<WireRead> {
+        let n = match self.conn.read_tls(socket) {
+            Ok(n) => n,
+            // Its plaintext buffer is full: `read_plain` must take some first.
+            Err(e) if e.kind() == io::ErrorKind::Other => return Ok(WireRead::Full),
+            Err(e) => return Err(e),
+        };
+        // Every record read is processed at once: none is left for an edge that
+        // will not come (a zero-byte read records the end of file too).
+        self.conn.process_new_packets().map_err(invalid)?;
+        Ok(if n == 0 {
+            WireRead::Eof
+        } else {
+            WireRead::Data(n)
+        })
+    }
+
+    fn write_wire(&mut self, socket: &mut dyn io::Write) -> io::Result<usize> {
+        self.conn.write_tls(socket)
     }
 
     fn close(&mut self) {
