@@ -829,7 +829,8 @@ fn failed_session_lingers_then_closes() {
     c.set_read_timeout(Some(T)).unwrap();
     // One write of 12 KiB is one segment on loopback, read by the proxy at once:
     // when the client sees a byte, the proxy holds them all.
-    c.peek(&mut [0u8; 1]).expect("the first bytes reach the client");
+    c.peek(&mut [0u8; 1])
+        .expect("the first bytes reach the client");
     go_tx.send(()).unwrap();
     // The proxy's linger deadline is at least LINGER after the reset.
     let reset_at = reset_rx.recv_timeout(T).unwrap();
