@@ -313,6 +313,10 @@ impl Client {
         let n = shared.next_conn.get();
         shared.next_conn.set(n + 1);
         let conn = Conn::connect(shared.cfg.target, 0, ConnConfig::default())?;
+        // Live from now, not from `on_start`: a churning client spawns its successor
+        // and closes, and when every slot does so in one loop iteration the
+        // controller's check would otherwise see no live connection and stop the run.
+        shared.live.set(shared.live.get() + 1);
         let depth = shared.cfg.depth;
         Ok(Client {
             conn,
@@ -453,7 +457,6 @@ impl Handler for Client {
     }
 
     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
-        self.shared.live.set(self.shared.live.get() + 1);
         self.shared.clients.borrow_mut().push(cx.id());
         self.conn.register(cx)?;
         self.connect_timer = Some(cx.timer_once(CONNECT_TIMEOUT));
