@@ -122,7 +122,9 @@ mod tests {
         for cuts in [&[][..], &[0], &[1, 2, 3], &[500, 7], &[65535; 40]] {
             let p = pieces(&s, cuts, 64);
             assert_eq!(p.concat(), s);
-            assert!(p.iter().all(|x| x.len() <= 64 || cuts.is_empty()));
+            // Every piece cut by a size is at most `max_piece`; the last takes the rest.
+            assert!(p[..p.len() - 1].iter().all(|x| !x.is_empty() && x.len() <= 64));
+            assert!(p.len() <= cuts.len() + 1);
         }
         assert_eq!(pieces(&[], &[3], 8), vec![&[][..]]);
     }
