@@ -744,29 +744,15 @@ impl Picker {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashSet;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            reactor_test_support::fuzz::xorshift(&mut x);
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
-
-    const A: PeerKey = PeerKey(1);
-    const B: PeerKey = PeerKey(2);
-
-    /// Check the ordering structure against a brute-force recomputation.
-    fn check(p: &Picker) {
+#[cfg(any(test, feature = "fuzzing"))]
+impl Picker {
+    /// Checks the ordering structure and the partial pieces against a brute-force
+    /// recomputation and panics on the first disagreement. For tests and the fuzz
+    /// targets (feature `fuzzing`); O(pieces), never on a hot path.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        use std::collections::HashSet;
+        let p = self;
         let n = p.geo.piece_count;
         let mut seen = vec![false; n as usize];
         for (i, &piece) in p.order.iter().enumerate() {
@@ -801,18 +787,40 @@ mod tests {
         }
         assert_eq!(p.have.count(), n - p.n_active);
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            reactor_test_support::fuzz::xorshift(&mut x);
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    const A: PeerKey = PeerKey(1);
+    const B: PeerKey = PeerKey(2);
 
     fn pick(p: &mut Picker, peer: PeerKey, has: &Bitfield, max: usize) -> Vec<BlockRef> {
         let mut v = Vec::new();
         p.next_requests(peer, has, max, &mut v);
-        check(p);
+        p.check_invariants();
         v
     }
 
     fn recv(p: &mut Picker, peer: PeerKey, b: BlockRef) -> (Received, Vec<PeerKey>) {
         let mut c = Vec::new();
         let r = p.block_received(peer, b, &mut c);
-        check(p);
+        p.check_invariants();
         (r, c)
     }
 
@@ -846,7 +854,7 @@ mod tests {
         let p = Picker::with_options(10, 4, 16384, 5).unwrap();
         assert_eq!(p.block_size(), 4);
         assert_eq!(p.piece_len(2), 2);
-        check(&p);
+        p.check_invariants();
         // The big case from the brief: 100k pieces of 16 MiB.
         let mut p = Picker::new(100_000 * (16 << 20), 16 << 20).unwrap();
         assert_eq!(p.piece_count(), 100_000);
@@ -864,7 +872,7 @@ mod tests {
         for (piece, &n) in avail.iter().enumerate() {
             for _ in 0..n {
                 p.peer_have(piece as u32);
-                check(&p);
+                p.check_invariants();
             }
         }
         assert_eq!(p.availability(3), 4);
@@ -1154,7 +1162,7 @@ mod tests {
         assert_eq!(p.requests_in_flight(), 4);
         recv(&mut p, A, a[0]);
         p.requests_dropped(A);
-        check(&p);
+        p.check_invariants();
         assert_eq!(p.requests_in_flight(), 0);
         // Piece with a received block stays partial; the other one is freed.
         assert_eq!(p.partial_count(), 1);
@@ -1179,12 +1187,12 @@ mod tests {
                 len: 10
             }
         ));
-        check(&p);
+        p.check_invariants();
         assert_eq!(pick(&mut p, A, &all, 1), vec![b[2]]);
         // peer_left drops requests and availability.
         let before = p.availability(0);
         p.peer_left(A, &all);
-        check(&p);
+        p.check_invariants();
         assert_eq!(p.availability(0), before - 1);
         assert_eq!(p.requests_in_flight(), 2);
     }
@@ -1197,20 +1205,20 @@ mod tests {
         bf.set(3);
         p.peer_bitfield(&bf);
         p.peer_bitfield(&Bitfield::full(4));
-        check(&p);
+        p.check_invariants();
         let v = pick(&mut p, A, &Bitfield::full(4), 1);
         p.mark_have(v[0].piece);
-        check(&p);
+        p.check_invariants();
         p.mark_have(v[0].piece);
         for piece in 0..5 {
             p.mark_have(piece);
-            check(&p);
+            p.check_invariants();
         }
         assert!(p.is_finished());
         p.peer_left(A, &bf);
         p.peer_have(7);
         p.peer_have(0);
-        check(&p);
+        p.check_invariants();
         assert_eq!(p.availability(0), 2);
     }
 
@@ -1234,7 +1242,7 @@ mod tests {
             for (_, bf) in &peers {
                 p.peer_bitfield(bf);
             }
-            check(&p);
+            p.check_invariants();
             let mut inflight: Vec<Vec<BlockRef>> = vec![Vec::new(); peers.len()];
             let mut steps = 0;
             while !p.is_finished() {
@@ -1304,7 +1312,7 @@ mod tests {
                         }
                     }
                 }
-                check(&p);
+                p.check_invariants();
                 assert!(p.requests_in_flight() <= inflight.iter().map(Vec::len).sum());
             }
             assert_eq!(p.partial_count(), 0);

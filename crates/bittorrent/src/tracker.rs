@@ -347,10 +347,13 @@ pub fn build_request(url: &str, req: &AnnounceRequest) -> Result<HttpRequest, Tr
         out.push(b'/');
     }
     out.extend_from_slice(u.path.as_bytes());
-    if !u.path.contains('?') {
-        out.push(b'?');
-    } else if !u.path.ends_with(['?', '&']) {
-        out.push(b'&');
+    // Our parameters start a query, or join the URL's own after a separator. Only
+    // the query (after the first '?') decides: in "/x???" it is "??", which needs
+    // an '&', or `info_hash` would arrive glued to it as a "??info_hash" key.
+    match u.path.split_once('?') {
+        None => out.push(b'?'),
+        Some((_, query)) if query.is_empty() || query.ends_with('&') => {}
+        Some(_) => out.push(b'&'),
     }
     out.extend_from_slice(b"info_hash=");
     percent_encode(&req.info_hash, &mut out);
@@ -835,6 +838,11 @@ mod tests {
             ("http://h", "GET /?info_hash="),
             ("http://h?a=b", "GET /?a=b&info_hash="),
             ("http://h:80/", "GET /?info_hash="),
+            // Found by the tracker_request fuzz target: a query ending in '?'
+            // is not empty, so the first parameter needs its '&'.
+            ("http://h/x???", "GET /x???&info_hash="),
+            ("http://h???", "GET /???&info_hash="),
+            ("http://h/x?a=?", "GET /x?a=?&info_hash="),
         ] {
             let r = build_request(url, &q).unwrap();
             let s = String::from_utf8(r.bytes).unwrap();

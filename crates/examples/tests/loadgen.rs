@@ -231,6 +231,39 @@ fn every_mode_runs_clean_over_tls_and_a_bad_certificate_fails_the_run() {
     assert!(!log.contains("panick"), "server log: {log}");
 }
 
+/// Many churning connections finish in the same loop iterations; the run must go
+/// on replacing them (it used to stop early, "every connection has closed", when
+/// all of them were between a close and their successor's start at once).
+#[test]
+fn churn_with_many_connections_runs_its_whole_window() {
+    let srv = echo_server();
+    let target = srv.addr.to_string();
+    for _ in 0..3 {
+        let args = [
+            "--target",
+            &target,
+            "--mode",
+            "churn",
+            "--connections",
+            "256",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.3",
+        ];
+        let out = loadgen(&args, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "exit {:?}; stderr: {stderr}",
+            out.status
+        );
+        let r = result_line(&out);
+        assert_eq!(f(&r, "errors"), 0.0, "{r:?}");
+        assert!(f(&r, "seconds") >= 1.4, "stopped early: {r:?} {stderr}");
+    }
+}
+
 /// A tiny blocking TCP server on 127.0.0.1:0 that handles each connection with
 /// `serve` on its own thread until `stop` is set.
 struct TestServer {

@@ -903,6 +903,73 @@ impl Table {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl Table {
+    /// Cross-checks every index against the reservations and panics on the first
+    /// disagreement: counts per peer and per address equal the reservations they
+    /// index and stay within the limits, every reservation and watched connection
+    /// has exactly its one deadline, nothing in grace is missing from a grace set.
+    /// For tests and the fuzz targets (feature `fuzzing`); O(n), never on a hot path.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        assert_eq!(self.ids.len(), self.res.len());
+        assert!(self.res.len() <= self.limits.max_total);
+        let mut peer_counts: HashMap<&str, usize> = HashMap::new();
+        let mut ip_counts: HashMap<IpAddr, usize> = HashMap::new();
+        let mut grace = 0;
+        for (k, r) in &self.res {
+            assert_eq!(self.ids.get(&r.id), Some(k));
+            assert!(self.deadlines.contains(&(r.due, Due::Res(*k))));
+            *peer_counts.entry(&r.peer).or_default() += 1;
+            *ip_counts.entry(r.ip).or_default() += 1;
+            match r.state {
+                State::Active => {
+                    assert_eq!(r.due, r.expires);
+                    assert!(self.conns[&r.conn].res.contains(k));
+                }
+                State::InGrace { until } => {
+                    grace += 1;
+                    assert_eq!(r.due, until.min(r.expires));
+                    assert!(self.grace.contains(&(until, *k)));
+                    assert!(self.peers[&*r.peer].grace.contains(&(until, *k)));
+                    assert!(self.ips[&r.ip].grace.contains(&(until, *k)));
+                }
+            }
+        }
+        assert_eq!(self.grace.len(), grace);
+        for (p, e) in &self.peers {
+            let n = peer_counts.get(&**p).copied().unwrap_or(0);
+            assert_eq!(e.count, n);
+            assert!(n <= self.limits.per_peer);
+            assert!(e.count > 0 || e.circuits > 0);
+        }
+        assert_eq!(
+            peer_counts.len(),
+            self.peers.values().filter(|p| p.count > 0).count()
+        );
+        for (ip, e) in &self.ips {
+            assert_eq!(e.count, ip_counts[ip]);
+            assert!(e.count <= self.limits.per_ip);
+        }
+        assert_eq!(ip_counts.len(), self.ips.len());
+        let mut due_count = self.res.len();
+        for (c, e) in &self.conns {
+            assert!(!e.res.is_empty());
+            if let Some(d) = e.due {
+                assert!(self.deadlines.contains(&(d, Due::Conn(*c))));
+                due_count += 1;
+            }
+        }
+        for (id, c) in &self.circuits {
+            if let Some(d) = c.due {
+                assert!(self.deadlines.contains(&(d, Due::Circuit(*id))));
+                due_count += 1;
+            }
+        }
+        assert_eq!(self.deadlines.len(), due_count);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -931,67 +998,6 @@ mod tests {
         t.expire(now, &mut out);
         t.check_invariants();
         out
-    }
-
-    impl Table {
-        /// Cross-checks every index against the reservations.
-        fn check_invariants(&self) {
-            assert_eq!(self.ids.len(), self.res.len());
-            assert!(self.res.len() <= self.limits.max_total);
-            let mut peer_counts: HashMap<&str, usize> = HashMap::new();
-            let mut ip_counts: HashMap<IpAddr, usize> = HashMap::new();
-            let mut grace = 0;
-            for (k, r) in &self.res {
-                assert_eq!(self.ids.get(&r.id), Some(k));
-                assert!(self.deadlines.contains(&(r.due, Due::Res(*k))));
-                *peer_counts.entry(&r.peer).or_default() += 1;
-                *ip_counts.entry(r.ip).or_default() += 1;
-                match r.state {
-                    State::Active => {
-                        assert_eq!(r.due, r.expires);
-                        assert!(self.conns[&r.conn].res.contains(k));
-                    }
-                    State::InGrace { until } => {
-                        grace += 1;
-                        assert_eq!(r.due, until.min(r.expires));
-                        assert!(self.grace.contains(&(until, *k)));
-                        assert!(self.peers[&*r.peer].grace.contains(&(until, *k)));
-                        assert!(self.ips[&r.ip].grace.contains(&(until, *k)));
-                    }
-                }
-            }
-            assert_eq!(self.grace.len(), grace);
-            for (p, e) in &self.peers {
-                let n = peer_counts.get(&**p).copied().unwrap_or(0);
-                assert_eq!(e.count, n);
-                assert!(n <= self.limits.per_peer);
-                assert!(e.count > 0 || e.circuits > 0);
-            }
-            assert_eq!(
-                peer_counts.len(),
-                self.peers.values().filter(|p| p.count > 0).count()
-            );
-            for (ip, e) in &self.ips {
-                assert_eq!(e.count, ip_counts[ip]);
-                assert!(e.count <= self.limits.per_ip);
-            }
-            assert_eq!(ip_counts.len(), self.ips.len());
-            let mut due_count = self.res.len();
-            for (c, e) in &self.conns {
-                assert!(!e.res.is_empty());
-                if let Some(d) = e.due {
-                    assert!(self.deadlines.contains(&(d, Due::Conn(*c))));
-                    due_count += 1;
-                }
-            }
-            for (id, c) in &self.circuits {
-                if let Some(d) = c.due {
-                    assert!(self.deadlines.contains(&(d, Due::Circuit(*id))));
-                    due_count += 1;
-                }
-            }
-            assert_eq!(self.deadlines.len(), due_count);
-        }
     }
 
     #[test]

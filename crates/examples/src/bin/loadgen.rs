@@ -351,6 +351,10 @@ impl Client {
         if let Some((tls, name)) = &shared.cfg.tls {
             conn = conn.with_filter(tls.filter(name)?);
         }
+        // Live from now, not from `on_start`: a churning client spawns its successor
+        // and closes, and when every slot does so in one loop iteration the
+        // controller's check would otherwise see no live connection and stop the run.
+        shared.live.set(shared.live.get() + 1);
         let depth = shared.cfg.depth;
         Ok(Client {
             conn,
@@ -491,7 +495,6 @@ impl Handler for Client {
     }
 
     fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
-        self.shared.live.set(self.shared.live.get() + 1);
         self.shared.clients.borrow_mut().push(cx.id());
         self.conn.register(cx)?;
         self.connect_timer = Some(cx.timer_once(CONNECT_TIMEOUT));
