@@ -1053,6 +1053,7 @@ impl Conn {
         }
         cx.core().stats.bytes_in += wire as u64;
         // Wire bytes to the filter, plaintext out, until neither moves.
+        let mut plain_left = false;
         loop {
             let mut moved = false;
             if !flt.win.is_empty() {
@@ -1088,14 +1089,16 @@ impl Conn {
                 // The read buffer is full: the handler consumes, then this runs
                 // again for what the filter still holds (no new edge will come).
                 cx.requeue(Event::readable(self.source));
+                plain_left = true;
                 break;
             }
             if !moved {
                 break;
             }
         }
-        if wire_eof && !self.eof {
-            // The socket ended and the filter did not say the stream did.
+        if wire_eof && !self.eof && !plain_left && flt.win.is_empty() {
+            // The socket ended and the filter did not say the stream did (and
+            // holds nothing more: its plaintext comes first, the end after it).
             self.eof = true;
             st.eof = true;
         }
@@ -1148,15 +1151,22 @@ impl Conn {
                 Ok(x) => x,
                 Err(e) => break Err(e),
             };
+            if got.more && room == 0 && !got.eof {
+                // The read buffer is full: the handler consumes, then this runs
+                // again for what the filter and the socket still hold. An end of
+                // the socket waits until then: it comes after that plaintext.
+                cx.requeue(Event::readable(self.source));
+                break Ok(());
+            }
             if got.eof || wire_eof {
                 // A socket end the filter did not call the stream's end is one too.
                 self.eof = true;
                 st.eof = true;
                 break Ok(());
             }
-            if (got.more && room == 0) || (full && got.bytes == 0) {
-                // The read buffer is full: the handler consumes, then this runs
-                // again for what the filter and the socket still hold.
+            if full && got.bytes == 0 {
+                // The filter's own buffer is full and gave nothing: a turn for the
+                // handler, then this runs again.
                 cx.requeue(Event::readable(self.source));
                 break Ok(());
             }
@@ -1333,8 +1343,12 @@ impl Conn {
 /// Plaintext from a filter into the read buffer, into the room the buffer has:
 /// growing it (past the allocator's mmap threshold, for a pool-sized buffer) on
 /// every read would cost far more than the copy. Only a frame larger than the
-/// buffer makes it grow, up to `max_read_buffer`, as in `fill`. Returns what the
-/// filter gave and the room it was offered.
+/// buffer makes it grow, up to `max_read_buffer`, as in `fill`: a buffer that was
+/// already full when this `fill` began (the handler could not consume it). One
+/// filled during this `fill` is left for the handler to consume first (room 0:
+/// the caller re-queues the read), or every pipelined burst that filled it would
+/// grow it, copying it whole. Returns what the filter gave and the room it was
+/// offered.
 fn take_plain(
     f: &mut dyn StreamFilter,
     rbuf: &mut BytesMut,
@@ -1346,7 +1360,13 @@ fn take_plain(
 ) -> io::Result<(PlainRead, usize)> {
     pool.refill(rbuf);
     let len = rbuf.len();
-    if !discard && len == rbuf.capacity() && len < cfg.max_read_buffer {
+    if !discard && len == rbuf.capacity() && st.bytes == 0 {
+        if len >= cfg.max_read_buffer {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "read buffer full and not consumed (a frame larger than max_read_buffer?)",
+            ));
+        }
         rbuf.reserve(len.min(cfg.max_read_buffer - len).max(1));
     }
     let room = rbuf.capacity() - rbuf.len();

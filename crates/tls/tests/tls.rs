@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use reactor::framing::Lines;
 use reactor::{
-    CloseReason, Config, Conn, ConnConfig, Framed, FramedConfig, HandlerResult, Link, Loop,
-    Protocol, Stats,
+    CloseReason, Config, Conn, ConnConfig, Context, Framed, FramedConfig, Handler, HandlerResult,
+    Link, ListenOptions, Listener, Loop, Protocol, SourceId, Stats,
 };
 use reactor_test_support::pki::Pki;
 use reactor_test_support::{Running, run_loop};
@@ -667,4 +667,98 @@ fn ordinary_handshakes_do_not_trip_the_slow_handler_warning() {
         "a handshake blocked the loop past the default threshold: {:?}",
         stats.slow_handlers
     );
+}
+
+/// A raw `Conn` over TLS whose handler never consumes (it waits for a frame
+/// larger than `max_read_buffer`).
+struct Hoarder {
+    conn: Conn,
+    ends: Ends,
+}
+
+impl Handler for Hoarder {
+    type Message = ();
+    type Job = ();
+    fn on_start(&mut self, cx: &mut Context<'_, Self>) -> HandlerResult {
+        Ok(self.conn.register(cx)?)
+    }
+    fn on_readable(&mut self, cx: &mut Context<'_, Self>, _: SourceId) -> HandlerResult {
+        let st = self.conn.fill(cx)?;
+        self.conn.flush(cx)?;
+        if st.eof {
+            cx.close();
+        }
+        Ok(())
+    }
+    fn on_writable(&mut self, cx: &mut Context<'_, Self>, _: SourceId) -> HandlerResult {
+        self.conn.flush(cx)?;
+        Ok(())
+    }
+    fn on_close(&mut self, _: &mut Context<'_, Self>, reason: CloseReason) {
+        self.ends.lock().unwrap().push(reason);
+    }
+}
+
+/// More plaintext than the read buffer may hold (the pool's 64 KiB buffer is
+/// full and `max_read_buffer` is 8 KiB), sent over TLS to a handler that does not
+/// consume it: the connection is closed as a protocol error, as a plaintext one
+/// is. (The filtered path used to offer the filter no room and re-queue the
+/// read, forever: a busy loop on a connection that never closed.)
+#[test]
+fn a_read_buffer_full_and_not_consumed_closes_the_connection() {
+    let pki = Pki::new("big-frame");
+    let id = issue(&pki, "server", &["localhost"]);
+    let tls = ServerTls::new(id).build().unwrap();
+    let ends: Ends = Arc::default();
+    let e = ends.clone();
+    let (addr, server) = run_loop(Config::default(), move |r| {
+        let l = Listener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenOptions::default(),
+            move |s, _| {
+                let cfg = ConnConfig::default().max_read_buffer(8192);
+                Some(Hoarder {
+                    conn: Conn::new(s, 0, cfg).with_filter(tls.filter().ok()?),
+                    ends: e.clone(),
+                })
+            },
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let py = python().expect("python3 with ssl");
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10), server_hostname="localhost")
+try:
+    s.sendall(b"x" * 200000)
+    print(repr(s.recv(100)))
+except OSError as e:
+    print("closed:", type(e).__name__)
+"#;
+    let t0 = Instant::now();
+    let out = Command::new(py)
+        .args(["-c", script, &addr.port().to_string()])
+        .arg(pki.path("ca.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let text = text.trim();
+    assert!(
+        text == "b''" || (text.starts_with("closed:") && !text.contains("Timeout")),
+        "not closed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    let t0 = Instant::now();
+    while ends.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = drain(server);
+    let ends = ends.lock().unwrap().clone();
+    assert_eq!(ends, [CloseReason::ProtocolError], "{stats}");
+    assert_eq!(stats.handlers_failed, 0, "{stats}");
 }
