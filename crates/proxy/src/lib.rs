@@ -421,6 +421,10 @@ impl fmt::Display for ProxyStats {
 #[derive(Debug, Default)]
 struct Limits {
     open: usize,
+    /// Connections still waiting for their PROXY protocol header: not sessions
+    /// yet (their client is unknown), but they hold a socket each, so they count
+    /// against `max_sessions` too.
+    awaiting_header: usize,
     per_ip: HashMap<IpAddr, u32>,
     log: LogLimiter,
 }
@@ -466,7 +470,7 @@ impl Shared {
         }
         let ip = reactor::client_key(peer.ip());
         let per_ip = l.per_ip.get(&ip).copied().unwrap_or(0);
-        let why = if l.open >= self.opts.max_sessions {
+        let why = if l.open + l.awaiting_header >= self.opts.max_sessions {
             self.counters.refused_total.inc();
             "the proxy's session limit"
         } else if per_ip as usize >= self.opts.max_sessions_per_ip {
@@ -489,6 +493,34 @@ impl Shared {
             );
         }
         false
+    }
+
+    /// Takes a place for a connection from `peer` that will send a PROXY header,
+    /// within `max_sessions` with the sessions open; false (counted and logged as
+    /// the session limit) if there is none. Given back by
+    /// [`header_done`](Shared::header_done).
+    pub(crate) fn await_header(&self, peer: SocketAddr) -> bool {
+        let mut l = self.limits.borrow_mut();
+        if l.open + l.awaiting_header < self.opts.max_sessions {
+            l.awaiting_header += 1;
+            return true;
+        }
+        self.counters.refused_total.inc();
+        if let Some(held_back) = l.log.allow(Instant::now()) {
+            log::warn!(
+                "refused connection from {peer}: the proxy's session limit is reached ({} \
+                 open, {} waiting for their PROXY header; {held_back} more refusals not logged)",
+                l.open,
+                l.awaiting_header,
+            );
+        }
+        false
+    }
+
+    /// A connection that waited for its PROXY header has it, or closed.
+    pub(crate) fn header_done(&self) {
+        let mut l = self.limits.borrow_mut();
+        l.awaiting_header = l.awaiting_header.saturating_sub(1);
     }
 
     /// True if `peer` may send PROXY protocol headers; otherwise the refusal is
@@ -599,7 +631,7 @@ pub fn proxy_listener(
         };
         if shared.opts.proxy_protocol_in {
             // The client is who the header says; it is admitted after the header.
-            if !shared.trusts(peer) {
+            if !shared.trusts(peer) || !shared.await_header(peer) {
                 return None;
             }
             return Some(Session::new(shared.clone(), stream, peer, false, tls));
@@ -667,6 +699,29 @@ mod tests {
             st.to_string()
                 .contains("refused 1 (limit) + 1 (per-IP limit)")
         );
+    }
+
+    /// Connections waiting for their PROXY header count against `max_sessions`
+    /// with the sessions open, and give their place back once the header came.
+    #[test]
+    fn connections_awaiting_a_proxy_header_count_against_the_limit() {
+        let mut opts = ProxyOptions::new(Mode::Socks5 { auth: None });
+        opts.max_sessions = 3;
+        let s = shared(opts);
+        let lb: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let client: SocketAddr = "192.0.2.7:1".parse().unwrap();
+        assert!(s.admit(client));
+        assert!(s.await_header(lb) && s.await_header(lb));
+        assert!(!s.await_header(lb), "3 places: 1 session, 2 waiting");
+        assert!(!s.admit(client), "no place for a session either");
+        // A header arrives: its place is the session's now.
+        s.header_done();
+        assert!(s.admit(client));
+        assert!(!s.await_header(lb));
+        // One waiting closes before its header: a place is free again.
+        s.header_done();
+        assert!(s.await_header(lb));
+        assert_eq!(s.counters.snapshot().refused_total, 3);
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Session {
     peer: SocketAddr,
     /// The session counts against the limits (released on close).
     admitted: bool,
+    /// The connection holds a place among those awaiting a PROXY header (given
+    /// back when the header comes, or on close).
+    awaiting_header: bool,
     /// The address the client connected to, as a PROXY header announced it.
     announced_dst: Option<SocketAddr>,
     state: SessionState,
@@ -143,6 +146,7 @@ impl Session {
             upstream: None,
             peer,
             admitted,
+            awaiting_header: !admitted,
             announced_dst: None,
             state,
             timer: None,
@@ -175,6 +179,9 @@ impl Session {
                 Action::Announced { src, dst } => {
                     let client = src.unwrap_or(self.peer);
                     log::debug!("session {}: PROXY header: client {client}", self.peer);
+                    if std::mem::take(&mut self.awaiting_header) {
+                        self.shared.header_done();
+                    }
                     if self.shared.admit(client) {
                         self.admitted = true;
                         self.peer = client;
@@ -853,6 +860,9 @@ impl Handler for Session {
         if self.admitted {
             self.shared
                 .release(self.peer.ip(), self.pipe.bytes(UP), self.pipe.bytes(DOWN));
+        }
+        if self.awaiting_header {
+            self.shared.header_done();
         }
         if let Some(mut u) = self.udp.take() {
             self.shared.count_udp(0, u.relayed, u.dropped);

@@ -565,6 +565,80 @@ fn bad_or_missing_proxy_headers_close_the_connection() {
     assert_eq!(counters6.snapshot().accepted, 1);
 }
 
+/// Connections waiting for their PROXY header hold a socket each: they count
+/// against `max_sessions` with the sessions, so a trusted balancer that opens
+/// connections and sends nothing cannot hold more than the limit. Once one of
+/// them sends its header and ends, its place is free again.
+#[test]
+fn connections_awaiting_their_proxy_header_count_against_max_sessions() {
+    // An echo upstream that serves any number of connections, one thread each.
+    let l = TcpListener::bind(local(0)).unwrap();
+    let up = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().take(4) {
+            let Ok(mut s) = s else { return };
+            thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    let mut opts = forward(up);
+    opts.proxy_protocol_in = true;
+    opts.proxy_protocol_from = vec![cidr("127.0.0.0/8")];
+    opts.max_sessions = 2;
+    opts.handshake_timeout = Duration::from_secs(10);
+    let (proxy, counters, _p) = start_proxy(opts);
+    let lb = "127.0.0.1".parse().unwrap();
+    let mut waiting = [connect_from(lb, proxy), connect_from(lb, proxy)];
+    // Both are taken (accepted by the kernel, seen by the proxy) before the third.
+    let t0 = Instant::now();
+    while counters.snapshot().refused_total == 0 && t0.elapsed() < T {
+        let mut third = connect_from(lb, proxy);
+        third
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        match third.read(&mut b) {
+            Ok(0) => break,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            _ => {}
+        }
+    }
+    assert!(
+        counters.snapshot().refused_total >= 1,
+        "a third connection awaiting its header was let in: {}",
+        counters.snapshot()
+    );
+    // The first sends its header and a line, and ends: a place is free.
+    let mut hdr = Vec::new();
+    proxy_protocol::encode_v1(
+        "192.0.2.9:4000".parse().unwrap(),
+        "192.0.2.1:80".parse().unwrap(),
+        &mut hdr,
+    );
+    hdr.extend_from_slice(b"hello");
+    waiting[0].write_all(&hdr).unwrap();
+    waiting[0].shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut waiting[0]), b"hello");
+    let t0 = Instant::now();
+    while counters.snapshot().active > 0 && t0.elapsed() < T {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut next = connect_from(lb, proxy);
+    next.write_all(&hdr).unwrap();
+    next.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        read_to_close(&mut next),
+        b"hello",
+        "no place came free: {}",
+        counters.snapshot()
+    );
+    drop(waiting);
+    assert_eq!(counters.snapshot().accepted, 2);
+}
+
 // ------------------------------------------------------------------ client rules
 
 /// `--allow-client`/`--deny-client` in order, first match wins, on IPv4 and IPv6
