@@ -6,7 +6,7 @@
 //! - [`Shared`] (behind `Rc<RefCell<_>>`, loop thread only) holds the piece picker,
 //!   the pieces being assembled, the verified-piece log sessions announce from, a
 //!   small cache of piece data for uploads, the upload slots and the peer manager.
-//! - [`Engine`] is a handler living as long as the torrent. Sessions never touch the
+//! - `Engine` is a handler living as long as the torrent. Sessions never touch the
 //!   disk: they queue "piece complete" and "chunk needed" work in [`Shared`] and wake
 //!   the engine, which runs hashing, writes and reads on the worker pool and wakes
 //!   the sessions waiting for the result. Jobs belong to the engine, so a session

@@ -192,7 +192,7 @@ impl EchoOptions {
 }
 
 /// The echo protocol on the framed layer ([`crate::framed`]): every frame of
-/// [`Framing::Raw`](crate::framing::Framing::Raw) (whatever arrived) is queued back.
+/// [`Framing::Raw`] (whatever arrived) is queued back.
 /// Not the benchmark server ([`EchoConn`] is): it measures what the framed layer
 /// costs per message over a hand-written handler (`echo --framed`).
 #[derive(Debug)]

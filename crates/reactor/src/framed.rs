@@ -339,7 +339,7 @@ enum Phase {
 
 /// The handler that runs a [`Protocol`] over one TCP connection (see the
 /// [module docs](self)). Make one per accepted stream in a
-/// [`Listener`](crate::Listener)'s factory, or with [`Framed::connect`].
+/// [`Listener`]'s factory, or with [`Framed::connect`].
 pub struct Framed<P: Protocol> {
     conn: Conn,
     proto: P,

@@ -1,7 +1,7 @@
 //! `reactor`: network servers on a hand-written, single-threaded `mio` event loop.
 //!
 //! In the spirit of Python's `asyncore`/`asynchat`. Most servers implement a
-//! [`Protocol`](framed::Protocol) (asynchat's role): what to do with each frame of
+//! [`Protocol`] (asynchat's role): what to do with each frame of
 //! a connection, a line, a length-prefixed message, whatever arrived; the
 //! framed layer ([`framed`]) reads, cuts frames, writes, applies backpressure and
 //! idle timeouts, and ends every conversation without losing what was sent. Below

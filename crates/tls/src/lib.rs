@@ -4,7 +4,7 @@
 //! [`reactor::Conn`] made with [`Conn::with_filter`](reactor::Conn::with_filter) and a
 //! [`TlsFilter`] reads TLS records from its socket and holds plaintext in its read
 //! buffer, and encrypts what is queued on the way out. Everything above the
-//! connection works unchanged, so a [`Protocol`](reactor::Protocol) does not know
+//! connection works unchanged, so a [`Protocol`] does not know
 //! whether it runs over TLS: budgets and backpressure count the encrypted bytes
 //! waiting too, a graceful end (`close_when_done`) sends `close_notify` before the
 //! FIN, and the framed layer closes a connection whose handshake has not finished

@@ -87,7 +87,7 @@ impl Mode {
 #[derive(Parser, Debug)]
 #[command(about = "Verifying load generator for echo servers (loopback targets only)")]
 struct Args {
-    /// Server address: an IP literal on loopback (127.0.0.0/8 or [::1]) with a port.
+    /// Server address: an IP literal on loopback (127.0.0.0/8 or ::1) with a port.
     #[arg(long)]
     target: String,
     /// Concurrent connections (at most 10000).
