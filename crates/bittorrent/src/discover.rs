@@ -34,6 +34,7 @@ pub const INFO_HASH_KEY: &str = "ih";
 /// metadata) follows from the torrent and is filled in by
 /// [`DiscoverySettings::config`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DiscoverySettings {
     /// The UDP port shared by every node (default 7979; 0 lets the OS pick one,
     /// which is logged and must then be given to the other nodes).

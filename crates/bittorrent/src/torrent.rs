@@ -58,8 +58,10 @@ use reactor_discovery::{Discovery, DiscoveryHandler, PeerEvent};
 pub const MAX_CHUNK: u32 = 1024 * 1024;
 
 /// Tunables of one torrent. `TorrentConfig::default()` suits real use; tests
-/// shorten the timeouts.
+/// shorten the timeouts. Set the fields on a default (the struct may gain fields,
+/// so it cannot be built as a literal outside this crate).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TorrentConfig {
     /// Address to accept peers on (`None`: outgoing connections only).
     pub listen: Option<SocketAddr>,
@@ -507,10 +509,8 @@ fn random_peer_id() -> [u8; 20] {
 /// let meta = Metainfo::parse(&std::fs::read("t.torrent")?).expect("a torrent");
 /// let mut reactor = Reactor::new()?;
 /// reactor.shutdown_on_signals()?;
-/// let cfg = TorrentConfig {
-///     listen: Some("127.0.0.1:0".parse().unwrap()),
-///     ..TorrentConfig::default()
-/// };
+/// let mut cfg = TorrentConfig::default();
+/// cfg.listen = Some("127.0.0.1:0".parse().unwrap());
 /// let t = torrent::start(&mut reactor, meta, Mode::Seed("data.bin".into()), cfg)?;
 /// println!("listening on {}", t.local_addr.unwrap());
 /// reactor.run()?;

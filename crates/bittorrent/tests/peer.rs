@@ -831,10 +831,8 @@ fn loop_threads_do_not_allocate_per_message() {
     let s1 = src.clone();
     let (addr, seed_loop) = run_loop(reactor::Config::default(), move |r| {
         common::alloc::track_this_thread();
-        let cfg = TorrentConfig {
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..TorrentConfig::default()
-        };
+        let mut cfg = TorrentConfig::default();
+        cfg.listen = Some("127.0.0.1:0".parse().unwrap());
         let t = torrent::start(r, m1, Mode::Seed(s1), cfg).unwrap();
         let a = t.local_addr.unwrap();
         std::mem::forget(t); // lives as long as the loop (a few Rc cells)
@@ -845,11 +843,9 @@ fn loop_threads_do_not_allocate_per_message() {
     let leech = std::thread::spawn(move || {
         common::alloc::track_this_thread();
         let mut r = reactor::Reactor::new().unwrap();
-        let cfg = TorrentConfig {
-            peers: vec![addr],
-            no_progress_timeout: Duration::from_secs(20),
-            ..TorrentConfig::default()
-        };
+        let mut cfg = TorrentConfig::default();
+        cfg.peers = vec![addr];
+        cfg.no_progress_timeout = Duration::from_secs(20);
         let t = torrent::start(&mut r, m2, Mode::Leech(o2), cfg).unwrap();
         r.run().unwrap();
         t.outcome()

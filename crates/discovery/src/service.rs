@@ -88,6 +88,7 @@ pub const DEFAULT_BROADCAST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 255, 255, 25
 
 /// Settings of a [`Discovery`] service. [`DiscoveryConfig::new`] fills the defaults.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct DiscoveryConfig {
     /// This node's id, unique among the nodes sharing the port (1 to 64 bytes of
     /// UTF-8 without control characters).

@@ -39,6 +39,7 @@ const LOCAL: SourceId = 1;
 
 /// Settings of a [`ReserveClient`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReserveOptions {
     /// The relay's address.
     pub relay: SocketAddr,

@@ -39,6 +39,7 @@ use super::table::{CircuitId, CircuitLimits, ConnId, Direction, Event, Limits, T
 
 /// Settings of a relay.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RelayConfig {
     /// Reservation limits.
     pub limits: Limits,

@@ -194,12 +194,11 @@ fn discovery(common: &Common) -> Result<Option<DiscoverySettings>, String> {
             common.broadcast
         ));
     }
-    Ok(Some(DiscoverySettings {
-        port: common.discover_port,
-        broadcast: common.broadcast,
-        interval,
-        ..DiscoverySettings::default()
-    }))
+    let mut s = DiscoverySettings::default();
+    s.port = common.discover_port;
+    s.broadcast = common.broadcast;
+    s.interval = interval;
+    Ok(Some(s))
 }
 
 pub fn main() -> ExitCode {
@@ -239,20 +238,19 @@ fn config_with(common: &Common, announce: Option<String>) -> Result<TorrentConfi
     if common.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
-    Ok(TorrentConfig {
-        encryption: common.encryption,
-        handshake_timeout: secs("handshake-timeout", common.handshake_timeout)?,
-        idle_timeout: secs("idle-timeout", common.idle_timeout)?,
-        request_timeout: secs("request-timeout", common.request_timeout)?,
-        upload_slots: common.upload_slots,
-        max_connections: common.max_connections,
-        tracker: common
-            .tracker
-            .clone()
-            .or_else(|| announce.filter(|a| a.starts_with("http://"))),
-        discovery: discovery(common)?,
-        ..TorrentConfig::default()
-    })
+    let mut cfg = TorrentConfig::default();
+    cfg.encryption = common.encryption;
+    cfg.handshake_timeout = secs("handshake-timeout", common.handshake_timeout)?;
+    cfg.idle_timeout = secs("idle-timeout", common.idle_timeout)?;
+    cfg.request_timeout = secs("request-timeout", common.request_timeout)?;
+    cfg.upload_slots = common.upload_slots;
+    cfg.max_connections = common.max_connections;
+    cfg.tracker = common
+        .tracker
+        .clone()
+        .or_else(|| announce.filter(|a| a.starts_with("http://")));
+    cfg.discovery = discovery(common)?;
+    Ok(cfg)
 }
 
 fn run(cmd: Cmd) -> Result<(), String> {
