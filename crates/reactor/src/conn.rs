@@ -933,14 +933,15 @@ impl Conn {
     /// [`clear_write_queue`](Conn::clear_write_queue) (an abort).
     pub fn release(&mut self, cx: &mut Loop<'_>) {
         self.release_read_buf(cx);
-        if !self.wbuf.is_empty() && !self.broken {
+        let unsent = self.write_pending();
+        if unsent > 0 && !self.broken {
             cx.core().stats.truncated_closes += 1;
             let peer = self.stream.peer_addr().ok();
             cx.warn_limited(format_args!(
                 "connection to {} closed with {} bytes of output unsent (truncated); \
                  end conversations with close_when_done",
                 peer.map_or_else(|| "?".to_string(), |a| a.to_string()),
-                self.wbuf.len()
+                unsent
             ));
         }
         let b = std::mem::take(&mut self.wbuf);
@@ -962,11 +963,14 @@ impl Conn {
             bytes: 0,
             eof: self.eof,
         };
+        if discard {
+            // Everything, what is buffered now included, is dropped (as
+            // `discard_input`): a full buffer kept would offer the filter no room,
+            // and the read would be re-queued forever.
+            self.rbuf.clear();
+            self.scanned = 0;
+        }
         if self.eof {
-            if discard {
-                self.rbuf.clear();
-                self.scanned = 0;
-            }
             return Ok(st);
         }
         if self.connecting && !self.poll_connect()? {
@@ -987,8 +991,18 @@ impl Conn {
         }
         r?;
         // A handshake answers what it read: send it now, before the loop sleeps.
-        if self.filter.as_ref().is_some_and(|f| f.f.wants_output()) {
-            self.flush_filtered(cx)?;
+        // A handshake that just finished may also release plaintext queued while
+        // it ran, or a close asked for meanwhile (a TLS 1.3 server that sends no
+        // tickets has no output of its own then).
+        if self.filter.as_ref().is_some_and(|f| {
+            f.f.wants_output()
+                || (!f.f.is_handshaking()
+                    && (!self.wbuf.is_empty() || (self.shutdown_requested && !f.closed)))
+        }) {
+            // Its congestion report is kept for the handler's own flush.
+            if self.flush_filtered(cx)? {
+                self.congested = true;
+            }
         }
         if self.rbuf.is_empty() {
             self.release_read_buf(cx);
@@ -1070,7 +1084,7 @@ impl Conn {
             if flt.win.is_empty() && wire_eof {
                 flt.f.input_eof()?;
             }
-            let (got, room) = take_plain(
+            let got = take_plain(
                 &mut *flt.f,
                 &mut self.rbuf,
                 &mut self.scanned,
@@ -1085,7 +1099,7 @@ impl Conn {
                 st.eof = true;
                 break;
             }
-            if got.more && room == 0 {
+            if got.more {
                 // The read buffer is full: the handler consumes, then this runs
                 // again for what the filter still holds (no new edge will come).
                 cx.requeue(Event::readable(self.source));
@@ -1139,7 +1153,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => break Err(e),
             }
-            let (got, room) = match take_plain(
+            let got = match take_plain(
                 &mut *flt.f,
                 &mut self.rbuf,
                 &mut self.scanned,
@@ -1151,7 +1165,7 @@ impl Conn {
                 Ok(x) => x,
                 Err(e) => break Err(e),
             };
-            if got.more && room == 0 && !got.eof {
+            if got.more && !got.eof {
                 // The read buffer is full: the handler consumes, then this runs
                 // again for what the filter and the socket still hold. An end of
                 // the socket waits until then: it comes after that plaintext.
@@ -1204,14 +1218,23 @@ impl Conn {
         // until the socket is full, the budget spent, or nothing is left.
         let budget = self.cfg.write_budget.max(1);
         let mut sent_total = 0usize;
+        if self.wbuf.len() + flt.wout.len() >= self.cfg.high_watermark {
+            self.congested = true;
+        }
+        // Plaintext waits in the queue until the handshake is done: a filter
+        // would only hold it back, and a close asked for meanwhile would overtake it.
+        let handshaking = flt.f.is_handshaking();
         loop {
             cx.core().bufs.refill(&mut flt.wout);
-            // Only as much plaintext as fits, encrypted, in the room `wout` has:
-            // growing a pool-sized buffer past it would reallocate (past the
-            // allocator's mmap threshold) on every round.
+            // Only as much plaintext as fits, encrypted, in the room `wout` has
+            // (growing a pool-sized buffer past it would reallocate, past the
+            // allocator's mmap threshold, on every round), and no more than the
+            // budget has left.
             let room = flt.wout.capacity() - flt.wout.len();
-            let mut fits = room.saturating_sub(flt.f.overhead(room));
-            while !self.wbuf.is_empty() && fits > 0 {
+            let mut fits = room
+                .saturating_sub(flt.f.overhead(room))
+                .min(budget.saturating_sub(sent_total));
+            while !handshaking && !self.wbuf.is_empty() && fits > 0 {
                 let take = self.wbuf.len().min(fits);
                 let n = flt.f.write_plain(&self.wbuf[..take])?;
                 if n == 0 {
@@ -1224,7 +1247,7 @@ impl Conn {
                     self.wbuf.advance(n);
                 }
             }
-            if self.shutdown_requested && self.wbuf.is_empty() && !flt.closed {
+            if self.shutdown_requested && self.wbuf.is_empty() && !flt.closed && !handshaking {
                 flt.closed = true;
                 flt.f.close();
             }
@@ -1347,8 +1370,8 @@ impl Conn {
 /// already full when this `fill` began (the handler could not consume it). One
 /// filled during this `fill` is left for the handler to consume first (room 0:
 /// the caller re-queues the read), or every pipelined burst that filled it would
-/// grow it, copying it whole. Returns what the filter gave and the room it was
-/// offered.
+/// grow it, copying it whole. Returns what the filter gave: `more` means the
+/// buffer is full and the filter holds more.
 fn take_plain(
     f: &mut dyn StreamFilter,
     rbuf: &mut BytesMut,
@@ -1357,7 +1380,7 @@ fn take_plain(
     pool: &mut BufPool,
     discard: bool,
     st: &mut ReadStatus,
-) -> io::Result<(PlainRead, usize)> {
+) -> io::Result<PlainRead> {
     pool.refill(rbuf);
     let len = rbuf.len();
     if !discard && len == rbuf.capacity() && st.bytes == 0 {
@@ -1379,7 +1402,7 @@ fn take_plain(
             st.bytes += got.bytes;
         }
     }
-    Ok((got, room))
+    Ok(got)
 }
 
 /// The socket as `io::Read`, for a filter that reads it itself: at most `limit`

@@ -18,8 +18,10 @@ use bytes::BytesMut;
 use reactor::{PlainRead, StreamFilter, WireRead};
 use rustls::Connection;
 
-/// Plaintext rustls may hold for us (both directions) before it pushes back: about
-/// four records, so a slow reader cannot make it buffer without bound.
+/// Plaintext rustls may hold on the way out before it pushes back (about four
+/// records), so a slow peer cannot make it buffer without bound. Received
+/// plaintext is bounded by rustls itself (16 KiB past which `read_tls` refuses
+/// more: `WireRead::Full`).
 pub(crate) const BUFFER_LIMIT: usize = 64 * 1024;
 
 /// A TLS connection (server or client side) between a `Conn`'s socket and its
@@ -113,7 +115,13 @@ impl StreamFilter for TlsFilter {
 
     fn input_eof(&mut self) -> io::Result<()> {
         let mut nothing: &[u8] = &[];
-        self.conn.read_tls(&mut nothing)?;
+        match self.conn.read_tls(&mut nothing) {
+            Ok(_) => {}
+            // Its plaintext buffer is full: the end is recorded once
+            // `read_plain` has taken some and the connection calls this again.
+            Err(e) if e.kind() == io::ErrorKind::Other => return Ok(()),
+            Err(e) => return Err(e),
+        }
         self.conn.process_new_packets().map_err(invalid)?;
         Ok(())
     }

@@ -762,3 +762,186 @@ except OSError as e:
     assert_eq!(ends, [CloseReason::ProtocolError], "{stats}");
     assert_eq!(stats.handlers_failed, 0, "{stats}");
 }
+
+/// A line over the limit (100 KB) in one burst (200 KB): the read buffer grows
+/// for it and is full when the decoder gives up; then a half-close. The server
+/// ends the conversation (a protocol error: its `close_notify` and FIN go out at
+/// once), drops what is left, reads on to the client's end of file and closes
+/// then. (While ending, a full read buffer used to be kept: the filter was
+/// offered no room, the read re-queued itself in a busy loop, the end of file
+/// was never seen, and the socket was closed at the linger timeout.)
+#[test]
+fn ending_with_a_full_read_buffer_drops_it_and_sees_the_end_of_file() {
+    let pki = Pki::new("end-full");
+    let id = issue(&pki, "server", &["localhost"]);
+    let tls = ServerTls::new(id).build().unwrap();
+    let ends: Ends = Arc::default();
+    let e = ends.clone();
+    let cfg = FramedConfig::default().linger(Duration::from_secs(5));
+    let (addr, server) = run_loop(Config::default(), move |r| {
+        let l = reactor_tls::listen(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            Lines::new(100_000),
+            cfg,
+            move |_| Some(Echo { ends: e.clone() }),
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let py = python().expect("python3 with ssl");
+    let script = r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10), server_hostname="localhost")
+t0 = time.monotonic()
+try:
+    s.sendall(b"x" * 200000)
+    # A half-close under TLS (the records after it, an alert, are read raw).
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(4096):
+        pass
+    print("eof", round(time.monotonic() - t0, 2))
+except OSError as e:
+    print("error", type(e).__name__, e, round(time.monotonic() - t0, 2))
+"#;
+    let out = Command::new(py)
+        .args(["-c", script, &addr.port().to_string()])
+        .arg(pki.path("ca.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(
+        words.first(),
+        Some(&"eof"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The client's end of file is there (it exited): the server must see it
+    // and close now, not at the linger timeout.
+    let t0 = Instant::now();
+    while ends.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the server closed {took:?} after the client's end (linger 5 s)"
+    );
+    let stats = drain(server);
+    assert_eq!(
+        ends.lock().unwrap().clone(),
+        [CloseReason::ProtocolError],
+        "{stats}"
+    );
+}
+
+/// A client that queues one line and half-closes at once, before its handshake
+/// is done: the line goes first, then `close_notify`, and its echo comes back.
+/// (`close_notify` used to go into rustls at once, ahead of the plaintext
+/// rustls held until the handshake was done: the server saw the end first.)
+#[test]
+fn a_half_close_queued_during_the_handshake_follows_the_data() {
+    let pki = Pki::new("early-close");
+    let id = issue(&pki, "server", &["localhost"]);
+    let tls = ServerTls::new(id).build().unwrap();
+    let (addr, server, _ends) = echo_server(tls, FramedConfig::default());
+    let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    for lines in [1, 3] {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (g, c) = (got.clone(), connector.clone());
+        let (_, client) = run_loop(Config::default(), move |r| {
+            let conn = Conn::connect(addr, 0, ConnConfig::default())
+                .unwrap()
+                .with_filter(c.filter("localhost").unwrap());
+            r.spawn(Framed::with_conn(
+                conn,
+                Lines::new(4096),
+                FramedConfig::default(),
+                Talker { lines, got: g },
+            ));
+        });
+        let expect: String = (0..lines).map(|i| format!("line {i}\n")).collect();
+        let t0 = Instant::now();
+        while got.lock().unwrap().len() < expect.len() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got.lock().unwrap()),
+            expect,
+            "{lines} line(s) queued with a half-close before the handshake"
+        );
+        drop(client);
+    }
+    let stats = drain(server);
+    assert_eq!(stats.handlers_failed, 0);
+}
+
+/// Small pool buffers (4 KiB, under a TLS record's 16 KiB): rustls holds more
+/// plaintext than the read buffer takes at every read, and 20,000 lines and a
+/// half-close still come back whole. (A read that found the filter holding more
+/// than the room it offered used to stop without re-queuing: the rest waited for
+/// an edge that never came, or was lost at the end of the stream.)
+#[test]
+fn small_buffers_under_a_record_lose_nothing() {
+    let pki = Pki::new("small-bufs");
+    let id = issue(&pki, "server", &["localhost"]);
+    let tls = ServerTls::new(id).build().unwrap();
+    let ends: Ends = Arc::default();
+    let e = ends.clone();
+    let (addr, server) = run_loop(Config::default().buffer_size(4096), move |r| {
+        let l = reactor_tls::listen(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            Lines::new(1024),
+            FramedConfig::default(),
+            move |_| Some(Echo { ends: e.clone() }),
+        )
+        .unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
+    });
+    let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let (_, client) = run_loop(Config::default().buffer_size(4096), move |r| {
+        let conn = Conn::connect(addr, 0, ConnConfig::default())
+            .unwrap()
+            .with_filter(connector.filter("localhost").unwrap());
+        r.spawn(Framed::with_conn(
+            conn,
+            Lines::new(1024),
+            FramedConfig::default(),
+            Talker {
+                lines: 20_000,
+                got: g,
+            },
+        ));
+    });
+    let expect: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let t0 = Instant::now();
+    while got.lock().unwrap().len() < expect.len() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let back = got.lock().unwrap().clone();
+    assert!(
+        back == expect.as_bytes(),
+        "{} of {} bytes came back",
+        back.len(),
+        expect.len()
+    );
+    drop(client);
+    let stats = drain(server);
+    assert_eq!(stats.handlers_failed, 0);
+    assert_eq!(ends.lock().unwrap().clone(), [CloseReason::PeerClosed]);
+}
