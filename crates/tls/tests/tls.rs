@@ -48,13 +48,23 @@ impl Protocol for Echo {
 }
 
 fn echo_server(acceptor: TlsAcceptor, cfg: FramedConfig) -> (SocketAddr, Running, Ends) {
+    echo_server_with(Config::default(), acceptor, 1 << 20, cfg)
+}
+
+/// [`echo_server`] on a loop made with `config`, for lines of at most `max_line`.
+fn echo_server_with(
+    config: Config,
+    acceptor: TlsAcceptor,
+    max_line: usize,
+    cfg: FramedConfig,
+) -> (SocketAddr, Running, Ends) {
     let ends: Ends = Arc::default();
     let e = ends.clone();
-    let (addr, server) = run_loop(Config::default(), move |r| {
+    let (addr, server) = run_loop(config, move |r| {
         let l = reactor_tls::listen(
             "127.0.0.1:0".parse().unwrap(),
             &acceptor,
-            Lines::new(1 << 20),
+            Lines::new(max_line),
             cfg,
             move |_| Some(Echo { ends: e.clone() }),
         )
@@ -69,6 +79,25 @@ fn echo_server(acceptor: TlsAcceptor, cfg: FramedConfig) -> (SocketAddr, Running
 fn drain(server: Running) -> Stats {
     server.handle.shutdown();
     server.join()
+}
+
+/// Runs the Python `script` with the server's port and the CA file as its
+/// arguments.
+fn py_client(script: &str, addr: SocketAddr, pki: &Pki) -> std::process::Output {
+    let py = python().expect("python3 with ssl");
+    Command::new(py)
+        .args(["-c", script, &addr.port().to_string()])
+        .arg(pki.path("ca.pem"))
+        .output()
+        .unwrap()
+}
+
+/// Waits (10 s at most) until `n` connections have ended.
+fn wait_ends(ends: &Ends, n: usize) {
+    let t0 = Instant::now();
+    while ends.lock().unwrap().len() < n && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn python() -> Option<&'static str> {
@@ -86,7 +115,6 @@ fn python_ssl_client_gets_every_byte_back() {
     let id = issue(&pki, "server", &["localhost", "127.0.0.1"]);
     let tls = ServerTls::new(id).build().unwrap();
     let (addr, server, _) = echo_server(tls, FramedConfig::default());
-    let py = python().expect("python3 with ssl");
     // 4 MiB of lines, sent while the echo is read back; SHA-256 compared.
     // One thread with a non-blocking socket: OpenSSL does not allow SSL_read
     // and SSL_write on one connection from two threads at once (python
@@ -125,11 +153,7 @@ while total < len(data) and time.time() < deadline:
         got.update(b); total += len(b)
 print(total, sent == got.hexdigest(), s.version(), s.cipher()[0])
 "#;
-    let out = Command::new(py)
-        .args(["-c", script, &addr.port().to_string()])
-        .arg(pki.path("ca.pem"))
-        .output()
-        .unwrap();
+    let out = py_client(script, addr, &pki);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -577,7 +601,6 @@ fn bad_input_is_closed_with_its_reason_and_others_carry_on() {
     );
     // `close_notify` in the middle of a line: the partial line is dropped (and
     // logged), the rest of the conversation was served.
-    let py = python().expect("python3 with ssl");
     let script = r#"
 import socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[2])
@@ -587,11 +610,7 @@ print(s.recv(100))
 s = s.unwrap()  # close_notify, then a clean end
 print(s.recv(100))
 "#;
-    let out = Command::new(py)
-        .args(["-c", script, &addr.port().to_string()])
-        .arg(pki.path("ca.pem"))
-        .output()
-        .unwrap();
+    let out = py_client(script, addr, &pki);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with("b'whole\\n'"),
@@ -606,19 +625,12 @@ s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), ti
 s.sendall(b"still here\n")
 print(s.recv(100))
 "#;
-    let out = Command::new(py)
-        .args(["-c", script, &addr.port().to_string()])
-        .arg(pki.path("ca.pem"))
-        .output()
-        .unwrap();
+    let out = py_client(script, addr, &pki);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "b'still here\\n'"
     );
-    let t0 = Instant::now();
-    while ends.lock().unwrap().len() < 5 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ends(&ends, 5);
     let stats = drain(server);
     let ends = ends.lock().unwrap().clone();
     let protocol_errors = ends
@@ -728,7 +740,6 @@ fn a_read_buffer_full_and_not_consumed_closes_the_connection() {
         r.spawn(l);
         a
     });
-    let py = python().expect("python3 with ssl");
     let script = r#"
 import socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[2])
@@ -740,11 +751,7 @@ except OSError as e:
     print("closed:", type(e).__name__)
 "#;
     let t0 = Instant::now();
-    let out = Command::new(py)
-        .args(["-c", script, &addr.port().to_string()])
-        .arg(pki.path("ca.pem"))
-        .output()
-        .unwrap();
+    let out = py_client(script, addr, &pki);
     let text = String::from_utf8_lossy(&out.stdout);
     let text = text.trim();
     assert!(
@@ -753,10 +760,7 @@ except OSError as e:
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
-    let t0 = Instant::now();
-    while ends.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ends(&ends, 1);
     let stats = drain(server);
     let ends = ends.lock().unwrap().clone();
     assert_eq!(ends, [CloseReason::ProtocolError], "{stats}");
@@ -775,23 +779,8 @@ fn ending_with_a_full_read_buffer_drops_it_and_sees_the_end_of_file() {
     let pki = Pki::new("end-full");
     let id = issue(&pki, "server", &["localhost"]);
     let tls = ServerTls::new(id).build().unwrap();
-    let ends: Ends = Arc::default();
-    let e = ends.clone();
     let cfg = FramedConfig::default().linger(Duration::from_secs(5));
-    let (addr, server) = run_loop(Config::default(), move |r| {
-        let l = reactor_tls::listen(
-            "127.0.0.1:0".parse().unwrap(),
-            &tls,
-            Lines::new(100_000),
-            cfg,
-            move |_| Some(Echo { ends: e.clone() }),
-        )
-        .unwrap();
-        let a = l.local_addr();
-        r.spawn(l);
-        a
-    });
-    let py = python().expect("python3 with ssl");
+    let (addr, server, ends) = echo_server_with(Config::default(), tls, 100_000, cfg);
     let script = r#"
 import socket, ssl, sys, time
 ctx = ssl.create_default_context(cafile=sys.argv[2])
@@ -807,11 +796,7 @@ try:
 except OSError as e:
     print("error", type(e).__name__, e, round(time.monotonic() - t0, 2))
 "#;
-    let out = Command::new(py)
-        .args(["-c", script, &addr.port().to_string()])
-        .arg(pki.path("ca.pem"))
-        .output()
-        .unwrap();
+    let out = py_client(script, addr, &pki);
     let text = String::from_utf8_lossy(&out.stdout);
     let words: Vec<&str> = text.split_whitespace().collect();
     assert_eq!(
@@ -823,9 +808,7 @@ except OSError as e:
     // The client's end of file is there (it exited): the server must see it
     // and close now, not at the linger timeout.
     let t0 = Instant::now();
-    while ends.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ends(&ends, 1);
     let took = t0.elapsed();
     assert!(
         took < Duration::from_secs(3),
@@ -893,21 +876,8 @@ fn small_buffers_under_a_record_lose_nothing() {
     let pki = Pki::new("small-bufs");
     let id = issue(&pki, "server", &["localhost"]);
     let tls = ServerTls::new(id).build().unwrap();
-    let ends: Ends = Arc::default();
-    let e = ends.clone();
-    let (addr, server) = run_loop(Config::default().buffer_size(4096), move |r| {
-        let l = reactor_tls::listen(
-            "127.0.0.1:0".parse().unwrap(),
-            &tls,
-            Lines::new(1024),
-            FramedConfig::default(),
-            move |_| Some(Echo { ends: e.clone() }),
-        )
-        .unwrap();
-        let a = l.local_addr();
-        r.spawn(l);
-        a
-    });
+    let small = Config::default().buffer_size(4096);
+    let (addr, server, ends) = echo_server_with(small, tls, 1024, FramedConfig::default());
     let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
         .unwrap()
         .build()
