@@ -47,6 +47,14 @@ impl Protocol for Echo {
     }
 }
 
+/// A throwaway CA named `name` and a server for `localhost` with a certificate
+/// it issued.
+fn localhost_server(name: &str) -> (Pki, TlsAcceptor) {
+    let pki = Pki::new(name);
+    let id = issue(&pki, "server", &["localhost"]);
+    (pki, ServerTls::new(id).build().unwrap())
+}
+
 fn echo_server(acceptor: TlsAcceptor, cfg: FramedConfig) -> (SocketAddr, Running, Ends) {
     echo_server_with(Config::default(), acceptor, 1 << 20, cfg)
 }
@@ -407,42 +415,59 @@ impl Protocol for Talker {
     }
 }
 
-#[test]
-fn our_client_talks_to_our_server_and_refuses_a_server_it_cannot_verify() {
-    let pki = Pki::new("client");
-    let id = issue(&pki, "server", &["localhost"]);
-    let tls = ServerTls::new(id).build().unwrap();
-    let (addr, server, ends) = echo_server(tls, FramedConfig::default());
-    let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
-        .unwrap()
-        .build()
-        .unwrap();
+/// What a [`Talker`] of `lines` lines, on a loop made with `config`, got back
+/// from `addr` within `limit` (it stops waiting once it has every echo); the
+/// loop is stopped before returning.
+fn talk(
+    config: Config,
+    addr: SocketAddr,
+    connector: &reactor_tls::TlsConnector,
+    lines: usize,
+    limit: Duration,
+) -> Vec<u8> {
     let got = Arc::new(Mutex::new(Vec::new()));
     let (g, c) = (got.clone(), connector.clone());
-    let (_, client) = run_loop(Config::default(), move |r| {
+    let (_, client) = run_loop(config, move |r| {
         let conn = Conn::connect(addr, 0, ConnConfig::default())
             .unwrap()
             .with_filter(c.filter("localhost").unwrap());
         r.spawn(Framed::with_conn(
             conn,
-            Lines::new(4096),
+            Lines::new(1024),
             FramedConfig::default(),
-            Talker {
-                lines: 20_000,
-                got: g,
-            },
+            Talker { lines, got: g },
         ));
     });
+    let want: usize = (0..lines).map(|i| format!("line {i}\n").len()).sum();
     let t0 = Instant::now();
-    let expect: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
-    while got.lock().unwrap().len() < expect.len() && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
+    while got.lock().unwrap().len() < want && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        String::from_utf8_lossy(&got.lock().unwrap()) == expect,
-        "echoes differ"
-    );
     drop(client);
+    got.lock().unwrap().clone()
+}
+
+/// The lines a [`Talker`] of `lines` lines sends, as they come back.
+fn talked(lines: usize) -> String {
+    (0..lines).map(|i| format!("line {i}\n")).collect()
+}
+
+#[test]
+fn our_client_talks_to_our_server_and_refuses_a_server_it_cannot_verify() {
+    let (pki, tls) = localhost_server("client");
+    let (addr, server, ends) = echo_server(tls, FramedConfig::default());
+    let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let got = talk(
+        Config::default(),
+        addr,
+        &connector,
+        20_000,
+        Duration::from_secs(20),
+    );
+    assert!(got == talked(20_000).as_bytes(), "echoes differ");
     // A client that trusts another CA fails the handshake and closes.
     let other = Pki::new("other-ca");
     let stranger = ClientTls::with_ca(other.ca_pem().as_bytes())
@@ -580,9 +605,7 @@ fn closed_after(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Duration {
 
 #[test]
 fn bad_input_is_closed_with_its_reason_and_others_carry_on() {
-    let pki = Pki::new("bad");
-    let id = issue(&pki, "server", &["localhost"]);
-    let tls = ServerTls::new(id).build().unwrap();
+    let (pki, tls) = localhost_server("bad");
     let cfg = FramedConfig::default().handshake_timeout(Duration::from_millis(500));
     let (addr, server, ends) = echo_server(tls, cfg);
     let hello = client_hello(&pki);
@@ -647,9 +670,7 @@ print(s.recv(100))
 /// handshakes from a blocking rustls client, each with one echoed line.
 #[test]
 fn ordinary_handshakes_do_not_trip_the_slow_handler_warning() {
-    let pki = Pki::new("slow");
-    let id = issue(&pki, "server", &["localhost"]);
-    let tls = ServerTls::new(id).build().unwrap();
+    let (pki, tls) = localhost_server("slow");
     let (addr, server, _) = echo_server(tls, FramedConfig::default());
     // No resumption: each of the fifty is a full handshake, with the
     // certificate and its signature.
@@ -718,9 +739,7 @@ impl Handler for Hoarder {
 /// read, forever: a busy loop on a connection that never closed.)
 #[test]
 fn a_read_buffer_full_and_not_consumed_closes_the_connection() {
-    let pki = Pki::new("big-frame");
-    let id = issue(&pki, "server", &["localhost"]);
-    let tls = ServerTls::new(id).build().unwrap();
+    let (pki, tls) = localhost_server("big-frame");
     let ends: Ends = Arc::default();
     let e = ends.clone();
     let (addr, server) = run_loop(Config::default(), move |r| {
@@ -776,9 +795,7 @@ except OSError as e:
 /// was never seen, and the socket was closed at the linger timeout.)
 #[test]
 fn ending_with_a_full_read_buffer_drops_it_and_sees_the_end_of_file() {
-    let pki = Pki::new("end-full");
-    let id = issue(&pki, "server", &["localhost"]);
-    let tls = ServerTls::new(id).build().unwrap();
+    let (pki, tls) = localhost_server("end-full");
     let cfg = FramedConfig::default().linger(Duration::from_secs(5));
     let (addr, server, ends) = echo_server_with(Config::default(), tls, 100_000, cfg);
     let script = r#"
@@ -828,39 +845,25 @@ except OSError as e:
 /// rustls held until the handshake was done: the server saw the end first.)
 #[test]
 fn a_half_close_queued_during_the_handshake_follows_the_data() {
-    let pki = Pki::new("early-close");
-    let id = issue(&pki, "server", &["localhost"]);
-    let tls = ServerTls::new(id).build().unwrap();
+    let (pki, tls) = localhost_server("early-close");
     let (addr, server, _ends) = echo_server(tls, FramedConfig::default());
     let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
         .unwrap()
         .build()
         .unwrap();
     for lines in [1, 3] {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let (g, c) = (got.clone(), connector.clone());
-        let (_, client) = run_loop(Config::default(), move |r| {
-            let conn = Conn::connect(addr, 0, ConnConfig::default())
-                .unwrap()
-                .with_filter(c.filter("localhost").unwrap());
-            r.spawn(Framed::with_conn(
-                conn,
-                Lines::new(4096),
-                FramedConfig::default(),
-                Talker { lines, got: g },
-            ));
-        });
-        let expect: String = (0..lines).map(|i| format!("line {i}\n")).collect();
-        let t0 = Instant::now();
-        while got.lock().unwrap().len() < expect.len() && t0.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let got = talk(
+            Config::default(),
+            addr,
+            &connector,
+            lines,
+            Duration::from_secs(10),
+        );
         assert_eq!(
-            String::from_utf8_lossy(&got.lock().unwrap()),
-            expect,
+            String::from_utf8_lossy(&got),
+            talked(lines),
             "{lines} line(s) queued with a half-close before the handshake"
         );
-        drop(client);
     }
     let stats = drain(server);
     assert_eq!(stats.handlers_failed, 0);
@@ -873,44 +876,27 @@ fn a_half_close_queued_during_the_handshake_follows_the_data() {
 /// an edge that never came, or was lost at the end of the stream.)
 #[test]
 fn small_buffers_under_a_record_lose_nothing() {
-    let pki = Pki::new("small-bufs");
-    let id = issue(&pki, "server", &["localhost"]);
-    let tls = ServerTls::new(id).build().unwrap();
+    let (pki, tls) = localhost_server("small-bufs");
     let small = Config::default().buffer_size(4096);
     let (addr, server, ends) = echo_server_with(small, tls, 1024, FramedConfig::default());
     let connector = ClientTls::with_ca(pki.ca_pem().as_bytes())
         .unwrap()
         .build()
         .unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    let (_, client) = run_loop(Config::default().buffer_size(4096), move |r| {
-        let conn = Conn::connect(addr, 0, ConnConfig::default())
-            .unwrap()
-            .with_filter(connector.filter("localhost").unwrap());
-        r.spawn(Framed::with_conn(
-            conn,
-            Lines::new(1024),
-            FramedConfig::default(),
-            Talker {
-                lines: 20_000,
-                got: g,
-            },
-        ));
-    });
-    let expect: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
-    let t0 = Instant::now();
-    while got.lock().unwrap().len() < expect.len() && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let back = got.lock().unwrap().clone();
+    let back = talk(
+        Config::default().buffer_size(4096),
+        addr,
+        &connector,
+        20_000,
+        Duration::from_secs(20),
+    );
+    let expect = talked(20_000);
     assert!(
         back == expect.as_bytes(),
         "{} of {} bytes came back",
         back.len(),
         expect.len()
     );
-    drop(client);
     let stats = drain(server);
     assert_eq!(stats.handlers_failed, 0);
     assert_eq!(ends.lock().unwrap().clone(), [CloseReason::PeerClosed]);
