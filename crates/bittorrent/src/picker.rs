@@ -794,18 +794,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            reactor_test_support::fuzz::xorshift(&mut x);
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
+    use reactor_test_support::fuzz::Rng;
 
     const A: PeerKey = PeerKey(1);
     const B: PeerKey = PeerKey(2);
@@ -1225,7 +1214,7 @@ mod tests {
     #[test]
     fn random_swarm_simulation_never_panics_and_finishes() {
         for seed in 1..6u64 {
-            let mut rng = Rng(seed * 0x9e37_79b9);
+            let mut rng = Rng::new(seed * 0x9e37_79b9);
             let pieces = 40u32;
             let mut p = Picker::with_options(u64::from(pieces) * 50 - 7, 50, 16, seed).unwrap();
             let peers: Vec<(PeerKey, Bitfield)> = (0..5)
@@ -1248,7 +1237,7 @@ mod tests {
             while !p.is_finished() {
                 steps += 1;
                 assert!(steps < 100_000, "no progress");
-                let i = rng.below(peers.len() as u64) as usize;
+                let i = rng.below(peers.len());
                 let (key, bf) = &peers[i];
                 let endgame = p.is_endgame();
                 let mut out = Vec::new();
@@ -1275,9 +1264,9 @@ mod tests {
                     }
                     2 => {
                         let garbage = BlockRef {
-                            piece: rng.next() as u32 % 50,
-                            begin: rng.next() as u32 % 100,
-                            len: rng.next() as u32 % 20,
+                            piece: rng.next_u64() as u32 % 50,
+                            begin: rng.next_u64() as u32 % 100,
+                            len: rng.next_u64() as u32 % 20,
                         };
                         let mut cancel = Vec::new();
                         let r = p.block_received(*key, garbage, &mut cancel);
@@ -1297,7 +1286,7 @@ mod tests {
                         if inflight[i].is_empty() {
                             continue;
                         }
-                        let j = rng.below(inflight[i].len() as u64) as usize;
+                        let j = rng.below(inflight[i].len());
                         let b = inflight[i].swap_remove(j);
                         let mut cancel = Vec::new();
                         let r = p.block_received(*key, b, &mut cancel);

@@ -907,18 +907,7 @@ impl Bitfield {
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            reactor_test_support::fuzz::xorshift(&mut x);
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
+    use reactor_test_support::fuzz::Rng;
 
     const MAX: u32 = DEFAULT_MAX_MESSAGE_LEN;
 
@@ -1342,7 +1331,7 @@ mod tests {
 
     #[test]
     fn never_panics_on_random_and_mutated_input() {
-        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut rng = Rng::new(0x1234_5678_9abc_def1);
         let mut seeds: Vec<Vec<u8>> = all_messages().iter().map(enc).collect();
         seeds.push(encode_handshake(&[1; 20], &[2; 20], RESERVED_FAST_AND_EXTENSIONS).to_vec());
         seeds.push(b"d1:md11:ut_metadatai1ee4:reqqi250e1:v4:test1:xl1:ai1eee".to_vec());
@@ -1350,13 +1339,13 @@ mod tests {
         for round in 0..20_000 {
             let mut buf = if round % 2 == 0 {
                 let n = rng.below(80);
-                (0..n).map(|_| rng.next() as u8).collect::<Vec<_>>()
+                (0..n).map(|_| rng.next_u64() as u8).collect::<Vec<_>>()
             } else {
                 let mut s = seeds[rng.below(seeds.len())].clone();
                 for _ in 0..1 + rng.below(4) {
                     if !s.is_empty() {
                         let i = rng.below(s.len());
-                        s[i] = rng.next() as u8;
+                        s[i] = rng.next_u64() as u8;
                     }
                 }
                 s
@@ -1376,7 +1365,7 @@ mod tests {
                 }
                 let _ = parse_handshake(b);
                 let _ = parse_handshake_info_hash(b);
-                let _ = Bitfield::from_bytes(b, rng.next() as u32 % 200);
+                let _ = Bitfield::from_bytes(b, rng.next_u64() as u32 % 200);
                 if let Ok(hs) = decode_ext_handshake(b) {
                     let mut v = Vec::new();
                     encode_ext_handshake(&hs, &mut v).unwrap();

@@ -7,6 +7,7 @@
 //! or with a real discovery port.
 
 use reactor_test_support as common;
+use reactor_test_support::fuzz::Rng;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -327,17 +328,6 @@ fn bad_arguments_exit_nonzero_with_one_line() {
     }
 }
 
-/// xorshift64: deterministic noise.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        reactor_test_support::fuzz::xorshift(&mut x);
-        self.0 = x;
-        x
-    }
-}
-
 /// Sends `count` hostile datagrams to the discovery port in paced bursts: random
 /// noise (half of it behind our magic and version), oversized datagrams, and valid
 /// announcements from `fake_ids` different strangers.
@@ -345,28 +335,28 @@ fn flood(port: u16, count: usize, fake_ids: u64, seed: u64) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_broadcast(true).unwrap();
     let to: SocketAddr = format!("{BCAST}:{port}").parse().unwrap();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed | 1);
     let mut buf = Vec::with_capacity(4096);
     let mut id = String::new();
     for i in 0..count {
         buf.clear();
         match i % 10 {
             0..=6 => {
-                if rng.next() & 1 == 0 {
+                if rng.next_u64() & 1 == 0 {
                     buf.extend_from_slice(&MAGIC);
                     buf.push(VERSION);
                 }
-                let n = (rng.next() % 1400) as usize;
-                buf.extend((0..n).map(|_| rng.next() as u8));
+                let n = (rng.next_u64() % 1400) as usize;
+                buf.extend((0..n).map(|_| rng.next_u64() as u8));
             }
             7 => {
                 buf.extend_from_slice(&MAGIC);
                 buf.push(VERSION);
-                buf.resize(2000 + (rng.next() % 4000) as usize, 0x41);
+                buf.resize(2000 + (rng.next_u64() % 4000) as usize, 0x41);
             }
             _ => {
                 id.clear();
-                id.push_str(&format!("fake-{}", rng.next() % fake_ids));
+                id.push_str(&format!("fake-{}", rng.next_u64() % fake_ids));
                 let md = Metadata::from_pairs(&[("k", "v")]).unwrap();
                 let ann = Announcement {
                     metadata: md,

@@ -1924,19 +1924,7 @@ mod tests {
 
     // ----- fuzz
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // xorshift64*: deterministic, good enough to spread mutations.
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
+    use reactor_test_support::fuzz::Rng;
 
     fn corpus() -> Vec<Vec<u8>> {
         let mut c = vec![
@@ -2052,24 +2040,24 @@ mod tests {
     #[test]
     fn fuzz_mutations_never_panic_and_stay_consistent() {
         let corpus = corpus();
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let mut cov = Coverage::default();
         for i in 0..20_000 {
             let mut buf = corpus[i % corpus.len()].clone();
             for _ in 0..=rng.below(4) {
                 let at = rng.below(buf.len() + 1);
                 match rng.below(7) {
-                    0 if at < buf.len() => buf[at] = rng.next() as u8,
+                    0 if at < buf.len() => buf[at] = rng.next_u64() as u8,
                     1 if at < buf.len() => buf[at] ^= 1 << rng.below(8),
                     2 => buf.truncate(at),
-                    3 => buf.insert(at, rng.next() as u8),
+                    3 => buf.insert(at, rng.next_u64() as u8),
                     4 if at < buf.len() => {
                         buf.remove(at);
                     }
                     5 => buf.insert(at, [b' ', b'\r', b'\n', b'0', b':', b'.'][rng.below(6)]),
                     // Lengths are where the interesting bugs hide.
                     _ if buf.len() >= 16 && buf[0] == 0x0D => {
-                        buf[14 + rng.below(2)] = rng.next() as u8
+                        buf[14 + rng.below(2)] = rng.next_u64() as u8
                     }
                     _ => {}
                 }
@@ -2083,7 +2071,7 @@ mod tests {
         // Pure noise, with and without a valid start.
         for _ in 0..3000 {
             let len = rng.below(300);
-            let mut buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut buf: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             let start: &[u8] = match rng.below(3) {
                 0 => b"\r\n\r\n\0\r\nQUIT\n\x21",
                 1 => b"PROXY TCP",
