@@ -32,6 +32,15 @@ declare -A FILE=(
     [discovery_proto]=crates/discovery/src/proto.rs
     [discovery_table]=crates/discovery/src/table.rs
     [framing]=crates/reactor/src/framing.rs
+    [mse]=crates/bittorrent/src/mse.rs
+    [metadata]=crates/bittorrent/src/metadata.rs
+    [pex]=crates/bittorrent/src/pex.rs
+    [magnet]=crates/bittorrent/src/magnet.rs
+    [proxy_protocol]=crates/proxy/src/proxy_protocol.rs
+    [socks5_udp]=crates/proxy/src/socks5_udp.rs
+    [proxy_session]=crates/proxy/src/session/state.rs
+    [pipe]=crates/reactor/src/pipe.rs
+    [relay_setup]=crates/relay/src/setup.rs
 )
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(cargo fuzz list)

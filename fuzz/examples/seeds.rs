@@ -8,6 +8,7 @@ use std::fs;
 use std::path::Path;
 
 use reactor_bittorrent::bencode::OwnedValue;
+use reactor_bittorrent::ext_handshake::ExtHandshake as PeerExtHandshake;
 use reactor_bittorrent::metadata::MetadataMsg;
 use reactor_bittorrent::metainfo;
 use reactor_bittorrent::pex::{PexFlags, PexMessage, PexPeer};
@@ -398,5 +399,24 @@ fn main() {
         "base32-v2",
         b"\x00xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&xt.1=urn:btmh:1220\
           d2474e86c95b19b8bcfdb92bc12c9d44667cfa36d2474e86c95b19b8bcfdb92b",
+    );
+
+    // BEP 10 handshake as the session reads it: options (even: parse), payload.
+    let ours = PeerExtHandshake::ours(
+        Some(40_000),
+        250,
+        "reactor 0.1",
+        Some(6881),
+        Some("192.0.2.1".parse().unwrap()),
+    );
+    write(
+        "ext_handshake",
+        "ours",
+        &[&[0u8][..], &ours.encode()].concat(),
+    );
+    write(
+        "ext_handshake",
+        "libtorrent",
+        b"\x00d1:md11:ut_metadatai3e6:ut_pexi1ee13:metadata_sizei31235e1:pi6881e4:reqqi500e1:v17:libtorrent 2.0.116:yourip4:\x7f\x00\x00\x01e",
     );
 }
