@@ -41,6 +41,8 @@ declare -A FILE=(
     [proxy_session]=crates/proxy/src/session/state.rs
     [pipe]=crates/reactor/src/pipe.rs
     [relay_setup]=crates/relay/src/setup.rs
+    [ext_handshake]=crates/bittorrent/src/ext_handshake.rs
+    [udp_association]=crates/proxy/src/udp.rs
 )
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
