@@ -95,10 +95,10 @@ fuzz_target!(|data: &[u8]| {
         parsed.metadata_size,
         h.metadata_size.filter(|&n| i64::try_from(n).is_ok())
     );
-    if let (Some(c), Some(p)) = (&h.client, &parsed.client) {
-        if c.len() <= MAX_CLIENT_LEN {
-            assert_eq!(c, p, "a short client name is kept");
-        }
+    if let (Some(c), Some(p)) = (&h.client, &parsed.client)
+        && c.len() <= MAX_CLIENT_LEN
+    {
+        assert_eq!(c, p, "a short client name is kept");
     }
     round_trip(&parsed);
     // update: additive.

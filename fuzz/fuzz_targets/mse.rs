@@ -242,17 +242,17 @@ struct Pipe {
 impl Pipe {
     fn push(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            if let Some((at, byte, insert)) = self.tamper {
-                if at == self.sent {
-                    if insert {
-                        self.wire.push(byte);
-                        self.wire.push(b);
-                    } else {
-                        self.wire.push(b ^ byte.max(1));
-                    }
-                    self.sent += 1;
-                    continue;
+            if let Some((at, byte, insert)) = self.tamper
+                && at == self.sent
+            {
+                if insert {
+                    self.wire.push(byte);
+                    self.wire.push(b);
+                } else {
+                    self.wire.push(b ^ byte.max(1));
                 }
+                self.sent += 1;
+                continue;
             }
             self.wire.push(b);
             self.sent += 1;
@@ -323,10 +323,11 @@ fn exchange(i: &Input<'_>, tamper: Option<(bool, usize, u8, bool)>) {
         policy: i.a_policy.policy(),
         padding: pad(i.a_pad),
     };
-    let mut b_cfg = ResponderConfig::default();
-    b_cfg.policy = i.b_policy.policy();
-    b_cfg.padding = pad(i.b_pad);
-    b_cfg.max_initial_payload = i.max_ia;
+    let b_cfg = ResponderConfig {
+        policy: i.b_policy.policy(),
+        padding: pad(i.b_pad),
+        max_initial_payload: i.max_ia,
+    };
     let mut a = Initiator::new(keypair(i.a_private, 1), i.info_hash, ia, a_cfg).expect("config");
     let mut b = Responder::new(keypair(i.b_private, 2), b_cfg).expect("config");
     let mut torrents: Vec<[u8; 20]> = i.others.iter().take(4).copied().collect();
@@ -412,10 +413,11 @@ fn exchange(i: &Input<'_>, tamper: Option<(bool, usize, u8, bool)>) {
 fuzz_target!(|i: Input<'_>| {
     match i.mode {
         Mode::HostileResponder => {
-            let mut cfg = ResponderConfig::default();
-            cfg.policy = i.b_policy.policy();
-            cfg.padding = pad(i.b_pad);
-            cfg.max_initial_payload = i.max_ia;
+            let cfg = ResponderConfig {
+                policy: i.b_policy.policy(),
+                padding: pad(i.b_pad),
+                max_initial_payload: i.max_ia,
+            };
             let mut b = Responder::new(keypair(i.b_private, 2), cfg).expect("config");
             let bound = 96 + REQ1_SYNC_WINDOW + 20 + 14 + 512 + 2 + usize::from(i.max_ia);
             feed_hostile(&mut b, i.hostile, &i.cuts_b, bound, i.jobs);

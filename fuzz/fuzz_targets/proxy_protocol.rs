@@ -106,7 +106,7 @@ fn check_header(h: &Header<'_>, n: usize, limit: usize) {
             assert_eq!(h.command, Command::Proxy);
             assert!(h.tlvs.is_empty());
         }
-        Version::V2 => assert!(n <= limit.min(V2_MAX_LEN).max(pp::V2_FIXED_LEN)),
+        Version::V2 => assert!(n <= limit.clamp(pp::V2_FIXED_LEN, V2_MAX_LEN)),
     }
     let walked: usize = h.tlvs.iter().map(|t| 3 + t.value.len()).sum();
     assert_eq!(walked, h.tlvs.as_bytes().len());

@@ -111,7 +111,7 @@ fn encode(e: &Encode<'_>) {
     let res = udp::encode_udp_header(&target, &mut out);
     let bad = match target {
         UdpTarget::Addr(_) => None,
-        UdpTarget::Domain { host, .. } if host.is_empty() => Some(Socks5UdpError::EmptyDomain),
+        UdpTarget::Domain { host: "", .. } => Some(Socks5UdpError::EmptyDomain),
         UdpTarget::Domain { host, .. } if host.len() > udp::MAX_DOMAIN_LEN => {
             Some(Socks5UdpError::DomainTooLong(host.len()))
         }
