@@ -12,7 +12,9 @@
 # script exit non-zero after the others have run. Runs are `nice -n 19`, one
 # process each (`FUZZ_JOBS` is not used: the machines we run on are shared).
 #
-# The results table (`logs/summary.md`) has, per target: seconds run, executions,
+# The results table (`logs/summary.md`, or the file named by `SUMMARY`, so two
+# invocations running side by side with disjoint targets do not overwrite each
+# other's table) has, per target: seconds run, executions,
 # libFuzzer's edge coverage (`cov`) and features (`ft`), corpus size, outcome.
 # Built with `--sanitizer none` (the code under test has no unsafe code: a
 # sanitizer would cost half the speed and find nothing the assertions cannot) and
@@ -36,7 +38,7 @@ fi
 nice -n 10 cargo fuzz build --sanitizer none
 bin=target/x86_64-unknown-linux-gnu/release
 mkdir -p runs artifacts logs
-summary=logs/summary.md
+summary="${SUMMARY:-logs/summary.md}"
 printf '| target | seconds | executions | cov | ft | corpus | result |\n|---|---:|---:|---:|---:|---:|---|\n' > "$summary"
 failed=()
 

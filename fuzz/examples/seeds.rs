@@ -8,10 +8,15 @@ use std::fs;
 use std::path::Path;
 
 use reactor_bittorrent::bencode::OwnedValue;
+use reactor_bittorrent::ext_handshake::ExtHandshake as PeerExtHandshake;
+use reactor_bittorrent::metadata::MetadataMsg;
 use reactor_bittorrent::metainfo;
+use reactor_bittorrent::pex::{PexFlags, PexMessage, PexPeer};
 use reactor_bittorrent::wire::{self, ExtHandshake, Message};
 use reactor_discovery::proto::{self as dproto, Announcement, Metadata};
+use reactor_proxy::proxy_protocol::{self as pp, Tlv, V2Extras};
 use reactor_proxy::socks5::{self, Command, Target};
+use reactor_proxy::socks5_udp::{self, UdpTarget};
 use reactor_relay::proto::{self as rproto, Reason};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -274,4 +279,144 @@ fn main() {
     d.clear();
     dproto::encode(&a, &mut d).unwrap();
     write("discovery_proto", "leaving", &d);
+
+    // PROXY protocol: options (0x01: parse; the high nibble is how many cut bytes
+    // follow the 2-byte limit), limit 0 (the default cap), cuts, then headers.
+    let a = "192.0.2.1:56324".parse().unwrap();
+    let b = "198.51.100.7:443".parse().unwrap();
+    let six = "[2001:db8::1]:80".parse().unwrap();
+    let parse_seed = |name: &str, header: &[u8]| {
+        let mut v = vec![0x31u8, 0, 0, 7, 9, 20];
+        v.extend_from_slice(header);
+        v.extend_from_slice(b"payload");
+        write("proxy_protocol", name, &v);
+    };
+    let mut h = Vec::new();
+    pp::encode_v1(a, b, &mut h);
+    parse_seed("v1-tcp4", &h);
+    h.clear();
+    pp::encode_v1(a, six, &mut h);
+    parse_seed("v1-tcp6", &h);
+    parse_seed("v1-unknown", b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n");
+    h.clear();
+    pp::encode_v2(a, b, &mut h);
+    parse_seed("v2-inet", &h);
+    h.clear();
+    pp::encode_v2_local(&mut h);
+    parse_seed("v2-local", &h);
+    h.clear();
+    let tlvs = [
+        Tlv {
+            kind: pp::TLV_ALPN,
+            value: b"h2",
+        },
+        Tlv {
+            kind: pp::TLV_AUTHORITY,
+            value: b"example.org",
+        },
+        Tlv {
+            kind: pp::TLV_UNIQUE_ID,
+            value: b"id-1",
+        },
+        Tlv {
+            kind: pp::TLV_SSL,
+            value: &[1, 0, 0, 0, 0],
+        },
+    ];
+    let extras = V2Extras {
+        dgram: true,
+        tlvs: &tlvs,
+        crc32c: true,
+    };
+    pp::encode_v2_with(Some((six, a)), &extras, &mut h).unwrap();
+    parse_seed("v2-tlvs-crc", &h);
+
+    // SOCKS5 UDP: options (even: parse), then a datagram.
+    for (name, t) in [
+        ("v4", UdpTarget::Addr(a)),
+        ("v6", UdpTarget::Addr(six)),
+        (
+            "domain",
+            UdpTarget::Domain {
+                host: "example.org",
+                port: 53,
+            },
+        ),
+    ] {
+        let mut d = vec![0u8];
+        socks5_udp::encode_udp_header(&t, &mut d).unwrap();
+        d.extend_from_slice(b"datagram");
+        write("socks5_udp", name, &d);
+    }
+
+    // ut_metadata: options (even: codec; the byte also picks the metadata size a
+    // request is served from), then a payload.
+    for (name, m) in [
+        ("request", MetadataMsg::Request { piece: 1 }),
+        ("reject", MetadataMsg::Reject { piece: 0 }),
+        (
+            "data",
+            MetadataMsg::Data {
+                piece: 0,
+                total_size: 5,
+                data: b"d1:xe",
+            },
+        ),
+    ] {
+        let mut v = vec![0x40u8];
+        m.encode(&mut v);
+        write("metadata", name, &v);
+    }
+
+    // ut_pex: options (even: decode), then a payload.
+    let msg = PexMessage {
+        added: vec![
+            PexPeer {
+                addr: a,
+                flags: PexFlags::SEED | PexFlags::UTP,
+            },
+            PexPeer {
+                addr: six,
+                flags: PexFlags::ENCRYPTION,
+            },
+        ],
+        dropped: vec![b, "[2001:db8::2]:6881".parse().unwrap()],
+    };
+    let mut v = vec![0u8];
+    msg.encode(&mut v).unwrap();
+    write("pex", "added-dropped", &v);
+
+    // Magnet links: options (0: "magnet:?" is prepended), then the query.
+    write(
+        "magnet",
+        "full",
+        b"\x00xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn=Some+Name%21\
+          &tr=udp%3A%2F%2Ftracker.example%3A80&tr=http://t.example/announce\
+          &x.pe=192.0.2.1:6881&x.pe=[2001:db8::1]:51413&x.pe=Host.Example:1&ws=x",
+    );
+    write(
+        "magnet",
+        "base32-v2",
+        b"\x00xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&xt.1=urn:btmh:1220\
+          d2474e86c95b19b8bcfdb92bc12c9d44667cfa36d2474e86c95b19b8bcfdb92b",
+    );
+
+    // BEP 10 handshake as the session reads it: options (even: parse), payload.
+    let ours = PeerExtHandshake::ours(
+        Some(40_000),
+        250,
+        "reactor 0.1",
+        Some(6881),
+        Some("192.0.2.1".parse().unwrap()),
+    );
+    write(
+        "ext_handshake",
+        "ours",
+        &[&[0u8][..], &ours.encode()].concat(),
+    );
+    write(
+        "ext_handshake",
+        "libtorrent",
+        b"\x00d1:md11:ut_metadatai3e6:ut_pexi1ee13:metadata_sizei31235e1:pi6881e4:reqqi500e1:v17:libtorrent 2.0.116:yourip4:\x7f\x00\x00\x01e",
+    );
 }

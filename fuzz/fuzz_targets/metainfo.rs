@@ -4,8 +4,10 @@
 //! the SHA-1 of the raw `info` bytes; file offsets are contiguous and sum to the
 //! total; the piece count matches the total; every piece's file spans are in
 //! order, inside their files and add up to the piece length; no path can leave
-//! the download directory; and `build_torrent` with the parsed fields produces a
-//! torrent that parses back to the same fields.
+//! the download directory; `build_torrent` with the parsed fields produces a
+//! torrent that parses back to the same fields; the raw info dictionary kept for
+//! BEP 9 is the file's, parses alone (`from_info_dict`) to the same torrent, and
+//! written back (`to_torrent_file`) keeps the info-hash and the tracker.
 #![no_main]
 
 use std::path::Component;
@@ -20,6 +22,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let raw = bencode::find_raw(data, b"info").unwrap().unwrap();
     assert_eq!(m.info_hash, metainfo::sha1(raw));
+    // The raw info dictionary (what BEP 9 serves) is kept byte for byte; parsed
+    // alone it is the same torrent, and written back as a file it keeps the hash.
+    assert_eq!(m.info_dict, raw);
+    let alone = Metainfo::from_info_dict(&m.info_dict).expect("the info dict parses alone");
+    assert_eq!(alone.info_hash, m.info_hash);
+    assert_eq!((&alone.files, &alone.pieces), (&m.files, &m.pieces));
+    assert_eq!(alone.announce, None);
+    let file = m.to_torrent_file(m.announce.as_deref());
+    let back = Metainfo::parse(&file).expect("a written torrent file parses");
+    assert_eq!(back.info_hash, m.info_hash);
+    assert_eq!(back.announce, m.announce);
 
     let mut offset = 0u64;
     for f in &m.files {

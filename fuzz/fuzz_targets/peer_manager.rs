@@ -10,7 +10,9 @@
 //! the limit allows; a banned host (its /64 for IPv6, the exact address on
 //! loopback) is never offered or accepted again; back-off after a useless
 //! connection or a failed dial is the documented table's; `next_wake` is not in
-//! the past and is `now` exactly when a peer is ready.
+//! the past and is `now` exactly when a peer is ready; a plaintext retry after a
+//! failed encrypted dial makes the peer ready at once, counts as neither failure
+//! nor useless connection, and sticks (`plaintext_only`).
 #![no_main]
 
 use std::collections::HashSet;
@@ -42,6 +44,8 @@ enum Op {
     },
     Wait(u32),
     Limit(u8),
+    /// An encrypted dial failed before its MSE handshake: retry in plaintext.
+    RetryPlaintext(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -185,6 +189,26 @@ fuzz_target!(|i: Input| {
             Op::Limit(n) => {
                 limit = usize::from(n % 6);
                 pm.set_connection_limit(limit);
+            }
+            Op::RetryPlaintext(a) => {
+                let a = addr(a);
+                let before = pm
+                    .peer(&a)
+                    .map(|p| (p.consecutive_failures, p.consecutive_useless));
+                pm.retry_plaintext(a, now);
+                if let Some(p) = pm.peer(&a) {
+                    // Neither a failed dial nor a useless connection: ready at once,
+                    // and plaintext from now on.
+                    assert_eq!(p.state, ConnState::Idle);
+                    assert_eq!(p.next_attempt, now);
+                    assert_eq!(
+                        Some((p.consecutive_failures, p.consecutive_useless)),
+                        before
+                    );
+                    assert!(p.plaintext_only && pm.plaintext_only(&a));
+                } else {
+                    assert!(!pm.plaintext_only(&a));
+                }
             }
         }
         let busy = pool

@@ -8,19 +8,22 @@
 //! range written in mapped form (`::ffff:a.b.c.d/96+n`) hold the same hosts, and
 //! other IPv6 ranges hold IPv6 hosts only; `Rules` refuses a destination when a
 //! range holds where a connect to it really goes (the unspecified address is
-//! loopback).
+//! loopback). Host bits are masked by `new_masked`/`parse_masked` and refused by
+//! `new` (naming the masked range); `ClientRules::decide` is first match wins, else
+//! deny exactly when some allow rule exists.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use reactor_proxy::cidr::{Action, CidrError, ClientRules};
 use reactor_proxy::rules::{Cidr, Rules};
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {
     text: &'a str,
-    nets: Vec<(IpAddr, u8)>,
+    nets: Vec<(IpAddr, u8, bool)>,
     ips: Vec<IpAddr>,
     ports: Vec<u16>,
 }
@@ -67,13 +70,23 @@ fuzz_target!(|i: Input<'_>| {
         assert_eq!(again, c);
     }
     let mut deny = Vec::new();
-    for &(net, prefix) in i.nets.iter().take(8) {
+    for &(net, prefix, allow) in i.nets.iter().take(8) {
         let max = if net.is_ipv4() { 32 } else { 128 };
-        let Some(c) = Cidr::new(net, prefix) else {
-            assert!(prefix > max);
-            continue;
+        let c = match Cidr::new_masked(net, prefix) {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(prefix > max, "{net}/{prefix} refused: {e}");
+                continue;
+            }
         };
-        assert_eq!(format!("{net}/{prefix}").parse::<Cidr>(), Ok(c));
+        assert_eq!(Cidr::parse_masked(&format!("{net}/{prefix}")), Ok(c));
+        // The strict constructor refuses exactly the ranges with host bits set, and
+        // names the masked range as the one meant.
+        match Cidr::new(net, prefix) {
+            Ok(strict) => assert_eq!(strict, c),
+            Err(CidrError::HostBitsSet { network }) => assert_eq!(network, c),
+            Err(e) => panic!("{net}/{prefix}: {e}"),
+        }
         for &ip in i.ips.iter().take(8) {
             assert_eq!(
                 c.contains(ip),
@@ -89,7 +102,30 @@ fuzz_target!(|i: Input<'_>| {
                 );
             }
         }
-        deny.push((c, net, prefix));
+        deny.push((c, net, prefix, allow));
+    }
+    // Client rules: the first range that holds the client decides, else the default
+    // (deny when any allow rule exists).
+    let mut clients = ClientRules::new();
+    for &(c, _, _, allow) in &deny {
+        if allow {
+            clients.allow(c);
+        } else {
+            clients.deny(c);
+        }
+    }
+    for &ip in i.ips.iter().take(8) {
+        let first = deny
+            .iter()
+            .position(|&(_, net, prefix, _)| reference(net, prefix, ip));
+        let d = clients.decide(ip);
+        assert_eq!(d.rule, first, "{ip}: which rule");
+        let want = match first {
+            Some(k) => deny[k].3,
+            None => !deny.iter().any(|d| d.3),
+        };
+        assert_eq!(d.is_allowed(), want, "{ip}: allowed?");
+        assert_eq!(d.action == Action::Allow, want);
     }
     let r = Rules {
         deny_nets: deny.iter().map(|d| d.0).collect(),
@@ -99,7 +135,7 @@ fuzz_target!(|i: Input<'_>| {
         let dest = destination(ip);
         let hit = deny
             .iter()
-            .any(|&(_, net, prefix)| reference(net, prefix, dest));
+            .any(|&(_, net, prefix, _)| reference(net, prefix, dest));
         assert_eq!(r.allows_ip(ip), !hit);
         if ip.is_unspecified() {
             let lo = if ip.is_ipv4() {

@@ -123,7 +123,11 @@ mod tests {
             let p = pieces(&s, cuts, 64);
             assert_eq!(p.concat(), s);
             // Every piece cut by a size is at most `max_piece`; the last takes the rest.
-            assert!(p[..p.len() - 1].iter().all(|x| !x.is_empty() && x.len() <= 64));
+            assert!(
+                p[..p.len() - 1]
+                    .iter()
+                    .all(|x| !x.is_empty() && x.len() <= 64)
+            );
             assert!(p.len() <= cuts.len() + 1);
         }
         assert_eq!(pieces(&[], &[3], 8), vec![&[][..]]);

@@ -457,6 +457,11 @@ fn field<'b>(
             return Ok(Some((value, pos + i + 1)));
         }
         if b == b'\r' || b == b'\n' {
+            // A field already implausible is reported as such, as it was while the
+            // line end had not arrived: the verdict must not depend on the split.
+            if !(spec.prefix_ok)(rest.get(..i).unwrap_or_default()) {
+                return Err(spec.err);
+            }
             // The delimiter check came first, so this is a line end where a field
             // separator (or, in the last field, the CR) should have been.
             return Err(if spec.delim == b'\r' {
@@ -1421,6 +1426,28 @@ mod tests {
         );
         assert_eq!(
             parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 70000"),
+            Err(ProxyHeaderError::V1BadPort(Endpoint::Source))
+        );
+    }
+
+    #[test]
+    fn v1_implausible_field_then_line_end_is_split_independent() {
+        // Found by the proxy_protocol fuzz target: "PROXY TCP4 ." answered
+        // V1BadAddress but "PROXY TCP4 .\n" answered V1MissingFields.
+        for buf in [
+            &b"PROXY TCP4 .\n"[..],
+            b"PROXY TCP4 .\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 05\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 80 05\n",
+        ] {
+            assert_prefix_consistent(buf);
+        }
+        assert_eq!(
+            parse(b"PROXY TCP4 .\n"),
+            Err(ProxyHeaderError::V1BadAddress(Endpoint::Source))
+        );
+        assert_eq!(
+            parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 05\n"),
             Err(ProxyHeaderError::V1BadPort(Endpoint::Source))
         );
     }

@@ -49,7 +49,9 @@ pub const ATYP_DOMAIN: u8 = 0x03;
 pub const ATYP_IPV6: u8 = 0x04;
 /// Longest domain name the wire format can carry.
 pub const MAX_DOMAIN_LEN: usize = 255;
-/// Shortest possible header: RSV, FRAG, ATYP, IPv4, port.
+/// Shortest header with an IP address: RSV, FRAG, ATYP, IPv4, port. (A one-byte
+/// domain name makes a shorter one, 8 bytes; this is the `need` that
+/// [`Socks5UdpError::Truncated`] reports before the address type is known.)
 pub const MIN_UDP_HEADER_LEN: usize = 3 + 1 + 4 + 2;
 /// Longest possible header: RSV, FRAG, ATYP, length byte, 255-byte name, port.
 pub const MAX_UDP_HEADER_LEN: usize = 3 + 1 + 1 + MAX_DOMAIN_LEN + 2;
