@@ -1231,9 +1231,18 @@ impl Conn {
             // allocator's mmap threshold, on every round), and no more than the
             // budget has left.
             let room = flt.wout.capacity() - flt.wout.len();
-            let mut fits = room
-                .saturating_sub(flt.f.overhead(room))
-                .min(budget.saturating_sub(sent_total));
+            // Written straight to the socket, the records pass through `wout` only
+            // if the socket refuses them, so a whole buffer's worth of plaintext
+            // may go in: a 64 KiB message is one `sendmsg`, not a second one for
+            // the overhead's worth of its tail. (`wout` grows past the pool's size
+            // only then, on a full socket.)
+            let direct = flt.direct && flt.wout.is_empty();
+            let mut fits = if direct {
+                room
+            } else {
+                room.saturating_sub(flt.f.overhead(room))
+            }
+            .min(budget.saturating_sub(sent_total));
             while !handshaking && !self.wbuf.is_empty() && fits > 0 {
                 let take = self.wbuf.len().min(fits);
                 let n = flt.f.write_plain(&self.wbuf[..take])?;
