@@ -42,6 +42,16 @@ fn make_torrent(data: &Path, piece_length: u32, out: &Path) -> Metainfo {
     Metainfo::parse(&std::fs::read(out).unwrap()).expect("our torrent parses")
 }
 
+/// `data` written to `DIR/data.bin` and a torrent of it in `DIR/t.torrent`
+/// (pieces of `piece_length`): their paths and the parsed torrent.
+fn write_torrent(dir: &Path, data: &[u8], piece_length: u32) -> (PathBuf, PathBuf, Metainfo) {
+    let src = dir.join("data.bin");
+    std::fs::write(&src, data).unwrap();
+    let torrent = dir.join("t.torrent");
+    let meta = make_torrent(&src, piece_length, &torrent);
+    (src, torrent, meta)
+}
+
 fn seeder(torrent: &Path, data: &Path, extra: &[&str]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
     cmd.arg("seed")
@@ -87,10 +97,7 @@ fn uploaded(log: &str) -> u64 {
 fn leech_from_three_seeders_at_once() {
     let d = tmpdir("three");
     let data = pseudo_random_bytes(7, 32 * 1024 * 1024 + 12345);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    let meta = make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, meta) = write_torrent(&d, &data, 64 * 1024);
     assert_eq!(meta.total_length, data.len() as u64);
     assert_eq!(meta.piece_count(), data.len().div_ceil(64 * 1024) as u32);
     let mut seeds: Vec<Server> = (0..3).map(|_| seeder(&torrent, &src, &[])).collect();
@@ -234,10 +241,7 @@ fn msg(id: u8, payload: &[u8]) -> Vec<u8> {
 fn hostile_peers_are_closed_while_a_good_transfer_carries_on() {
     let d = tmpdir("hostile");
     let data = pseudo_random_bytes(11, 3 * 1024 * 1024 + 777);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    let meta = make_torrent(&src, 32 * 1024, &torrent);
+    let (src, torrent, meta) = write_torrent(&d, &data, 32 * 1024);
     let ih = meta.info_hash;
     // The plaintext rules: with encryption enabled, bytes that are not a
     // plaintext handshake start an MSE handshake instead
@@ -454,10 +458,7 @@ fn lying_seeder(info_hash: [u8; 20]) -> (SocketAddr, std::thread::JoinHandle<()>
 fn bad_pieces_are_refetched_and_the_sender_dropped() {
     let d = tmpdir("liar");
     let data = pseudo_random_bytes(13, 2 * 1024 * 1024);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    let meta = make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, meta) = write_torrent(&d, &data, 64 * 1024);
     let (liar, liar_thread) = lying_seeder(meta.info_hash);
     let seed = seeder(&torrent, &src, &[]);
     let out = d.join("out.bin");
@@ -482,10 +483,7 @@ fn bad_pieces_are_refetched_and_the_sender_dropped() {
 fn unrequested_blocks_are_dropped_and_the_pusher_closed() {
     let d = tmpdir("pusher");
     let data = pseudo_random_bytes(31, 2 * 1024 * 1024);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    let meta = make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, meta) = write_torrent(&d, &data, 64 * 1024);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let pusher = l.local_addr().unwrap();
     let ih = meta.info_hash;
@@ -741,10 +739,7 @@ fn peer_that_handshakes_and_drops_is_not_redialled_in_a_loop() {
 fn tracker_announces_and_peers_from_the_tracker() {
     let d = tmpdir("tracker");
     let data = pseudo_random_bytes(17, 1024 * 1024 + 5);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 32 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 32 * 1024);
     let tracker = FakeTracker::start();
     let mut seed = seeder(&torrent, &src, &["--tracker", &tracker.url]);
     assert!(
@@ -831,10 +826,7 @@ fn seeds_that_meet_through_the_tracker_back_off() {
 fn loop_threads_do_not_allocate_per_message() {
     let d = tmpdir("alloc");
     let data = pseudo_random_bytes(23, 16 * 1024 * 1024);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    let meta = make_torrent(&src, 1024 * 1024, &torrent);
+    let (src, _torrent, meta) = write_torrent(&d, &data, 1024 * 1024);
     let blocks = data.len() / (16 * 1024);
     let m1 = meta.clone();
     let s1 = src.clone();
@@ -920,10 +912,7 @@ fn a_connected_peer_that_wants_nothing_is_closed() {
 fn one_upload_slot_serves_two_leechers_in_turn() {
     let d = tmpdir("slots");
     let data = pseudo_random_bytes(31, 2 * 1024 * 1024 + 3);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 64 * 1024);
     let mut seed = seeder(&torrent, &src, &["--upload-slots", "1"]);
     assert!(seed.wait_stderr("seeding", Duration::from_secs(30)));
     let outs: Vec<PathBuf> = (0..2).map(|i| d.join(format!("out{i}.bin"))).collect();
@@ -952,10 +941,7 @@ fn one_upload_slot_serves_two_leechers_in_turn() {
 fn a_partial_download_is_resumed() {
     let d = tmpdir("resume");
     let data = pseudo_random_bytes(37, 1024 * 1024);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 64 * 1024);
     // The output already holds the right size: 12 good pieces, 4 damaged ones.
     let out = d.join("out.bin");
     let mut partial = data.clone();
@@ -984,10 +970,7 @@ fn a_partial_download_is_resumed() {
 fn an_idle_peer_in_the_only_upload_slot_gives_it_up() {
     let d = tmpdir("hog");
     let data = pseudo_random_bytes(41, 1024 * 1024);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    let meta = make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, meta) = write_torrent(&d, &data, 64 * 1024);
     let mut seed = seeder(
         &torrent,
         &src,
@@ -1084,10 +1067,7 @@ fn args(v: &[String]) -> Vec<&str> {
 fn a_leecher_finds_a_seeder_by_discovery_alone() {
     let d = tmpdir("discover");
     let data = pseudo_random_bytes(43, 2 * 1024 * 1024 + 4321);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 64 * 1024);
     let mut seed = seeder(&torrent, &src, &args(&discover_args(0)));
     let port = discovery_port(&mut seed);
     // No --peer, no tracker, no --listen: only discovery.
@@ -1116,10 +1096,7 @@ fn a_leecher_finds_a_seeder_by_discovery_alone() {
 fn a_seeder_of_another_torrent_on_the_discovery_port_is_ignored() {
     let d = tmpdir("discover-other");
     let data = pseudo_random_bytes(47, 1024 * 1024 + 17);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 32 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 32 * 1024);
     let other_src = d.join("other.bin");
     std::fs::write(&other_src, pseudo_random_bytes(53, 300_000)).unwrap();
     let other_torrent = d.join("other.torrent");
@@ -1261,10 +1238,7 @@ fn bad_discovery_flags_fail_with_a_message() {
 fn an_encrypted_dial_is_retried_in_plaintext() {
     let d = tmpdir("mse-retry");
     let data = pseudo_random_bytes(23, 2 * 1024 * 1024 + 11);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 64 * 1024);
     // A plaintext-only seeder refuses the MSE handshake our leecher tries first.
     let mut seed = seeder(&torrent, &src, &["--encryption", "disabled"]);
     let out = d.join("out.bin");
@@ -1293,10 +1267,7 @@ fn an_encrypted_dial_is_retried_in_plaintext() {
 fn forced_encryption_uses_rc4_and_refuses_plaintext() {
     let d = tmpdir("mse-forced");
     let data = pseudo_random_bytes(29, 3 * 1024 * 1024 + 5);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 256 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 256 * 1024);
     let mut seed = seeder(&torrent, &src, &["--encryption", "forced"]);
     let out = d.join("out.bin");
     let (code, err) = run_bounded(
@@ -1343,10 +1314,7 @@ fn send_and_expect_closed(addr: SocketAddr, bytes: &[u8], what: &str) {
 fn hostile_encrypted_handshakes_are_closed() {
     let d = tmpdir("mse-hostile");
     let data = pseudo_random_bytes(31, 4 * 1024 * 1024);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 64 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 64 * 1024);
     let mut seed = seeder(&torrent, &src, &["--handshake-timeout", "1"]);
     let addr = seed.addr;
     let out = d.join("out.bin");
@@ -1416,10 +1384,7 @@ fn a_magnet_link_fetches_the_metadata_then_the_data() {
     let d = tmpdir("magnet");
     // Several metadata pieces (16 KiB each): 3000 pieces of 16 KiB hash to 60 KB.
     let data = pseudo_random_bytes(37, 3000 * 16 * 1024 - 99);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    let meta = make_torrent(&src, 16 * 1024, &torrent);
+    let (src, torrent, meta) = write_torrent(&d, &data, 16 * 1024);
     assert!(meta.info_dict.len() > 3 * 16 * 1024);
     let seed = seeder(&torrent, &src, &[]);
     for (name, uri) in [
@@ -1464,10 +1429,7 @@ fn a_magnet_link_fetches_the_metadata_then_the_data() {
 fn a_leecher_learns_a_seeder_through_pex_alone() {
     let d = tmpdir("pex");
     let data = pseudo_random_bytes(41, 64 * 1024 * 1024 + 3);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    make_torrent(&src, 256 * 1024, &torrent);
+    let (src, torrent, _) = write_torrent(&d, &data, 256 * 1024);
     // A seeds; B downloads from A (given by hand) and accepts connections; C is
     // told only of B, and can learn A only from B's ut_pex message.
     let a = seeder(&torrent, &src, &[]);
@@ -1516,10 +1478,7 @@ fn a_leecher_learns_a_seeder_through_pex_alone() {
 fn a_burst_of_requests_is_served_without_further_input() {
     let d = tmpdir("burst");
     let data = pseudo_random_bytes(43, 24 * 1024 * 1024);
-    let src = d.join("data.bin");
-    std::fs::write(&src, &data).unwrap();
-    let torrent = d.join("t.torrent");
-    let meta = make_torrent(&src, 256 * 1024, &torrent);
+    let (src, torrent, meta) = write_torrent(&d, &data, 256 * 1024);
     let seed = seeder(&torrent, &src, &["--encryption", "disabled"]);
     let mut s = connect(seed.addr);
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
