@@ -15,6 +15,31 @@ use std::time::Duration;
 
 use common::{Server, pseudo_random_bytes, run_bounded};
 
+/// libtorrent (`SCRIPT leech`) downloads from our `seed` into `save`, given the
+/// torrent by `source` (`--torrent FILE` or `--magnet LINK`, and its options);
+/// the download must succeed and equal `data`.
+fn libtorrent_leech(source: &[&std::ffi::OsStr], save: &Path, seed: &mut Server, data: &[u8]) {
+    let mut lt = Command::new("python3");
+    lt.arg(SCRIPT)
+        .args(["leech", "--timeout", "45"])
+        .args(source)
+        .arg("--save-dir")
+        .arg(save)
+        .arg("--peer")
+        .arg(seed.addr.to_string());
+    let (code, err) = run_bounded(lt, Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(0),
+        "libtorrent leecher failed: {err}\nour seeder: {}",
+        seed.stderr_text()
+    );
+    assert!(
+        std::fs::read(save.join("payload.bin")).unwrap() == data,
+        "file differs"
+    );
+}
+
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_peer.py");
 
 /// True if libtorrent can be used; otherwise prints why (or fails, in CI).
@@ -133,24 +158,16 @@ fn libtorrent_leeches_from_us(name: &str, enc: &str) -> String {
     assert!(seed.wait_stderr("seeding", Duration::from_secs(30)));
     let save = d.join("lt");
     std::fs::create_dir_all(&save).unwrap();
-    let mut lt = Command::new("python3");
-    lt.arg(SCRIPT)
-        .args(["leech", "--timeout", "45", "--encryption", enc, "--torrent"])
-        .arg(&torrent)
-        .arg("--save-dir")
-        .arg(&save)
-        .arg("--peer")
-        .arg(seed.addr.to_string());
-    let (code, err) = run_bounded(lt, Duration::from_secs(60));
-    assert_eq!(
-        code,
-        Some(0),
-        "libtorrent leecher failed: {err}\nour seeder: {}",
-        seed.stderr_text()
-    );
-    assert!(
-        std::fs::read(save.join("payload.bin")).unwrap() == data,
-        "file differs"
+    libtorrent_leech(
+        &[
+            "--encryption".as_ref(),
+            enc.as_ref(),
+            "--torrent".as_ref(),
+            torrent.as_ref(),
+        ],
+        &save,
+        &mut seed,
+        &data,
     );
     let _ = std::fs::remove_dir_all(&d);
     seed.stderr_text()
@@ -305,24 +322,12 @@ fn libtorrent_fetches_a_magnet_from_our_seeder() {
     assert!(seed.wait_stderr("seeding", Duration::from_secs(30)));
     let save = d.join("lt");
     std::fs::create_dir_all(&save).unwrap();
-    let mut lt = Command::new("python3");
-    lt.arg(SCRIPT)
-        .args(["leech", "--timeout", "45", "--magnet"])
-        .arg(magnet_of(&torrent))
-        .arg("--save-dir")
-        .arg(&save)
-        .arg("--peer")
-        .arg(seed.addr.to_string());
-    let (code, err) = run_bounded(lt, Duration::from_secs(60));
-    assert_eq!(
-        code,
-        Some(0),
-        "libtorrent leecher failed: {err}\nour seeder: {}",
-        seed.stderr_text()
-    );
-    assert!(
-        std::fs::read(save.join("payload.bin")).unwrap() == data,
-        "file differs"
+    let magnet = magnet_of(&torrent);
+    libtorrent_leech(
+        &["--magnet".as_ref(), magnet.as_ref()],
+        &save,
+        &mut seed,
+        &data,
     );
     let _ = std::fs::remove_dir_all(&d);
 }
