@@ -571,18 +571,13 @@ fn bad_or_missing_proxy_headers_close_the_connection() {
 /// them sends its header and ends, its place is free again.
 #[test]
 fn connections_awaiting_their_proxy_header_count_against_max_sessions() {
-    // An echo upstream that serves any number of connections, one thread each.
-    let l = TcpListener::bind(local(0)).unwrap();
-    let up = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming().take(4) {
-            let Ok(mut s) = s else { return };
-            thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
+    // The reactor's echo server as the upstream (any number of connections).
+    let (up, _echo) = run_loop(Config::default(), |r| {
+        let l =
+            reactor::echo::echo_listener(local(0), reactor::echo::EchoOptions::default()).unwrap();
+        let a = l.local_addr();
+        r.spawn(l);
+        a
     });
     let mut opts = forward(up);
     opts.proxy_protocol_in = true;
